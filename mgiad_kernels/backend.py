@@ -1,0 +1,35 @@
+"""The backend switch: 'triton', 'torch' or 'auto'. Used only by the functional and module layer."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._triton_support import triton_unavailable_reason
+
+BACKENDS = ("auto", "triton", "torch")
+_warned: set[str] = set()
+
+
+def check_backend(backend) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
+    """Whether to run the Triton kernels on ``tensors``.
+
+    'auto' takes Triton wherever it can run and torch elsewhere, silently. 'triton' that
+    cannot run falls back to torch with one warning per reason, never silently.
+    """
+    check_backend(backend)
+    if backend == "torch":
+        return False
+    reason = triton_unavailable_reason(*tensors)
+    if reason is None:
+        return True
+    if backend == "triton" and reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"backend='triton' falls back to PyTorch: {reason}", RuntimeWarning, stacklevel=3)
+    return False

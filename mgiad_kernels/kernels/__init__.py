@@ -1,0 +1,1 @@
+"""Triton kernels; import only where Triton can run (see mgiad_kernels._triton_support)."""

@@ -1,0 +1,215 @@
+"""Triton kernels for grouped 2-D convolution, forward and backward.
+
+The kernels are written for the small groups of multigrid networks (MGiaD paper Sec. III d,
+Fig. 5: 4-64 channels per group, depthwise pooling, grouped 1x1 transfers). A tile of
+output channels may span several groups: the weight tile is loaded block-diagonally (zero
+where the input channel's group differs from the output channel's), so every ``tl.dot`` has
+tiles of at least 16 in each dimension without padding the tensors in memory. The KH*KW taps
+are folded into the reduction loop.
+
+Import this module only when Triton can run: ``TRITON_INTERPRET=1`` must be set before it is
+imported for the CPU interpreter to take over.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .._triton_support import interpreter_enabled
+
+# Autotune keys: what changes the best tile (channels, groups, kernel size, stride), never H, W.
+_GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W"]
+_GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W"]
+
+
+def _gather_configs():
+    if interpreter_enabled():  # one config off-GPU; large blocks keep the interpreter fast
+        return [triton.Config({"BLOCK_P": 128, "BLOCK_DST": 32, "BLOCK_RED": 32})]
+    return [
+        triton.Config({"BLOCK_P": bp, "BLOCK_DST": bd, "BLOCK_RED": br}, num_warps=w, num_stages=s)
+        for bp, bd, br, w, s in [
+            (128, 32, 32, 4, 3), (128, 16, 16, 4, 3), (64, 32, 32, 4, 3), (128, 64, 32, 4, 3),
+            (256, 32, 32, 8, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4), (256, 16, 16, 4, 2),
+            (128, 128, 32, 8, 3), (64, 128, 64, 4, 3),
+        ]
+    ]
+
+
+def _grad_weight_configs():
+    if interpreter_enabled():
+        return [triton.Config({"BLOCK_OUT": 32, "BLOCK_IN": 32, "BLOCK_P": 128})]
+    return [
+        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi, "BLOCK_P": bp}, num_warps=w, num_stages=s)
+        for bo, bi, bp, w, s in [
+            (32, 32, 64, 4, 3), (16, 16, 128, 4, 3), (32, 32, 128, 4, 3), (64, 32, 64, 4, 3),
+            (64, 64, 64, 4, 3), (16, 16, 256, 4, 2), (128, 64, 32, 8, 3),
+        ]
+    ]
+
+
+@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY)
+@triton.jit
+def conv2d_gather_kernel(
+    src_ptr,  # (N, C_RED, H_src, W_src): x for the forward pass, grad_y for grad input
+    weight_ptr,  # (C_out, C_in // groups, KH, KW) convolution weight
+    bias_ptr,  # (C_DST,) bias, read only when HAS_BIAS
+    dst_ptr,  # (N, C_DST, H_dst, W_dst): y for the forward pass, grad_x for grad input
+    src_stride_n, src_stride_c, src_stride_h, src_stride_w,  # strides of src, elements
+    dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
+    # weight strides seen from the dst channel (global and in-group index), the reduced
+    # channel (global and in-group index) and the taps; two of the first four are zero
+    w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local, w_stride_kh, w_stride_kw,
+    N, H_src, W_src, H_dst, W_dst,  # batch and spatial sizes
+    C_DST, C_RED,  # channels written and channels reduced over
+    DST_PER_GROUP, RED_PER_GROUP,  # the same per group
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
+    TRANSPOSED: tl.constexpr,  # False: y = conv(x, w); True: grad_x = conv_transpose(grad_y, w)
+    HAS_BIAS: tl.constexpr,  # add bias_ptr[c] to every output
+    INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
+    BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
+):
+    """dst[n, c, p] = sum over taps and the group's reduced channels of src * weight.
+
+    Forward: dst pixel (oh, ow) reads src at (oh*S - P + kh*D, ...). Grad input (the adjoint):
+    dst pixel (ih, iw) reads src at oh = (ih + P - kh*D) / S where that division is exact.
+    """
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+
+    hw_dst = H_dst * W_dst
+    offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < N * hw_dst
+    n = offs_p // hw_dst
+    rem = offs_p - n * hw_dst
+    oh = rem // W_dst
+    ow = rem - oh * W_dst
+
+    c0 = pid_c * BLOCK_DST
+    offs_c = c0 + tl.arange(0, BLOCK_DST)
+    c_mask = offs_c < C_DST
+    group_c = offs_c // DST_PER_GROUP
+    local_c = offs_c - group_c * DST_PER_GROUP
+    # the reduced channels this tile needs: all channels of the groups it touches
+    red_start = (c0 // DST_PER_GROUP) * RED_PER_GROUP
+    red_end = ((tl.minimum(c0 + BLOCK_DST, C_DST) - 1) // DST_PER_GROUP + 1) * RED_PER_GROUP
+
+    src_base = src_ptr + n * src_stride_n
+    acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        for kw in tl.static_range(KW):
+            if TRANSPOSED:
+                th = oh + PAD_H - kh * DIL_H
+                tw = ow + PAD_W - kw * DIL_W
+                ih = th // STRIDE_H
+                iw = tw // STRIDE_W
+                valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
+                valid = valid & (ih < H_src) & (iw < W_src)
+            else:
+                ih = oh * STRIDE_H - PAD_H + kh * DIL_H
+                iw = ow * STRIDE_W - PAD_W + kw * DIL_W
+                valid = (ih >= 0) & (ih < H_src) & (iw >= 0) & (iw < W_src)
+            valid = valid & p_mask
+            pix_ptr = src_base + ih * src_stride_h + iw * src_stride_w
+            for r0 in range(red_start, red_end, BLOCK_RED):
+                offs_r = r0 + tl.arange(0, BLOCK_RED)
+                r_mask = offs_r < red_end
+                a = tl.load(pix_ptr[:, None] + offs_r[None, :].to(tl.int64) * src_stride_c,
+                            mask=valid[:, None] & r_mask[None, :], other=0.0)
+                group_r = offs_r // RED_PER_GROUP
+                local_r = offs_r - group_r * RED_PER_GROUP
+                w_offs = (offs_c[None, :] * w_stride_dst + local_c[None, :] * w_stride_dst_local
+                          + offs_r[:, None] * w_stride_red + local_r[:, None] * w_stride_red_local
+                          + kh * w_stride_kh + kw * w_stride_kw)
+                w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
+                b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
+                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    dst_offs = (n * dst_stride_n + oh * dst_stride_h + ow * dst_stride_w)[:, None] \
+        + offs_c[None, :].to(tl.int64) * dst_stride_c
+    tl.store(dst_ptr + dst_offs, acc.to(dst_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+
+
+@triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY)
+@triton.jit
+def conv2d_grad_weight_kernel(
+    x_ptr,  # (N, C_IN, H, W) forward input
+    grad_y_ptr,  # (N, C_OUT, H_out, W_out) gradient of the output
+    partial_w_ptr,  # (SPLITS, C_OUT, IN_PER_GROUP, KH, KW) fp32, contiguous: per-split sums
+    partial_b_ptr,  # (SPLITS, C_OUT) fp32, contiguous: per-split bias sums, written if HAS_BIAS
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
+    gy_stride_n, gy_stride_c, gy_stride_h, gy_stride_w,  # strides of grad_y, elements
+    N, H, W, H_out, W_out,  # batch and spatial sizes
+    C_OUT, C_IN, OUT_PER_GROUP, IN_PER_GROUP,  # channels, in total and per group
+    PIXELS_PER_SPLIT,  # output pixels (of N*H_out*W_out) each split reduces over
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
+    HAS_BIAS: tl.constexpr,  # also write the bias gradient's partial sums
+    INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
+):
+    """partial_w[s, co, ci, kh, kw] = sum over split s's pixels of grad_y[co] * x[ci] at tap (kh, kw).
+
+    Grid (taps, output-channel tiles, splits): the taps vary fastest, so the KH*KW programs
+    reading one grad_y tile run together and share it through L2. Splits give the pixel
+    reduction its parallelism; the host sums them in a fixed order (deterministic).
+    """
+    pid_tap = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_split = tl.program_id(2)
+    kh = pid_tap // KW
+    kw = pid_tap - kh * KW
+
+    c0 = pid_c * BLOCK_OUT
+    offs_co = c0 + tl.arange(0, BLOCK_OUT)
+    co_mask = offs_co < C_OUT
+    group_co = offs_co // OUT_PER_GROUP
+    in_start = (c0 // OUT_PER_GROUP) * IN_PER_GROUP
+    in_end = ((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP
+
+    hw_out = H_out * W_out
+    p_total = N * hw_out
+    p_start = pid_split.to(tl.int64) * PIXELS_PER_SPLIT
+    p_end = tl.minimum(p_start + PIXELS_PER_SPLIT, p_total)
+    taps = KH * KW
+    w_split_stride = C_OUT * IN_PER_GROUP * taps
+
+    for ci0 in range(in_start, in_end, BLOCK_IN):
+        offs_ci = ci0 + tl.arange(0, BLOCK_IN)
+        ci_mask = offs_ci < in_end
+        group_ci = offs_ci // IN_PER_GROUP
+        acc = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
+        bias_acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+        for p0 in range(p_start, p_end, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            p_mask = offs_p < p_end
+            n = offs_p // hw_out
+            rem = offs_p - n * hw_out
+            oh = rem // W_out
+            ow = rem - oh * W_out
+            gy_offs = (n * gy_stride_n + oh * gy_stride_h + ow * gy_stride_w)[None, :] \
+                + offs_co[:, None].to(tl.int64) * gy_stride_c
+            gy_t = tl.load(grad_y_ptr + gy_offs, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
+            ih = oh * STRIDE_H - PAD_H + kh * DIL_H
+            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
+            valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_offs = (n * x_stride_n + ih * x_stride_h + iw * x_stride_w)[:, None] \
+                + offs_ci[None, :].to(tl.int64) * x_stride_c
+            x_tile = tl.load(x_ptr + x_offs, mask=valid[:, None] & ci_mask[None, :], other=0.0)
+            acc = tl.dot(gy_t, x_tile.to(gy_t.dtype), acc, input_precision=INPUT_PRECISION)
+            if HAS_BIAS:
+                bias_acc += tl.sum(gy_t.to(tl.float32), axis=1)
+        local_ci = offs_ci - group_ci * IN_PER_GROUP
+        w_offs = pid_split * w_split_stride + offs_co[:, None] * (IN_PER_GROUP * taps) \
+            + local_ci[None, :] * taps + pid_tap
+        keep = (group_co[:, None] == group_ci[None, :]) & co_mask[:, None] & ci_mask[None, :]
+        tl.store(partial_w_ptr + w_offs, acc, mask=keep)
+        if HAS_BIAS:
+            first = (pid_tap == 0) & (ci0 == in_start)
+            tl.store(partial_b_ptr + pid_split * C_OUT + offs_co, bias_acc, mask=co_mask & first)

@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mgiad-kernels",
+    version="0.1.0",
+    description="Fused Triton kernels and models for multigrid CNNs (MGiaD, MgNet, MGIC, Poly-MgNet)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mgiad_kernels", "mgiad_kernels.*", "mgiad", "mgiad.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy>=1.24"],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "train": ["torchvision>=0.19", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4"],
+    },
+)

@@ -1,0 +1,285 @@
+"""grouped_conv2d / GroupedConv2d against a float64 F.conv2d reference, forward and every gradient."""
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ALL_DTYPES, DEVICE, ON_GPU, TRITON_DTYPES, assert_close_rel
+
+from mgiad_kernels import GroupedConv2d, grouped_conv2d
+
+# (N, C_in, C_out, H, W, kernel, stride, padding, groups, bias), named after what makes them awkward
+CASES = [
+    pytest.param(2, 16, 16, 7, 5, 3, 1, 1, 4, False, id="smoother3x3-g4-oddHW"),
+    pytest.param(1, 32, 32, 6, 6, 3, 1, 1, 4, False, id="smoother3x3-8groups-N1"),
+    pytest.param(2, 16, 16, 5, 5, 3, 1, 1, 1, True, id="dense3x3-bias"),
+    pytest.param(2, 16, 16, 6, 6, 3, 1, 1, 16, False, id="depthwise3x3"),
+    pytest.param(2, 8, 16, 7, 7, 3, 2, 1, 8, False, id="depthwise-stride2-multiplier2-odd"),
+    pytest.param(2, 8, 8, 9, 7, 3, 2, 0, 2, True, id="stride2-pad0-odd"),
+    pytest.param(2, 16, 8, 5, 6, 1, 1, 0, 4, False, id="restrict1x1-halving"),
+    pytest.param(2, 8, 16, 5, 6, 1, 1, 0, 4, True, id="prolong1x1-doubling"),
+    pytest.param(2, 12, 6, 5, 5, 3, 1, 1, 2, False, id="odd-group-size-3-out"),
+    pytest.param(1, 48, 48, 4, 4, 3, 1, 1, 1, False, id="dense-wider-than-tile"),
+    pytest.param(1, 3, 8, 6, 6, 3, 1, 1, 1, True, id="stem-3-channels"),
+]
+
+
+def _reference(x, w, b, stride, padding, groups, grad_y):
+    """float64 F.conv2d output and gradients on the CPU."""
+    x64 = x.detach().double().cpu().requires_grad_()
+    w64 = w.detach().double().cpu().requires_grad_()
+    b64 = b.detach().double().cpu().requires_grad_() if b is not None else None
+    y64 = F.conv2d(x64, w64, b64, stride, padding, 1, groups)
+    y64.backward(grad_y.double().cpu())
+    return y64, x64.grad, w64.grad, (b64.grad if b is not None else None)
+
+
+def _run(x, w, b, stride, padding, groups, backend, grad_y=None):
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    b = b.detach().requires_grad_() if b is not None else None
+    y = grouped_conv2d(x, w, b, stride=stride, padding=padding, groups=groups, backend=backend)
+    grad_y = torch.randn_like(y) if grad_y is None else grad_y
+    y.backward(grad_y)
+    return y, x.grad, w.grad, (b.grad if b is not None else None), grad_y
+
+
+def _make(n, c_in, c_out, h, w, k, groups, bias, dtype, device=DEVICE):
+    x = torch.randn(n, c_in, h, w, device=device).to(dtype)
+    weight = (torch.randn(c_out, c_in // groups, k, k, device=device) / (c_in // groups * k * k) ** 0.5).to(dtype)
+    b = torch.randn(c_out, device=device).to(dtype) if bias else None
+    return x, weight, b
+
+
+def _check_against_reference(x, w, b, stride, padding, groups, backend, dtype):
+    y, gx, gw, gb, grad_y = _run(x, w, b, stride, padding, groups, backend)
+    ref = _reference(x, w, b, stride, padding, groups, grad_y)
+    for name, out, expect in zip(("output", "grad_input", "grad_weight", "grad_bias"), (y, gx, gw, gb), ref):
+        if expect is not None:
+            assert out.dtype == dtype, f"{name} has dtype {out.dtype}, expected {dtype}"
+            assert_close_rel(out, expect, dtype, name)
+    return y, gx
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+@pytest.mark.parametrize("n,c_in,c_out,h,w,k,stride,padding,groups,bias", CASES)
+def test_triton_matches_float64(n, c_in, c_out, h, w, k, stride, padding, groups, bias, dtype):
+    torch.manual_seed(0)
+    x, weight, b = _make(n, c_in, c_out, h, w, k, groups, bias, dtype)
+    _check_against_reference(x, weight, b, stride, padding, groups, "triton", dtype)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("n,c_in,c_out,h,w,k,stride,padding,groups,bias", CASES)
+def test_torch_backend_matches_float64(n, c_in, c_out, h, w, k, stride, padding, groups, bias, dtype):
+    torch.manual_seed(1)
+    x, weight, b = _make(n, c_in, c_out, h, w, k, groups, bias, dtype)
+    tol_dtype = dtype if dtype != torch.float32 or DEVICE.type == "cuda" else torch.float32
+    _check_against_reference(x, weight, b, stride, padding, groups, "torch", tol_dtype)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "non_contiguous_input", "non_contiguous_weight"])
+def test_triton_layouts(layout):
+    torch.manual_seed(2)
+    x, weight, _ = _make(2, 16, 16, 7, 6, 3, 4, False, torch.float32)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "non_contiguous_input":
+        x = torch.randn(2, 7, 16, 9, device=DEVICE).permute(0, 2, 3, 1)[..., 1:7]
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    else:
+        weight = torch.randn(16, 3, 3, 8, device=DEVICE)[:, :, :, ::2].permute(0, 3, 1, 2)[:, :4]
+        assert not weight.is_contiguous()
+    y, gx = _check_against_reference(x, weight, None, 1, 1, 4, "triton", torch.float32)
+    expected = F.conv2d(x.detach(), weight.detach(), None, 1, 1, 1, 4)
+    cl = torch.channels_last
+    assert y.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl)
+
+
+@pytest.mark.parametrize("x_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("w_format", ["contiguous", "channels_last"])
+def test_output_memory_format_follows_conv2d(x_format, w_format):
+    fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    x = torch.randn(2, 8, 5, 5, device=DEVICE).to(memory_format=fmt[x_format])
+    w = torch.randn(8, 2, 3, 3, device=DEVICE).to(memory_format=fmt[w_format])
+    expected = F.conv2d(x, w, padding=1, groups=4)
+    y = grouped_conv2d(x, w, padding=1, groups=4, backend="triton")
+    assert y.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(
+        memory_format=torch.channels_last)
+    assert y.is_contiguous() == expected.is_contiguous()
+
+
+def test_rectangular_kernel_dilation_and_string_padding():
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 9, 8, device=DEVICE)
+    w = torch.randn(8, 4, 3, 1, device=DEVICE)
+    for kwargs in [dict(padding=(2, 0), dilation=(2, 1)), dict(padding="same"), dict(padding="valid")]:
+        y = grouped_conv2d(x, w, groups=2, backend="triton", **kwargs)
+        assert_close_rel(y, F.conv2d(x.double(), w.double(), groups=2, **kwargs), torch.float32, str(kwargs))
+
+
+def test_grad_weight_is_deterministic():
+    torch.manual_seed(4)
+    x, w, b = _make(4, 16, 16, 12, 12, 3, 4, True, torch.float32)
+    runs = [_run(x, w, b, 1, 1, 4, "triton", grad_y=torch.ones(4, 16, 12, 12, device=DEVICE)) for _ in range(2)]
+    assert torch.equal(runs[0][2], runs[1][2]) and torch.equal(runs[0][3], runs[1][3])
+
+
+def test_grad_weight_splits_the_pixel_reduction():
+    """Enough pixels for several splits: partial sums must add up to the full reduction."""
+    torch.manual_seed(5)
+    x, w, _ = _make(3, 8, 8, 20, 20, 3, 2, False, torch.float32)  # 1,200 pixels: several 256-pixel splits
+    _check_against_reference(x, w, None, 1, 1, 2, "triton", torch.float32)
+
+
+def test_gradcheck_torch_path_float64():
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: grouped_conv2d(*t, stride=2, padding=1, groups=2, backend="torch"),
+                                    (x, w, b))
+
+
+def test_float64_on_triton_falls_back_with_warning(monkeypatch):
+    """The kernels accumulate in fp32: float64 goes to F.conv2d rather than losing precision silently."""
+    import mgiad_kernels.backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "_warned", set())
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(4, 2, 3, 3, dtype=torch.float64, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="float64"):
+        y = grouped_conv2d(x, w, padding=1, groups=2, backend="triton")
+    assert torch.equal(y, F.conv2d(x, w, padding=1, groups=2))
+
+
+def test_triton_path_calls_no_aten_convolution():
+    x, w, b = _make(2, 8, 8, 5, 5, 3, 2, True, torch.float32)
+    x.requires_grad_()
+    with torch.profiler.profile() as prof:
+        grouped_conv2d(x, w, b, padding=1, groups=2, backend="triton").sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "mgiad_kernels::conv2d" in names
+    assert not {n for n in names if n.startswith("aten::") and "conv" in n}, names
+
+
+def test_module_is_a_drop_in_for_nn_conv2d():
+    torch.manual_seed(6)
+    ref = torch.nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=True).to(DEVICE)
+    mod = GroupedConv2d(16, 16, 3, padding=1, groups=4, bias=True, backend="triton").to(DEVICE)
+    mod.load_state_dict(ref.state_dict())
+    assert set(mod.state_dict()) == set(ref.state_dict())
+    x = torch.randn(2, 16, 6, 6, device=DEVICE)
+    assert_close_rel(mod(x), ref(x), torch.float32, "module output")
+    assert "backend='triton'" in repr(mod)
+
+
+def test_module_padding_mode_reflect():
+    mod = GroupedConv2d(8, 8, 3, padding=1, groups=2, padding_mode="reflect", backend="triton").to(DEVICE)
+    ref = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2, padding_mode="reflect").to(DEVICE)
+    ref.load_state_dict(mod.state_dict())
+    x = torch.randn(1, 8, 5, 5, device=DEVICE)
+    assert_close_rel(mod(x), ref(x), torch.float32, "reflect padding")
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    torch.manual_seed(7)
+    mod = GroupedConv2d(8, 8, 3, padding=1, groups=4, backend="triton").to(DEVICE)
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager" if not ON_GPU else "inductor")
+    x = torch.randn(2, 8, 6, 6, device=DEVICE, requires_grad=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    x_ref = x.detach().requires_grad_()
+    y_ref = F.conv2d(x_ref, mod.weight, mod.bias, padding=1, groups=4)
+    y_ref.square().sum().backward()
+    assert_close_rel(y, y_ref, torch.float32, "compiled output")
+    assert_close_rel(x.grad, x_ref.grad, torch.float32, "compiled grad_input")
+
+
+def test_triton_without_a_runner_falls_back_with_one_warning(monkeypatch):
+    if ON_GPU:
+        pytest.skip("the fallback is for tensors Triton cannot run on; CUDA tensors always can")
+    import mgiad_kernels.backend as backend_mod
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(backend_mod, "_warned", set())
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3)
+    with pytest.warns(RuntimeWarning, match="TRITON_INTERPRET"):
+        y = grouped_conv2d(x, w, padding=1, groups=4, backend="triton")
+    assert torch.equal(y, F.conv2d(x, w, padding=1, groups=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grouped_conv2d(x, w, padding=1, groups=4, backend="triton")  # warned once already
+        grouped_conv2d(x, w, padding=1, groups=4, backend="auto")  # auto never warns
+
+
+def test_bfloat16_on_interpreter_falls_back_with_warning(monkeypatch):
+    if ON_GPU:
+        pytest.skip("CUDA runs bfloat16 in Triton")
+    import mgiad_kernels.backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "_warned", set())
+    x, w = torch.randn(1, 4, 5, 5).bfloat16(), torch.randn(4, 1, 3, 3).bfloat16()
+    with pytest.warns(RuntimeWarning, match="bfloat16"):
+        y = grouped_conv2d(x, w, padding=1, groups=4, backend="triton")
+    assert torch.equal(y, F.conv2d(x, w, padding=1, groups=4))
+
+
+def test_import_without_triton_and_without_gpu():
+    code = (
+        "import sys, warnings; sys.modules['triton'] = None\n"
+        "import torch, mgiad_kernels\n"
+        "from mgiad_kernels._triton_support import triton_unavailable_reason\n"
+        "x = torch.randn(1, 4, 5, 5); w = torch.randn(4, 1, 3, 3)\n"
+        "with warnings.catch_warnings(record=True) as rec:\n"
+        "    warnings.simplefilter('always')\n"
+        "    y = mgiad_kernels.grouped_conv2d(x, w, padding=1, groups=4, backend='triton')\n"
+        "assert torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1, groups=4))\n"
+        "print(len(rec), rec[0].message)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)})
+    assert out.stdout.startswith("1 ") and "triton" in out.stdout, out.stdout + out.stderr
+
+
+BAD_INPUTS = [
+    pytest.param(dict(x=torch.randn(4, 5, 5)), ValueError, "input must be 4-D", id="input-3d"),
+    pytest.param(dict(w=torch.randn(4, 1, 3)), ValueError, "weight must be 4-D", id="weight-3d"),
+    pytest.param(dict(groups=3), ValueError, "groups=3 must divide the input channels", id="groups-not-dividing-cin"),
+    pytest.param(dict(w=torch.randn(6, 1, 3, 3), groups=4), ValueError, "must divide the output channels",
+                 id="groups-not-dividing-cout"),
+    pytest.param(dict(w=torch.randn(4, 2, 3, 3)), ValueError, r"weight.shape\[1\] must be", id="weight-channels"),
+    pytest.param(dict(w=torch.randn(4, 1, 3, 3, dtype=torch.float64)), TypeError, "weight dtype",
+                 id="dtype-mismatch"),
+    pytest.param(dict(b=torch.randn(5)), ValueError, "bias must have shape", id="bias-shape"),
+    pytest.param(dict(stride=0), ValueError, "stride must be at least 1", id="stride-zero"),
+    pytest.param(dict(padding=-1), ValueError, "padding must be at least 0", id="padding-negative"),
+    pytest.param(dict(padding="full"), ValueError, "padding must be", id="padding-string"),
+    pytest.param(dict(stride=(1, 2, 3)), TypeError, "stride must be an int or a pair", id="stride-triple"),
+    pytest.param(dict(groups=0), ValueError, "groups must be a positive int", id="groups-zero"),
+    pytest.param(dict(x=torch.randint(0, 3, (1, 4, 5, 5))), TypeError, "floating-point", id="integer-input"),
+    pytest.param(dict(backend="cuda"), ValueError, "backend must be one of", id="unknown-backend"),
+    pytest.param(dict(x=torch.randn(1, 4, 1, 1), padding=0), ValueError, "too small", id="input-too-small"),
+]
+
+
+@pytest.mark.parametrize("override,error,message", BAD_INPUTS)
+def test_bad_input_gets_a_clear_error(override, error, message):
+    args = dict(x=torch.randn(1, 4, 5, 5), w=torch.randn(4, 1, 3, 3), b=None, stride=1, padding=1, groups=4,
+                backend="triton")
+    args.update(override)
+    with pytest.raises(error, match=message):
+        grouped_conv2d(args["x"], args["w"], args["b"], stride=args["stride"], padding=args["padding"],
+                       groups=args["groups"], backend=args["backend"])
+
+
+def test_device_mismatch_is_reported():
+    if not ON_GPU:
+        pytest.skip("needs two devices")
+    with pytest.raises(ValueError, match="weight is on"):
+        grouped_conv2d(torch.randn(1, 4, 5, 5, device="cuda"), torch.randn(4, 1, 3, 3), padding=1, groups=4)
+
+
+def test_module_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        GroupedConv2d(4, 4, 3, backend="cudnn")
