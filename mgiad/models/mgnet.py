@@ -1,0 +1,80 @@
+"""MgNet (He and Xu 2019) as the MGiaD authors built it (MGiaD paper Alg. 1 with FAS eq. 6-7)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mgiad_kernels import SmoothingStep
+from mgiad_kernels.backend import check_backend
+
+from .common import ResolutionTransfer, check_model_args, classifier_head, conv3x3, stem, to_model_layout
+
+SHARES = ("AB", "A", None)
+
+
+class MgNetLevel(nn.Module):
+    """The smoothing steps of one resolution level, u = u + relu(bn2(B(relu(bn1(f - A u))))).
+
+    share="AB": one A and one B for all steps (MgNet^{A,B}); "A": one A, a B per step (MgNet^A);
+    None: an A and a B per step (ResNet-like).
+    """
+
+    def __init__(self, channels: int, steps: int, share, groups: int, backend: str):
+        super().__init__()
+        A = conv3x3(channels, channels, groups, backend)
+        B = conv3x3(channels, channels, groups, backend)
+        smoothers = []
+        for i in range(steps):
+            if i and share is None:
+                A = conv3x3(channels, channels, groups, backend)
+            if i and share != "AB":
+                B = conv3x3(channels, channels, groups, backend)
+            smoothers.append(SmoothingStep(A, B, channels, backend=backend))
+        self.steps = nn.ModuleList(smoothers)
+
+    @property
+    def A(self) -> nn.Module:
+        """The level's A used by the FAS transfers (the first step's)."""
+        return self.steps[0].A
+
+    def forward(self, u: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            u = step(u, f)
+        return u
+
+
+class MgNet(nn.Module):
+    """MgNet: smoothing iterations (eq. 3) on each resolution level, FAS transfers (eq. 6-7) between them.
+
+    ``group_size`` makes A and B grouped convolutions with that many channels per group
+    (MGiaD paper Table VI); None keeps them dense.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths=(64, 128, 256, 256),
+                 smoothing_steps=(2, 2, 2, 2), share="AB", group_size: int | None = None, backend: str = "auto"):
+        super().__init__()
+        widths, steps = check_model_args(num_classes, in_channels, widths, smoothing_steps)
+        if share not in SHARES:
+            raise ValueError(f"share must be one of {SHARES}, got {share!r}")
+        check_backend(backend)
+        if group_size is not None:
+            if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+                raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
+            bad = [c for c in widths if c % group_size]
+            if bad:
+                raise ValueError(f"group_size={group_size} must divide every width, but not {bad}")
+        self.stem = stem(in_channels, widths[0], backend)
+        self.levels = nn.ModuleList(
+            MgNetLevel(c, n, share, 1 if group_size is None else c // group_size, backend)
+            for c, n in zip(widths, steps))
+        self.transfers = nn.ModuleList(ResolutionTransfer(a, b, backend) for a, b in zip(widths, widths[1:]))
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(to_model_layout(x))
+        u = torch.zeros_like(f)
+        for i, level in enumerate(self.levels):
+            if i:
+                u, f = self.transfers[i - 1](u, f, self.levels[i - 1].A, level.A)
+            u = level(u, f)
+        return classifier_head(u, self.fc)
