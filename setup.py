@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mgiad_kernels", "mgiad_kernels.*", "mgiad", "mgiad.*"]),
     python_requires=">=3.10",
+    entry_points={"console_scripts": ["mgiad=mgiad.train:main"]},
     install_requires=["torch>=2.4", "numpy>=1.24"],
     extras_require={
         "triton": ["triton>=3.0"],

@@ -283,3 +283,11 @@ def test_device_mismatch_is_reported():
 def test_module_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         GroupedConv2d(4, 4, 3, backend="cudnn")
+
+
+def test_demo_runs_both_backends(capsys):
+    from mgiad_kernels.demo import main
+
+    main(["--channels", "16", "--group-size", "4", "--size", "4", "--batch", "1"])
+    out = capsys.readouterr().out
+    assert "backend=torch" in out and "backend=triton" in out

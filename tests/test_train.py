@@ -1,0 +1,186 @@
+"""The training CLI: embedded digits default, dataset readers, kill-and-resume, checkpoints, DDP."""
+import gzip
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mgiad.data import DatasetError, load_dataset
+from mgiad.train import CheckpointError, load_checkpoint, main
+
+TINY = ["--model", "mgnet", "--widths", "4,8", "--smoothing-steps", "1,1", "--batch-size", "32",
+        "--backend", "torch", "--device", "cpu"]
+
+
+def _train_cli(out, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "mgiad.train", "--out", str(out), *TINY, *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_default_train_reaches_95_percent_on_digits(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # as on a plain CPU machine: backend auto runs torch
+    main(["train", "--out", str(tmp_path)])
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert len(rows) == 20 and rows[-1]["test_acc"] >= 0.95, rows[-1]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s",
+                            "params"}
+    for name in ("checkpoint.pt", "best.pt", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    capsys.readouterr()
+    main(["eval", str(tmp_path / "checkpoint.pt")])
+    assert json.loads(capsys.readouterr().out)["test_acc"] == pytest.approx(rows[-1]["test_acc"])
+    main(["plot", str(tmp_path), "--out", str(tmp_path / "tradeoff.png")])
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
+    args = ["--epochs", "4", "--seed", "3"]
+    reference = _train_cli(tmp_path / "ref", *args)
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+
+    run = tmp_path / "run"
+    victim = _train_cli(run, *args)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the third epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 4, "the kill must land before the run ends"
+    assert load_checkpoint(str(run / "checkpoint.pt"))["epoch"] == done
+
+    resumed = _train_cli(run, *args, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    a = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=False)
+    b = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_corrupt_checkpoint_is_a_clear_error_not_a_restart(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="is not a readable checkpoint"):
+        main(["--out", str(tmp_path), "--resume", *TINY, "--epochs", "1"])
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    torch.save({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(str(tmp_path / "partial.pt"))
+
+
+def _write_cifar(root, classes, n=6):
+    rng = np.random.default_rng(0)
+    key = "labels" if classes == 10 else "fine_labels"
+    if classes == 10:
+        folder = root / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    else:
+        folder = root / "cifar-100-python"
+        names = ["train", "test"]
+    folder.mkdir(parents=True)
+    for name in names:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    return folder
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_reader_on_files_in_torchvision_format(tmp_path, classes):
+    folder = _write_cifar(tmp_path, classes)
+    ds = load_dataset(f"cifar{classes}", str(tmp_path))
+    n_train = 30 if classes == 10 else 6
+    assert ds.train.images.shape == (n_train, 3, 32, 32) and ds.train.images.dtype == torch.uint8
+    assert ds.test.images.shape == (6, 3, 32, 32) and ds.num_classes == classes
+    first = pickle.load(open(folder / ("data_batch_1" if classes == 10 else "train"), "rb"))
+    assert torch.equal(ds.train.images[0].flatten(), torch.from_numpy(first["data"][0]))
+
+
+def test_cifar_reader_errors_name_the_files(tmp_path):
+    with pytest.raises(DatasetError, match="data_batch_1.*missing"):
+        load_dataset("cifar10", str(tmp_path))
+    folder = _write_cifar(tmp_path, 10)
+    (folder / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="test_batch is not a readable CIFAR batch"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def _idx(array, path, compress):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_fashionmnist_reader_on_idx_files(tmp_path, compress):
+    folder = tmp_path / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    suffix = ".gz" if compress else ""
+    images = rng.integers(0, 256, (5, 28, 28))
+    _idx(images, folder / f"train-images-idx3-ubyte{suffix}", compress)
+    _idx(rng.integers(0, 10, 5), folder / f"train-labels-idx1-ubyte{suffix}", compress)
+    _idx(rng.integers(0, 256, (3, 28, 28)), folder / f"t10k-images-idx3-ubyte{suffix}", compress)
+    _idx(rng.integers(0, 10, 3), folder / f"t10k-labels-idx1-ubyte{suffix}", compress)
+    ds = load_dataset("fashionmnist", str(tmp_path))
+    assert ds.train.images.shape == (5, 1, 32, 32) and ds.test.images.shape == (3, 1, 32, 32)
+    assert torch.equal(ds.train.images[0, 0, 2:30, 2:30], torch.from_numpy(images[0].astype(np.uint8)))
+
+
+def test_missing_dataset_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="fashionmnist: expected train-images-idx3-ubyte"):
+        main(["--dataset", "fashionmnist", "--data-dir", str(tmp_path), "--epochs", "1"])
+    with pytest.raises(SystemExit, match="pass --data-dir"):
+        main(["--dataset", "cifar10", "--epochs", "1"])
+
+
+def _ddp_worker(rank, port, x, y, result_path):
+    import torch.distributed as dist
+
+    from mgiad.train import Distributed, _epoch_order
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    env = Distributed(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = _ddp_model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    (idx,) = _epoch_order(len(y), 0, 0, env, len(y))
+    torch.nn.functional.cross_entropy(ddp(x[idx]), y[idx]).backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters()}, result_path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _ddp_model():
+    from mgiad import MgNet
+
+    model = MgNet(10, 3, widths=(4, 8), smoothing_steps=(1, 1), backend="torch")
+    model.eval()  # BatchNorm on running statistics: SyncBatchNorm (used on GPUs) has no CPU kernels
+    return model
+
+
+def test_two_gloo_processes_give_the_single_process_gradient(tmp_path):
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    mp.spawn(_ddp_worker, args=(29000 + os.getpid() % 1000, x, y, str(tmp_path / "g.pt")), nprocs=2)
+    torch.manual_seed(0)
+    model = _ddp_model()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    ddp_grads = torch.load(tmp_path / "g.pt")
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
