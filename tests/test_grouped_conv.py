@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ALL_DTYPES, DEVICE, ON_GPU, TRITON_DTYPES, assert_close_rel
+from support import ALL_DTYPES, DEVICE, ON_GPU, TRITON_DTYPES, assert_close_rel
 
 from mgiad_kernels import GroupedConv2d, grouped_conv2d
 

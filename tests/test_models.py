@@ -1,7 +1,7 @@
 """Models: weight counts, backend equivalence (Triton under the interpreter vs torch), training, portability."""
 import pytest
 import torch
-from conftest import DEVICE, REL_TOL, rel_err
+from support import DEVICE, REL_TOL, rel_err
 
 from mgiad import MGiaD, MgNet, resnet18_cifar, resnet20
 from mgiad.param_table import count_weights, markdown
