@@ -11,8 +11,8 @@ def conv3x3(c_in: int, c_out: int, groups: int, backend: str, stride: int = 1) -
     return GroupedConv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups, bias=False, backend=backend)
 
 
-def conv1x1(c_in: int, c_out: int, groups: int, backend: str) -> GroupedConv2d:
-    return GroupedConv2d(c_in, c_out, 1, groups=groups, bias=False, backend=backend)
+def conv1x1(c_in: int, c_out: int, groups: int, backend: str, stride: int = 1) -> GroupedConv2d:
+    return GroupedConv2d(c_in, c_out, 1, stride=stride, groups=groups, bias=False, backend=backend)
 
 
 def stem(in_channels: int, channels: int, backend: str) -> nn.Sequential:

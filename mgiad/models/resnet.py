@@ -24,9 +24,7 @@ class BasicBlock(nn.Module):
         self.stride = stride
         self.downsample = None
         if (stride != 1 or c_in != c_out) and shortcut == "projection":
-            self.downsample = nn.Sequential(
-                conv1x1(c_in, c_out, 1, backend) if stride == 1 else _strided_1x1(c_in, c_out, stride, backend),
-                nn.BatchNorm2d(c_out))
+            self.downsample = nn.Sequential(conv1x1(c_in, c_out, 1, backend, stride=stride), nn.BatchNorm2d(c_out))
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
@@ -40,12 +38,6 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self._shortcut(x))
-
-
-def _strided_1x1(c_in, c_out, stride, backend):
-    from mgiad_kernels import GroupedConv2d
-
-    return GroupedConv2d(c_in, c_out, 1, stride=stride, bias=False, backend=backend)
 
 
 class CifarResNet(nn.Module):
