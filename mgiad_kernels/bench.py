@@ -48,9 +48,13 @@ class Case:
     extra: dict = field(default_factory=dict)
 
     @property
+    def op_name(self) -> str:
+        """The op, with the 1x1 transfer's direction where it has one."""
+        return f"{self.op}_{self.extra['direction']}" if "direction" in self.extra else self.op
+
+    @property
     def label(self) -> str:
-        direction = f"_{self.extra['direction']}" if "direction" in self.extra else ""
-        return (f"{self.op}{direction}-{self.pass_}-{str(self.dtype).replace('torch.', '')}-N{self.N}-C{self.C}"
+        return (f"{self.op_name}-{self.pass_}-{str(self.dtype).replace('torch.', '')}-N{self.N}-C{self.C}"
                 f"-H{self.H}-g{self.group_size}")
 
 
@@ -289,7 +293,7 @@ def measure(case: Case, provider: str, device: torch.device, copy_gbs: float) ->
     run, nbytes, flops = build(case, provider, device)
     median, p20, p80 = _timer(device)(run)
     gbs = nbytes / median / 1e6
-    return Result(case.op + (f"_{case.extra['direction']}" if case.extra.get("direction") else ""), case.pass_,
+    return Result(case.op_name, case.pass_,
                   str(case.dtype).replace("torch.", ""), case.N, case.C, case.H, case.W, case.group_size, provider,
                   median, p20, p80, gbs, flops / median / 1e9, gbs / copy_gbs if copy_gbs else 0.0)
 
