@@ -199,8 +199,9 @@ def _smoothing_fn(provider, case, device):
     module: nn.Module = torch.compile(step, mode="max-autotune-no-cudagraphs") if provider == "torch_compile" else step
     elem = torch.finfo(case.dtype).bits // 8
     act = case.N * c * case.H * case.W
-    nbytes = 4 * act * elem  # minimum of a fused step: read u, f; write u_next; backward reads grad, writes 2 grads
-    nbytes += 3 * act * elem
+    # minimum of a fused step: forward reads u, f and writes u_next; backward reads grad_u_next and
+    # (recomputing, not storing) u, f again, and writes grad_u, grad_f
+    nbytes = 8 * act * elem
     flops = 2 * conv_cost(case.N, c, c, case.H, case.W, 3, 1, groups, elem, True)[1]
 
     def make():
