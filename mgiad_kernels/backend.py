@@ -29,7 +29,13 @@ def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     reason = triton_unavailable_reason(*tensors)
     if reason is None:
         return True
-    if backend == "triton" and reason not in _warned:
-        _warned.add(reason)
-        warnings.warn(f"backend='triton' falls back to PyTorch: {reason}", RuntimeWarning, stacklevel=3)
+    if backend == "triton":
+        warn_fallback(reason)
     return False
+
+
+def warn_fallback(reason: str) -> None:
+    """backend='triton' runs PyTorch instead: say why, once per reason."""
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"backend='triton' falls back to PyTorch: {reason}", RuntimeWarning, stacklevel=4)

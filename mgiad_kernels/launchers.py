@@ -5,6 +5,7 @@ assumes shapes that already agree.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -54,8 +55,49 @@ def conv_output_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.me
     return torch.contiguous_format
 
 
-def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool) -> None:
-    """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input."""
+@dataclass(frozen=True)
+class BatchNormArgs:
+    """A BatchNorm as the kernels read it: per-channel statistics and affine parameters, and eps.
+
+    ``var`` is the variance normalized with (the biased batch variance in training, the
+    running variance in eval mode); bn(x) = (x - mean) / sqrt(var + eps) * gamma + beta.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    eps: float
+
+    def pointers(self) -> tuple:
+        return self.mean, self.var, self.gamma, self.beta
+
+
+def gather_stats_buffer(dst_shape: Sequence[int], device: torch.device, planes: int = 1) -> torch.Tensor:
+    """Zero-filled (planes, 3, rows, C) partial statistics of fused gathers, a row per possible pixel tile.
+
+    Rows that no tile writes (the autotuned BLOCK_P may exceed the smallest) keep count 0.
+    """
+    n_batch, channels, h, w = dst_shape
+    rows = _cdiv(n_batch * h * w, _kernels().GATHER_MIN_BLOCK_P)
+    return torch.zeros((planes, 3, rows, channels), device=device, dtype=torch.float32)
+
+
+def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prologue_bn: BatchNormArgs | None = None,
+            other: torch.Tensor | None = None, other_mode: str = "none", alpha: float = 1.0,
+            epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
+            stats: torch.Tensor | None = None, stats_mode: str = "none") -> None:
+    """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input, with optional fusions.
+
+    ``prologue_bn``: src is read as relu(prologue_bn(src)). ``other_mode``: 'add' (other + alpha * y),
+    'add_after_bn' (other + relu(epilogue_bn(y))), 'relu_grad' (y where epilogue_bn(other) > 0).
+    ``epilogue_bn_relu``: y = relu(epilogue_bn(y)). ``stats_mode``: 'moments' or 'bn_grad'
+    partial statistics into ``stats`` (from gather_stats_buffer).
+    """
+    conv = _kernels()
+    if prologue_bn is not None and epilogue_bn is not None:
+        raise AssertionError("a gather launch applies at most one BatchNorm")
+    bn = prologue_bn or epilogue_bn
     n_batch, c_dst, h_dst, w_dst = dst.shape
     _, c_red, h_src, w_src = src.shape
     ws = weight.stride()
@@ -65,17 +107,25 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool) -> None
     else:
         w_strides = (ws[0], 0, 0, ws[1], ws[2], ws[3])
         dst_per_group, red_per_group = geo.out_per_group, geo.in_per_group
-    kernel = _kernels().conv2d_gather_kernel
+    other_modes = {"none": conv.OTHER_NONE, "add": conv.OTHER_ADD, "add_after_bn": conv.OTHER_ADD_AFTER_BN,
+                   "relu_grad": conv.OTHER_RELU_GRAD}
+    stats_modes = {"none": conv.STATS_NONE, "moments": conv.STATS_MOMENTS, "bn_grad": conv.STATS_BN_GRAD}
     grid = lambda meta: (  # noqa: E731
         _cdiv(n_batch * h_dst * w_dst, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))
-    kernel[grid](
+    conv.conv2d_gather_kernel[grid](
         src, weight, bias if bias is not None else weight, dst,
-        *src.stride(), *dst.stride(), *w_strides,
+        other if other is not None else dst,
+        *(bn.pointers() if bn is not None else (weight,) * 4),
+        stats if stats is not None else weight,
+        *src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()), *w_strides,
         n_batch, h_src, w_src, h_dst, w_dst,
         c_dst, c_red, dst_per_group, red_per_group,
+        float(alpha), float(bn.eps) if bn is not None else 0.0, stats.shape[1] if stats is not None else 0,
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-        TRANSPOSED=transposed, HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(src.dtype),
+        TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
+        OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu, STATS=stats_modes[stats_mode],
+        INPUT_PRECISION=_input_precision(src.dtype),
     )
 
 
@@ -91,21 +141,39 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y
 
 
+def conv2d_residual_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            other: torch.Tensor, subtract: bool, stride: Sequence[int], padding: Sequence[int],
+                            dilation: Sequence[int], groups: int) -> torch.Tensor:
+    """other -/+ conv2d(x, weight, bias) in one launch: the FAS residual and correction (eq. 6-7, Alg. 2)."""
+    geo = ConvGeometry.of(x.shape, weight.shape, stride, padding, dilation, groups)
+    y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
+                    memory_format=conv_output_memory_format(x, weight))
+    if y.numel():
+        _gather(x, weight, bias, y, geo, transposed=False, other=other, other_mode="add",
+                alpha=-1.0 if subtract else 1.0)
+    return y
+
+
 def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torch.Tensor,
                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                      groups: int, memory_format: torch.memory_format) -> torch.Tensor:
-    """grad_x = conv_transpose2d(grad_y, weight): the adjoint of the forward gather."""
+                      groups: int, memory_format: torch.memory_format, negate: bool = False) -> torch.Tensor:
+    """grad_x = conv_transpose2d(grad_y, weight): the adjoint of the forward gather (negated if ``negate``)."""
     geo = ConvGeometry.of(x_shape, weight.shape, stride, padding, dilation, groups)
     grad_x = torch.empty(tuple(x_shape), device=grad_y.device, dtype=grad_y.dtype, memory_format=memory_format)
     if grad_x.numel():
-        _gather(grad_y, weight, None, grad_x, geo, transposed=True)
+        _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=-1.0 if negate else 1.0)
     return grad_x
 
 
 def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight_shape: Sequence[int],
                        stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                       groups: int, with_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """grad_weight (and grad_bias) as split reductions over the N*H_out*W_out pixels."""
+                       groups: int, with_bias: bool, *, x_bn: BatchNormArgs | None = None,
+                       negate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """grad_weight (and grad_bias) as split reductions over the N*H_out*W_out pixels.
+
+    ``x_bn``: the convolution's input was relu(x_bn(x)), recomputed as x is loaded.
+    ``negate``: the gradients of a convolution whose output entered with a minus sign.
+    """
     geo = ConvGeometry.of(x.shape, weight_shape, stride, padding, dilation, groups)
     n_batch, c_in, h, w = x.shape
     c_out = weight_shape[0]
@@ -126,13 +194,160 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
         grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
         kernel[grid](
             x, grad_y, partial_w, partial_b,
+            *(x_bn.pointers() if x_bn is not None else (partial_w,) * 4),
             *x.stride(), *grad_y.stride(),
             n_batch, h, w, h_out, w_out,
             c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
+            float(x_bn.eps) if x_bn is not None else 0.0,
             KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
             PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-            HAS_BIAS=with_bias, INPUT_PRECISION=_input_precision(x.dtype),
+            HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, INPUT_PRECISION=_input_precision(x.dtype),
         )
-    grad_w = partial_w.sum(0).to(x.dtype)  # fixed-order reduction over splits: deterministic
-    grad_b = partial_b.sum(0).to(x.dtype) if with_bias else None
-    return grad_w, grad_b
+    grad_w = partial_w.sum(0)  # fixed-order reduction over splits: deterministic
+    grad_b = partial_b.sum(0) if with_bias else None
+    if negate:
+        grad_w = grad_w.neg_()
+        grad_b = grad_b.neg_() if grad_b is not None else None
+    return grad_w.to(x.dtype), (grad_b.to(x.dtype) if grad_b is not None else None)
+
+
+# ---- the fused smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3) -------------------------
+
+_ELEMENTWISE_BLOCK_P, _ELEMENTWISE_BLOCK_C = 64, 32
+_FINALIZE_BLOCK_ROWS, _FINALIZE_BLOCK_C = 32, 32
+
+
+def _elementwise_grid(pixels: int, channels: int) -> tuple[int, int]:
+    return _cdiv(pixels, _ELEMENTWISE_BLOCK_P), _cdiv(channels, _ELEMENTWISE_BLOCK_C)
+
+
+def _batchnorm_kernels():
+    from .kernels import batchnorm  # deferred like _kernels()
+
+    return batchnorm
+
+
+def _finalize_moments(partial: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """Batch mean and biased variance per channel from a gather's STATS_MOMENTS partials."""
+    _, rows, channels = partial.shape
+    _batchnorm_kernels().bn_moments_finalize_kernel[(_cdiv(channels, _FINALIZE_BLOCK_C),)](
+        partial, mean, var, rows, channels, BLOCK_ROWS=_FINALIZE_BLOCK_ROWS, BLOCK_C=_FINALIZE_BLOCK_C)
+
+
+def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    return torch.empty(like.shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
+
+
+def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
+                           geo_a: ConvGeometry, weight_b: torch.Tensor, bias_b: torch.Tensor | None,
+                           geo_b: ConvGeometry, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
+                           running: tuple | None) -> tuple[torch.Tensor, ...]:
+    """One smoothing step that keeps r = f - A u and s = B(relu(bn1(r))) for the backward pass.
+
+    ``running`` None: training, normalized with the batch statistics computed in the convolutions'
+    epilogues. Else (running_mean1, running_var1, running_mean2, running_var2) are used.
+    Launches: A (+ residual, + bn1 moments), finalize, B (+ bn1/relu prologue, + bn2 moments),
+    finalize, update. Returns (out, r, s, stats) with stats = (mean1, var1, mean2, var2), (4, C) fp32.
+    """
+    fmt = conv_output_memory_format(u, weight_a)
+    n_batch, channels, h, w = u.shape
+    r, s, out = (_empty_activation(u, fmt) for _ in range(3))
+    if running is None:
+        stats = torch.empty((4, channels), device=u.device, dtype=torch.float32)
+        partials = gather_stats_buffer(u.shape, u.device, planes=2)
+        _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0,
+                stats=partials[0], stats_mode="moments")
+        _finalize_moments(partials[0], stats[0], stats[1])
+        bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
+        _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, stats=partials[1], stats_mode="moments")
+        _finalize_moments(partials[1], stats[2], stats[3])
+    else:
+        stats = torch.stack([t.float() for t in running])
+        bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
+        _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0)
+        _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1)
+    bn2 = BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1])
+    pixels = n_batch * h * w
+    _batchnorm_kernels().bn_relu_residual_kernel[_elementwise_grid(pixels, channels)](
+        s, u, out, *bn2.pointers(), *s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps,
+        BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+    return out, r, s, stats
+
+
+def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
+                             geo_a: ConvGeometry, weight_b: torch.Tensor, bias_b: torch.Tensor | None,
+                             geo_b: ConvGeometry, bn1: BatchNormArgs, bn2: BatchNormArgs) -> torch.Tensor:
+    """Eval mode, BatchNorm folded into the convolutions' epilogues: two launches.
+
+    t = relu(bn1(f - A u)) in A's epilogue; u + relu(bn2(B t)) in B's.
+    """
+    fmt = conv_output_memory_format(u, weight_a)
+    t, out = _empty_activation(u, fmt), _empty_activation(u, fmt)
+    _gather(u, weight_a, bias_a, t, geo_a, False, other=f, other_mode="add", alpha=-1.0, epilogue_bn=bn1,
+            epilogue_bn_relu=True)
+    _gather(t, weight_b, bias_b, out, geo_b, False, other=u, other_mode="add_after_bn", epilogue_bn=bn2)
+    return out
+
+
+def update_running_stats(running: tuple, num_batches: tuple, batch_stats: torch.Tensor, momentum: float | None,
+                         count: int) -> None:
+    """Both BatchNorms' running statistics and num_batches_tracked, as nn.BatchNorm2d updates them."""
+    channels = batch_stats.shape[1]
+    _batchnorm_kernels().bn_running_update_kernel[(1,)](
+        batch_stats, *running, *num_batches, channels, 0.0 if momentum is None else float(momentum),
+        count / (count - 1), CUMULATIVE=momentum is None, BLOCK_C=1 << max(0, (channels - 1).bit_length()))
+
+
+def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: torch.Tensor, geo_a: ConvGeometry,
+                            weight_b: torch.Tensor, geo_b: ConvGeometry, r: torch.Tensor, s: torch.Tensor,
+                            stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
+                            batch_stats: bool, has_bias: tuple[bool, bool],
+                            needs_weight_grads: tuple[bool, bool]) -> tuple:
+    """Gradients of the smoothing step, recomputing t = relu(bn1(r)) and the relu masks from r and s.
+
+    Launches: bn2-backward sums, grad s, B^T (+ relu mask of bn1, + bn1-backward sums),
+    grad B, grad r, A^T (+ grad_out), grad A. Returns (grad_u, grad_f, grad_weight_a,
+    grad_bias_a, grad_weight_b, grad_bias_b, grad_bn1, grad_bn2), grad_bn* (2, C) fp32 holding the
+    gradients of beta (row 0) and gamma (row 1).
+    """
+    bnk = _batchnorm_kernels()
+    fmt = conv_output_memory_format(u, weight_a)
+    n_batch, channels, h, w = u.shape
+    pixels = n_batch * h * w
+    bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
+    bn2 = BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1])
+    grid = _elementwise_grid(pixels, channels)
+
+    partial2 = torch.empty((2, grid[0], channels), device=u.device, dtype=torch.float32)
+    bnk.bn_relu_grad_sums_kernel[grid](
+        grad_out, s, partial2, *bn2.pointers(), *grad_out.stride(), *s.stride(), pixels, h * w, w, channels,
+        grid[0], bn2.eps, BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+    sums2 = partial2.sum(1)  # (sum g, sum g * s_hat), a fixed-order reduction
+    grad_s = _empty_activation(u, fmt)
+    bnk.bn_backward_kernel[grid](
+        grad_out, s, grad_s, sums2, *bn2.pointers(), *grad_out.stride(), *s.stride(), *grad_s.stride(),
+        pixels, h * w, w, channels, bn2.eps, 1.0 / pixels, RELU_MASK=True, BATCH_STATS=batch_stats,
+        BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+
+    grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
+    partial1 = gather_stats_buffer(u.shape, u.device)[0]
+    _gather(grad_s, weight_b, None, grad_x1, geo_b, True, other=r, other_mode="relu_grad", epilogue_bn=bn1,
+            stats=partial1, stats_mode="bn_grad")
+    sums1 = partial1[:2].sum(1)
+    grad_weight_b = grad_bias_b = None
+    if needs_weight_grads[1]:
+        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, weight_b.shape, geo_b.stride, geo_b.padding,
+                                                        geo_b.dilation, geo_b.groups, has_bias[1], x_bn=bn1)
+    grad_r = _empty_activation(u, fmt)
+    bnk.bn_backward_kernel[grid](
+        grad_x1, r, grad_r, sums1, *bn1.pointers(), *grad_x1.stride(), *r.stride(), *grad_r.stride(),
+        pixels, h * w, w, channels, bn1.eps, 1.0 / pixels, RELU_MASK=False, BATCH_STATS=batch_stats,
+        BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+
+    grad_u = _empty_activation(u, fmt)  # grad_out - A^T grad_r
+    _gather(grad_r, weight_a, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0)
+    grad_weight_a = grad_bias_a = None
+    if needs_weight_grads[0]:
+        grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, weight_a.shape, geo_a.stride, geo_a.padding,
+                                                        geo_a.dilation, geo_a.groups, has_bias[0], negate=True)
+    return grad_u, grad_r, grad_weight_a, grad_bias_a, grad_weight_b, grad_bias_b, sums1, sums2

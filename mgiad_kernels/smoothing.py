@@ -1,37 +1,127 @@
-"""The MgNet smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3, Alg. 1-3)."""
+"""The MgNet smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3, Alg. 1-3).
+
+backend="torch" is the eager composition (F.conv2d, F.batch_norm, relu and adds); "triton"
+fuses it: training is five launches forward (A with the residual and bn1's batch moments in
+its epilogue, B with bn1 + relu in its prologue and bn2's moments in its epilogue, two
+statistics merges, the residual update) and seven kernels backward; eval mode folds both
+BatchNorms into the two convolutions' epilogues (two launches).
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backend import check_backend
+from . import ops
+from .backend import check_backend, use_triton, warn_fallback
+from .conv_geometry import as_pair, resolve_padding
 
 
-def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module, bn1: nn.Module,
-                   bn2: nn.Module) -> torch.Tensor:
-    """One step of eq. (3) in the MgNet^{A,B} convention: r = f - A(u), u + relu(bn2(B(relu(bn1(r)))))."""
-    if u.shape != f.shape:
-        raise ValueError(f"u and f must have the same shape, got {tuple(u.shape)} and {tuple(f.shape)}")
-    return u + F.relu(bn2(B(F.relu(bn1(f - A(u))))))
+def _eager_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's convolution on F.conv2d, whatever its own backend."""
+    if isinstance(conv, nn.Conv2d):
+        return nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
+    return conv(x)
+
+
+def _eager_step(u, f, A, B, bn1, bn2):
+    return u + F.relu(bn2(_eager_conv(B, F.relu(bn1(f - _eager_conv(A, u))))))
+
+
+def smoothing_conv_args(name: str, conv: nn.Module, channels: int) -> list[int]:
+    """[pad_h, pad_w, dil_h, dil_w, groups] of a stride-1, size-preserving C -> C convolution, else ValueError."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{name} must be an nn.Conv2d (or GroupedConv2d), got {type(conv).__name__}")
+    if conv.in_channels != channels or conv.out_channels != channels:
+        raise ValueError(f"{name} must map channels={channels} to {channels}, got "
+                         f"{conv.in_channels} -> {conv.out_channels}")
+    kernel = as_pair(conv.kernel_size, f"{name}.kernel_size", 1)
+    stride = as_pair(conv.stride, f"{name}.stride", 1)
+    dilation = as_pair(conv.dilation, f"{name}.dilation", 1)
+    padding = resolve_padding(conv.padding, kernel, stride, dilation)
+    if stride != (1, 1) or any(2 * p != d * (k - 1) for p, d, k in zip(padding, dilation, kernel)):
+        raise ValueError(f"{name} must keep the grid size (stride 1, padding = dilation * (kernel - 1) / 2), "
+                         f"got kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}")
+    return [*padding, *dilation, conv.groups]
+
+
+def _unfusable_reason(A, B, bn1, bn2) -> str | None:
+    """Why the fused kernels cannot run this configuration (they then fall back to the eager step)."""
+    if A.padding_mode != "zeros" or B.padding_mode != "zeros":
+        return "the fused smoothing step needs padding_mode='zeros' convolutions"
+    for name, bn in (("bn1", bn1), ("bn2", bn2)):
+        if not isinstance(bn, nn.BatchNorm2d) or not bn.affine or not bn.track_running_stats:
+            return f"the fused smoothing step needs {name} to be an affine nn.BatchNorm2d tracking running stats"
+    if bn1.training != bn2.training or bn1.momentum != bn2.momentum:
+        return "the fused smoothing step needs bn1 and bn2 in the same mode with the same momentum"
+    return None
+
+
+def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module, bn1: nn.Module, bn2: nn.Module,
+                   backend: str = "auto") -> torch.Tensor:
+    """One step of eq. (3) in the MgNet^{A,B} convention: r = f - A(u), u + relu(bn2(B(relu(bn1(r))))).
+
+    ``A``, ``B``: C -> C convolutions keeping the grid size; ``bn1``, ``bn2``: nn.BatchNorm2d(C).
+    In training mode the BatchNorms use the batch statistics and update their running ones, as
+    nn.BatchNorm2d does; in eval mode they use the running ones.
+    """
+    check_backend(backend)
+    if u.dim() != 4 or u.shape != f.shape:
+        raise ValueError(f"u and f must be 4-D (N, C, H, W) tensors of the same shape, got {tuple(u.shape)} "
+                         f"and {tuple(f.shape)}")
+    channels = u.shape[1]
+    conv_a = smoothing_conv_args("A", A, channels)
+    conv_b = smoothing_conv_args("B", B, channels)
+    if backend == "torch" or not use_triton(backend, u, f, A.weight, B.weight):
+        return _eager_step(u, f, A, B, bn1, bn2)
+    reason = _unfusable_reason(A, B, bn1, bn2)
+    if reason is not None:
+        if backend == "triton":
+            warn_fallback(reason)
+        return _eager_step(u, f, A, B, bn1, bn2)
+    if len({u.dtype, f.dtype, A.weight.dtype, B.weight.dtype}) != 1:
+        raise ValueError(f"u, f, A.weight and B.weight must share a dtype, got {u.dtype}, {f.dtype}, "
+                         f"{A.weight.dtype} and {B.weight.dtype}")
+
+    bn_args = (bn1.weight, bn1.bias, bn2.weight, bn2.bias,
+               bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var)
+    if not bn1.training:
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (u, f, A.weight, A.bias, B.weight, B.bias, *bn_args[:4]))
+        if not needs_grad:
+            return ops.smoothing_step_inference(u, f, A.weight, A.bias, B.weight, B.bias, *bn_args, conv_a, conv_b,
+                                                bn1.eps, bn2.eps)
+    count = u.shape[0] * u.shape[2] * u.shape[3]
+    if bn1.training and count < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(u.shape)}")
+    out, _, _, stats = ops.smoothing_step(u, f, A.weight, A.bias, B.weight, B.bias, *bn_args, conv_a, conv_b,
+                                          bn1.eps, bn2.eps, bn1.training)
+    if bn1.training:
+        with torch.no_grad():
+            ops.update_running_stats_(bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var,
+                                      bn1.num_batches_tracked, bn2.num_batches_tracked, stats.detach(),
+                                      bn1.momentum, count)
+    return out
 
 
 class SmoothingStep(nn.Module):
     """One smoothing step with its own two BatchNorms; A and B may be shared by several steps.
 
     ``A`` and ``B`` are conv modules (``GroupedConv2d`` or ``nn.Conv2d``) mapping ``channels``
-    to ``channels``. The convolutions run on their own modules' backends.
+    to ``channels`` on the same grid. ``backend`` picks the eager composition ('torch') or the
+    fused kernels ('triton'; 'auto' where they can run).
     """
 
     def __init__(self, A: nn.Module, B: nn.Module, channels: int, backend: str = "auto"):
         super().__init__()
-        for name, conv in (("A", A), ("B", B)):
-            if getattr(conv, "in_channels", None) != channels or getattr(conv, "out_channels", None) != channels:
-                raise ValueError(f"{name} must map channels={channels} to {channels}, got "
-                                 f"{getattr(conv, 'in_channels', '?')} -> {getattr(conv, 'out_channels', '?')}")
+        smoothing_conv_args("A", A, channels)
+        smoothing_conv_args("B", B, channels)
         self.A, self.B = A, B
         self.bn1, self.bn2 = nn.BatchNorm2d(channels), nn.BatchNorm2d(channels)
         self.backend = check_backend(backend)
 
     def forward(self, u: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return smoothing_step(u, f, self.A, self.B, self.bn1, self.bn2)
+        return smoothing_step(u, f, self.A, self.B, self.bn1, self.bn2, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mgiad_kernels import GroupedConv2d
+from mgiad_kernels import FASRestriction, GroupedConv2d
 
 
 def conv3x3(c_in: int, c_out: int, groups: int, backend: str, stride: int = 1) -> GroupedConv2d:
@@ -20,23 +20,19 @@ def stem(in_channels: int, channels: int, backend: str) -> nn.Sequential:
     return nn.Sequential(conv3x3(in_channels, channels, 1, backend), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
-class ResolutionTransfer(nn.Module):
+class ResolutionTransfer(FASRestriction):
     """Learnable depthwise 3x3 stride-2 Pi (features) and R (residual data) between resolution levels.
 
-    MGiaD paper eq. (4)-(7): u_{l+1} = Pi(u_l), f_{l+1} = R(f_l - A_l(u_l)) + A_{l+1}(u_{l+1}).
-    groups = c_in, so a width that grows has channel multiplier c_out / c_in.
+    MGiaD paper eq. (4)-(7): u_{l+1} = Pi(u_l), f_{l+1} = R(f_l - A_l(u_l)) + A_{l+1}(u_{l+1}),
+    fused by mgiad_kernels.fas_restriction. groups = c_in, so a width that grows has channel
+    multiplier c_out / c_in.
     """
 
     def __init__(self, c_in: int, c_out: int, backend: str):
-        super().__init__()
         if c_out % c_in:
             raise ValueError(f"a resolution level's width {c_out} must be a multiple of the previous one {c_in}")
-        self.Pi = conv3x3(c_in, c_out, c_in, backend, stride=2)
-        self.R = conv3x3(c_in, c_out, c_in, backend, stride=2)
-
-    def forward(self, u: torch.Tensor, f: torch.Tensor, A_fine: nn.Module, A_coarse: nn.Module):
-        u_coarse = self.Pi(u)
-        return u_coarse, self.R(f - A_fine(u)) + A_coarse(u_coarse)
+        super().__init__(conv3x3(c_in, c_out, c_in, backend, stride=2), conv3x3(c_in, c_out, c_in, backend, stride=2),
+                         backend)
 
 
 def classifier_head(u: torch.Tensor, fc: nn.Linear) -> torch.Tensor:

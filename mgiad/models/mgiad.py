@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mgiad_kernels import SmoothingStep
+from mgiad_kernels import SmoothingStep, fas_restriction, prolongation_correction
 from mgiad_kernels.backend import check_backend
 
 from .common import ResolutionTransfer, check_model_args, classifier_head, conv1x1, conv3x3, stem, to_model_layout
@@ -25,6 +25,7 @@ class SiC(nn.Module):
                  post_smoothing: int, backend: str):
         super().__init__()
         self.channels = channels
+        self.backend = backend
         self.is_coarsest = channels // 2 < coarsest_channels
         groups = 1 if self.is_coarsest else channels // group_size
         self.A = conv3x3(channels, channels, groups, backend)
@@ -42,9 +43,9 @@ class SiC(nn.Module):
         for step in self.pre:  # Alg. 2 lines 1-2
             u = step(u, f)
         if not self.is_coarsest:
-            u_coarse = self.Pi_hat(u)  # line 4
-            f_coarse = self.R_hat(f - self.A(u)) + self.coarse.A(u_coarse)  # line 5
-            u = u + self.P_hat(self.coarse(u_coarse, f_coarse))  # lines 6-7
+            # lines 4-5: u_c = Pi-hat(u), f_c = R-hat(f - A-hat(u)) + A-hat_c(u_c), fused
+            u_coarse, f_coarse = fas_restriction(u, f, self.A, self.Pi_hat, self.R_hat, self.coarse.A, self.backend)
+            u = prolongation_correction(u, self.coarse(u_coarse, f_coarse), self.P_hat, self.backend)  # lines 6-7
         for step in self.post:  # lines 8-9
             u = step(u, f)
         return u

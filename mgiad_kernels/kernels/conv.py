@@ -18,8 +18,25 @@ import triton.language as tl
 from .._triton_support import interpreter_enabled
 
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride), never H, W.
-_GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W"]
-_GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W"]
+# The fusion flags change the work per tile, so they are keys too.
+_GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
+               "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS"]
+_GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
+                    "X_BN_RELU"]
+
+# OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
+OTHER_NONE = tl.constexpr(0)  # nothing
+OTHER_ADD = tl.constexpr(1)  # y = other + alpha * conv, before the epilogue BatchNorm (residual f - A u, FAS sums)
+OTHER_ADD_AFTER_BN = tl.constexpr(2)  # y = other + relu(bn(conv)) (the smoothing step's residual update)
+OTHER_RELU_GRAD = tl.constexpr(3)  # y = conv where bn(other) > 0, else 0 (backward through relu(bn(other)))
+
+# STATS: per-tile partial statistics of the stored output, one row per pixel tile
+STATS_NONE = tl.constexpr(0)
+STATS_MOMENTS = tl.constexpr(1)  # (count, mean, centred sum of squares) per channel: BatchNorm batch statistics
+STATS_BN_GRAD = tl.constexpr(2)  # (sum y, sum y * bn_hat(other)) per channel: BatchNorm backward reductions
+
+
+GATHER_MIN_BLOCK_P = 64  # the smallest BLOCK_P below: sizes the per-tile statistics buffers
 
 
 def _gather_configs():
@@ -47,34 +64,59 @@ def _grad_weight_configs():
     ]
 
 
-@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY)
+@triton.jit
+def bn_scale_shift(mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, offs, mask):
+    """Per-channel (mean, rstd, scale, shift) of a BatchNorm: bn(x) = x * scale + shift."""
+    mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    var = tl.load(var_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+    gamma = tl.load(gamma_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    scale = gamma * rstd
+    return mean, rstd, scale, beta - mean * scale
+
+
+@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY, restore_value=["stats_ptr"])
 @triton.jit
 def conv2d_gather_kernel(
     src_ptr,  # (N, C_RED, H_src, W_src): x for the forward pass, grad_y for grad input
     weight_ptr,  # (C_out, C_in // groups, KH, KW) convolution weight
     bias_ptr,  # (C_DST,) bias, read only when HAS_BIAS
     dst_ptr,  # (N, C_DST, H_dst, W_dst): y for the forward pass, grad_x for grad input
+    other_ptr,  # (N, C_DST, H_dst, W_dst) read by the epilogue at the output positions (OTHER_MODE)
+    bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) fp32 BatchNorm of the prologue or epilogue
+    stats_ptr,  # (3, STATS_ROWS, C_DST) fp32, zero-filled: per-pixel-tile partial statistics (STATS)
     src_stride_n, src_stride_c, src_stride_h, src_stride_w,  # strides of src, elements
     dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
+    other_stride_n, other_stride_c, other_stride_h, other_stride_w,  # strides of other, elements
     # weight strides seen from the dst channel (global and in-group index), the reduced
     # channel (global and in-group index) and the taps; two of the first four are zero
     w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local, w_stride_kh, w_stride_kw,
     N, H_src, W_src, H_dst, W_dst,  # batch and spatial sizes
     C_DST, C_RED,  # channels written and channels reduced over
     DST_PER_GROUP, RED_PER_GROUP,  # the same per group
+    alpha,  # float: the convolution is scaled by alpha before the epilogue (-1: other - conv)
+    bn_eps,  # float: the BatchNorm's epsilon
+    STATS_ROWS,  # rows of stats_ptr, at least the number of pixel tiles
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
     TRANSPOSED: tl.constexpr,  # False: y = conv(x, w); True: grad_x = conv_transpose(grad_y, w)
     HAS_BIAS: tl.constexpr,  # add bias_ptr[c] to every output
+    PROLOGUE_BN_RELU: tl.constexpr,  # src is loaded as relu(bn(src)) (zero padding stays zero)
+    OTHER_MODE: tl.constexpr,  # one of OTHER_* above
+    EPILOGUE_BN_RELU: tl.constexpr,  # y = relu(bn(y)) after OTHER_ADD (BatchNorm folded, eval mode)
+    STATS: tl.constexpr,  # one of STATS_* above
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
 ):
-    """dst[n, c, p] = sum over taps and the group's reduced channels of src * weight.
+    """dst[n, c, p] = sum over taps and the group's reduced channels of src * weight, then the epilogue.
 
     Forward: dst pixel (oh, ow) reads src at (oh*S - P + kh*D, ...). Grad input (the adjoint):
     dst pixel (ih, iw) reads src at oh = (ih + P - kh*D) / S where that division is exact.
+    The prologue and epilogue flags fuse the smoothing step's elementwise work (MGiaD eq. 3)
+    and the FAS sums (eq. 6-7) into the convolution; at most one BatchNorm per launch.
     """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -116,8 +158,14 @@ def conv2d_gather_kernel(
             for r0 in range(red_start, red_end, BLOCK_RED):
                 offs_r = r0 + tl.arange(0, BLOCK_RED)
                 r_mask = offs_r < red_end
+                a_mask = valid[:, None] & r_mask[None, :]
                 a = tl.load(pix_ptr[:, None] + offs_r[None, :].to(tl.int64) * src_stride_c,
-                            mask=valid[:, None] & r_mask[None, :], other=0.0)
+                            mask=a_mask, other=0.0)
+                if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
+                    _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
+                                                            bn_eps, offs_r, r_mask)
+                    t = tl.maximum(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :], 0.0)
+                    a = tl.where(a_mask, t, 0.0).to(a.dtype)
                 group_r = offs_r // RED_PER_GROUP
                 local_r = offs_r - group_r * RED_PER_GROUP
                 w_offs = (offs_c[None, :] * w_stride_dst + local_c[None, :] * w_stride_dst_local
@@ -129,9 +177,48 @@ def conv2d_gather_kernel(
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    out_mask = p_mask[:, None] & c_mask[None, :]
+    if OTHER_MODE != OTHER_NONE:
+        other_offs = (n * other_stride_n + oh * other_stride_h + ow * other_stride_w)[:, None] \
+            + offs_c[None, :].to(tl.int64) * other_stride_c
+        other = tl.load(other_ptr + other_offs, mask=out_mask, other=0.0).to(tl.float32)
+    acc = acc * alpha
+    if OTHER_MODE == OTHER_ADD:
+        acc = other + acc
+    if EPILOGUE_BN_RELU or (OTHER_MODE == OTHER_ADD_AFTER_BN) or (OTHER_MODE == OTHER_RELU_GRAD) \
+            or (STATS == STATS_BN_GRAD):
+        mean_c, rstd_c, scale_c, shift_c = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
+                                                          bn_eps, offs_c, c_mask)
+    if EPILOGUE_BN_RELU:
+        acc = tl.maximum(acc * scale_c[None, :] + shift_c[None, :], 0.0)
+    if OTHER_MODE == OTHER_ADD_AFTER_BN:
+        acc = other + tl.maximum(acc * scale_c[None, :] + shift_c[None, :], 0.0)
+    if OTHER_MODE == OTHER_RELU_GRAD:
+        acc = tl.where(other * scale_c[None, :] + shift_c[None, :] > 0.0, acc, 0.0)
+    out = acc.to(dst_ptr.dtype.element_ty)
     dst_offs = (n * dst_stride_n + oh * dst_stride_h + ow * dst_stride_w)[:, None] \
         + offs_c[None, :].to(tl.int64) * dst_stride_c
-    tl.store(dst_ptr + dst_offs, acc.to(dst_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+    tl.store(dst_ptr + dst_offs, out, mask=out_mask)
+
+    if STATS != STATS_NONE:  # statistics of the values as stored, so they match an unfused pass
+        y = tl.where(out_mask, out.to(tl.float32), 0.0)
+        if STATS == STATS_MOMENTS:
+            count = tl.sum(p_mask.to(tl.float32), axis=0)
+            tile_mean = tl.sum(y, axis=0) / count
+            centred = tl.where(out_mask, y - tile_mean[None, :], 0.0)
+            first = count + tl.zeros([BLOCK_DST], dtype=tl.float32)
+            second = tile_mean
+            third = tl.sum(centred * centred, axis=0)
+        else:
+            x_hat = (other - mean_c[None, :]) * rstd_c[None, :]
+            first = tl.sum(y, axis=0)
+            second = tl.sum(y * x_hat, axis=0)
+            third = tl.zeros([BLOCK_DST], dtype=tl.float32)
+        row = stats_ptr + pid_p * C_DST + offs_c
+        plane = STATS_ROWS * C_DST
+        tl.store(row, first, mask=c_mask)
+        tl.store(row + plane, second, mask=c_mask)
+        tl.store(row + 2 * plane, third, mask=c_mask)
 
 
 @triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY)
@@ -141,16 +228,19 @@ def conv2d_grad_weight_kernel(
     grad_y_ptr,  # (N, C_OUT, H_out, W_out) gradient of the output
     partial_w_ptr,  # (SPLITS, C_OUT, IN_PER_GROUP, KH, KW) fp32, contiguous: per-split sums
     partial_b_ptr,  # (SPLITS, C_OUT) fp32, contiguous: per-split bias sums, written if HAS_BIAS
+    bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C_IN,) BatchNorm applied to x (X_BN_RELU)
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
     gy_stride_n, gy_stride_c, gy_stride_h, gy_stride_w,  # strides of grad_y, elements
     N, H, W, H_out, W_out,  # batch and spatial sizes
     C_OUT, C_IN, OUT_PER_GROUP, IN_PER_GROUP,  # channels, in total and per group
     PIXELS_PER_SPLIT,  # output pixels (of N*H_out*W_out) each split reduces over
+    bn_eps,  # float: the BatchNorm's epsilon
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
     HAS_BIAS: tl.constexpr,  # also write the bias gradient's partial sums
+    X_BN_RELU: tl.constexpr,  # x is loaded as relu(bn(x)) (zero padding stays zero)
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
 ):
@@ -184,6 +274,9 @@ def conv2d_grad_weight_kernel(
         offs_ci = ci0 + tl.arange(0, BLOCK_IN)
         ci_mask = offs_ci < in_end
         group_ci = offs_ci // IN_PER_GROUP
+        if X_BN_RELU:
+            _, _, scale_ci, shift_ci = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                                                      offs_ci, ci_mask)
         acc = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
         bias_acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
         for p0 in range(p_start, p_end, BLOCK_P):
@@ -201,7 +294,11 @@ def conv2d_grad_weight_kernel(
             valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x_offs = (n * x_stride_n + ih * x_stride_h + iw * x_stride_w)[:, None] \
                 + offs_ci[None, :].to(tl.int64) * x_stride_c
-            x_tile = tl.load(x_ptr + x_offs, mask=valid[:, None] & ci_mask[None, :], other=0.0)
+            x_mask = valid[:, None] & ci_mask[None, :]
+            x_tile = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+            if X_BN_RELU:
+                t = tl.maximum(x_tile.to(tl.float32) * scale_ci[None, :] + shift_ci[None, :], 0.0)
+                x_tile = tl.where(x_mask, t, 0.0).to(x_tile.dtype)
             acc = tl.dot(gy_t, x_tile.to(gy_t.dtype), acc, input_precision=INPUT_PRECISION)
             if HAS_BIAS:
                 bias_acc += tl.sum(gy_t.to(tl.float32), axis=1)

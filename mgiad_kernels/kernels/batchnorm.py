@@ -1,0 +1,203 @@
+"""Triton kernels for the BatchNorm parts of the fused smoothing step (MGiaD paper eq. 3).
+
+The convolutions' epilogues write per-pixel-tile partial statistics; these kernels reduce
+them in a fixed order (deterministic, no atomics), apply the elementwise parts that cannot
+ride in a convolution (they need statistics of the whole batch first), and update the
+running statistics exactly as ``nn.BatchNorm2d`` does. Every tensor is addressed through
+its strides as a (pixels = N*H*W, channels) matrix, so NCHW and channels_last both work.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .conv import bn_scale_shift
+
+
+@triton.jit
+def _pixel_offsets(offs_p, HW, W, stride_n, stride_h, stride_w):
+    """Element offsets of flat pixel indices n*H*W + h*W + w."""
+    n = offs_p // HW
+    rem = offs_p - n * HW
+    h = rem // W
+    return n * stride_n + h * stride_h + (rem - h * W) * stride_w
+
+
+@triton.jit
+def bn_moments_finalize_kernel(
+    partial_ptr,  # (3, ROWS, C) fp32: per-tile count, mean and centred sum of squares
+    mean_ptr,  # (C,) fp32 out: batch mean
+    var_ptr,  # (C,) fp32 out: biased batch variance (the one BatchNorm normalizes with)
+    ROWS, C,  # partial rows (tiles; unused rows have count 0) and channels
+    BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,  # tile sizes
+):
+    """Merge tile moments (Chan et al.'s parallel variance) in row order: mean, then M2 about it."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    plane = ROWS * C
+    total = tl.zeros([BLOCK_C], dtype=tl.float32)
+    weighted = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, ROWS, BLOCK_ROWS):
+        rows = r0 + tl.arange(0, BLOCK_ROWS)
+        offs = rows[:, None] * C + offs_c[None, :]
+        mask = (rows < ROWS)[:, None] & c_mask[None, :]
+        count = tl.load(partial_ptr + offs, mask=mask, other=0.0)
+        tile_mean = tl.load(partial_ptr + plane + offs, mask=mask, other=0.0)
+        total += tl.sum(count, axis=0)
+        weighted += tl.sum(count * tile_mean, axis=0)
+    mean = weighted / tl.maximum(total, 1.0)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, ROWS, BLOCK_ROWS):
+        rows = r0 + tl.arange(0, BLOCK_ROWS)
+        offs = rows[:, None] * C + offs_c[None, :]
+        mask = (rows < ROWS)[:, None] & c_mask[None, :]
+        count = tl.load(partial_ptr + offs, mask=mask, other=0.0)
+        delta = tl.load(partial_ptr + plane + offs, mask=mask, other=0.0) - mean[None, :]
+        tile_m2 = tl.load(partial_ptr + 2 * plane + offs, mask=mask, other=0.0)
+        m2 += tl.sum(tile_m2 + count * delta * delta, axis=0)
+    tl.store(mean_ptr + offs_c, mean, mask=c_mask)
+    tl.store(var_ptr + offs_c, m2 / tl.maximum(total, 1.0), mask=c_mask)
+
+
+@triton.jit
+def _exponential_average(ptr, offs, mask, value, momentum):
+    old = tl.load(ptr + offs, mask=mask).to(tl.float32)
+    tl.store(ptr + offs, ((1.0 - momentum) * old + momentum * value).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bn_running_update_kernel(
+    batch_stats_ptr,  # (4, C) fp32: mean1, var1, mean2, var2 of the batch (biased variances)
+    running_mean1_ptr, running_var1_ptr,  # (C,) first BatchNorm's buffers, updated in place
+    running_mean2_ptr, running_var2_ptr,  # (C,) second BatchNorm's buffers, updated in place
+    batches1_ptr, batches2_ptr,  # () int64 num_batches_tracked of each BatchNorm, incremented
+    C,  # channels
+    momentum,  # float: nn.BatchNorm2d's exponential average factor (unused when CUMULATIVE)
+    unbias,  # float: count / (count - 1), the running variance is unbiased
+    CUMULATIVE: tl.constexpr,  # momentum=None: the factor is 1 / num_batches_tracked (cumulative average)
+    BLOCK_C: tl.constexpr,
+):
+    """running = (1 - momentum) * running + momentum * batch, as nn.BatchNorm2d updates it.
+
+    One program (BLOCK_C >= C), so num_batches_tracked is read once and written once.
+    """
+    offs = tl.arange(0, BLOCK_C)
+    mask = offs < C
+    batches1 = tl.load(batches1_ptr) + 1
+    batches2 = tl.load(batches2_ptr) + 1
+    tl.store(batches1_ptr, batches1)
+    tl.store(batches2_ptr, batches2)
+    momentum1 = momentum
+    momentum2 = momentum
+    if CUMULATIVE:
+        momentum1 = 1.0 / batches1.to(tl.float32)
+        momentum2 = 1.0 / batches2.to(tl.float32)
+    _exponential_average(running_mean1_ptr, offs, mask, tl.load(batch_stats_ptr + offs, mask=mask), momentum1)
+    _exponential_average(running_var1_ptr, offs, mask, tl.load(batch_stats_ptr + C + offs, mask=mask) * unbias,
+                         momentum1)
+    _exponential_average(running_mean2_ptr, offs, mask, tl.load(batch_stats_ptr + 2 * C + offs, mask=mask),
+                         momentum2)
+    _exponential_average(running_var2_ptr, offs, mask,
+                         tl.load(batch_stats_ptr + 3 * C + offs, mask=mask) * unbias, momentum2)
+
+
+@triton.jit
+def bn_relu_residual_kernel(
+    x_ptr,  # (N, C, H, W): s = B(t)
+    residual_ptr,  # (N, C, H, W): u
+    out_ptr,  # (N, C, H, W) out: u + relu(bn(s))
+    bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
+    res_stride_n, res_stride_c, res_stride_h, res_stride_w,  # strides of residual, elements
+    out_stride_n, out_stride_c, out_stride_h, out_stride_w,  # strides of out, elements
+    P, HW, W, C,  # pixels N*H*W, H*W, W, channels
+    bn_eps,  # float
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known."""
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mask = (offs_p < P)[:, None] & c_mask[None, :]
+    _, _, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps, offs_c, c_mask)
+    c64 = offs_c[None, :].to(tl.int64)
+    x = tl.load(x_ptr + _pixel_offsets(offs_p, HW, W, x_stride_n, x_stride_h, x_stride_w)[:, None]
+                + c64 * x_stride_c, mask=mask, other=0.0).to(tl.float32)
+    res = tl.load(residual_ptr + _pixel_offsets(offs_p, HW, W, res_stride_n, res_stride_h, res_stride_w)[:, None]
+                  + c64 * res_stride_c, mask=mask, other=0.0).to(tl.float32)
+    out = res + tl.maximum(x * scale[None, :] + shift[None, :], 0.0)
+    tl.store(out_ptr + _pixel_offsets(offs_p, HW, W, out_stride_n, out_stride_h, out_stride_w)[:, None]
+             + c64 * out_stride_c, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bn_relu_grad_sums_kernel(
+    grad_ptr,  # (N, C, H, W): gradient of relu(bn(x))
+    x_ptr,  # (N, C, H, W): the BatchNorm's input
+    partial_ptr,  # (2, ROWS, C) fp32 out: per-tile sum g and sum g * x_hat, g = grad * (bn(x) > 0)
+    bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
+    grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w,  # strides of grad, elements
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
+    P, HW, W, C, ROWS,  # pixels N*H*W, H*W, W, channels, rows of partial_ptr
+    bn_eps,  # float
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """BatchNorm-backward reductions through a ReLU: d gamma = sum g x_hat, d beta = sum g."""
+    pid_p = tl.program_id(0)
+    offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mask = (offs_p < P)[:, None] & c_mask[None, :]
+    mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                                              offs_c, c_mask)
+    c64 = offs_c[None, :].to(tl.int64)
+    grad = tl.load(grad_ptr + _pixel_offsets(offs_p, HW, W, grad_stride_n, grad_stride_h, grad_stride_w)[:, None]
+                   + c64 * grad_stride_c, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + _pixel_offsets(offs_p, HW, W, x_stride_n, x_stride_h, x_stride_w)[:, None]
+                + c64 * x_stride_c, mask=mask, other=0.0).to(tl.float32)
+    g = tl.where(mask & (x * scale[None, :] + shift[None, :] > 0.0), grad, 0.0)
+    x_hat = (x - mean[None, :]) * rstd[None, :]
+    tl.store(partial_ptr + pid_p * C + offs_c, tl.sum(g, axis=0), mask=c_mask)
+    tl.store(partial_ptr + ROWS * C + pid_p * C + offs_c, tl.sum(g * x_hat, axis=0), mask=c_mask)
+
+
+@triton.jit
+def bn_backward_kernel(
+    grad_ptr,  # (N, C, H, W): gradient of bn(x), or of relu(bn(x)) when RELU_MASK
+    x_ptr,  # (N, C, H, W): the BatchNorm's input
+    out_ptr,  # (N, C, H, W) out: gradient of x
+    sums_ptr,  # (2, C) fp32: sum g and sum g * x_hat over the batch
+    bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
+    grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w,  # strides of grad, elements
+    x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
+    out_stride_n, out_stride_c, out_stride_h, out_stride_w,  # strides of out, elements
+    P, HW, W, C,  # pixels N*H*W, H*W, W, channels
+    bn_eps,  # float
+    inv_count,  # float: 1 / (N*H*W)
+    RELU_MASK: tl.constexpr,  # g = grad * (bn(x) > 0): backward through relu(bn(x))
+    BATCH_STATS: tl.constexpr,  # normalized with batch statistics (training) or fixed ones (eval)
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx = gamma * rstd * (g - mean(g) - x_hat * mean(g x_hat)) with batch statistics, else gamma * rstd * g."""
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mask = (offs_p < P)[:, None] & c_mask[None, :]
+    mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                                              offs_c, c_mask)
+    c64 = offs_c[None, :].to(tl.int64)
+    g = tl.load(grad_ptr + _pixel_offsets(offs_p, HW, W, grad_stride_n, grad_stride_h, grad_stride_w)[:, None]
+                + c64 * grad_stride_c, mask=mask, other=0.0).to(tl.float32)
+    if RELU_MASK or BATCH_STATS:
+        x = tl.load(x_ptr + _pixel_offsets(offs_p, HW, W, x_stride_n, x_stride_h, x_stride_w)[:, None]
+                    + c64 * x_stride_c, mask=mask, other=0.0).to(tl.float32)
+    if RELU_MASK:
+        g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
+    if BATCH_STATS:
+        mean_g = tl.load(sums_ptr + offs_c, mask=c_mask, other=0.0) * inv_count
+        mean_gx = tl.load(sums_ptr + C + offs_c, mask=c_mask, other=0.0) * inv_count
+        x_hat = (x - mean[None, :]) * rstd[None, :]
+        g = g - mean_g[None, :] - x_hat * mean_gx[None, :]
+    dx = g * scale[None, :]
+    tl.store(out_ptr + _pixel_offsets(offs_p, HW, W, out_stride_n, out_stride_h, out_stride_w)[:, None]
+             + c64 * out_stride_c, dx.to(out_ptr.dtype.element_ty), mask=mask)

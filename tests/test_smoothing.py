@@ -1,0 +1,334 @@
+"""The fused smoothing step and FAS transfers against the eager composition in float64.
+
+Every output and gradient (u, f, A, B, both BatchNorms' gamma and beta) and the running
+statistics are compared; the Triton path must not call aten convolution or batch_norm, and
+eval mode must take at most two kernel launches per step.
+"""
+import copy
+
+import pytest
+import torch
+import triton.runtime.jit
+from support import DEVICE, ON_GPU, REL_TOL, TRITON_DTYPES, rel_err
+from torch import nn
+
+from mgiad_kernels import (FASRestriction, GroupedConv2d, ProlongationCorrection, SmoothingStep, fas_restriction,
+                           prolongation_correction, residual_conv2d, smoothing_step)
+
+# (N, C, H, W, channels per group, kernel, dilation, bias, channels_last), named after what makes them awkward
+STEP_CASES = [
+    pytest.param(2, 16, 5, 7, 4, 3, 1, False, False, id="g4-oddHW"),
+    pytest.param(1, 32, 3, 5, 8, 3, 1, False, False, id="g8-N1-odd"),
+    pytest.param(2, 16, 4, 4, 1, 3, 1, False, False, id="depthwise"),
+    pytest.param(2, 16, 4, 6, 16, 3, 1, False, False, id="dense"),
+    pytest.param(1, 48, 3, 3, 16, 3, 1, True, False, id="g16-wider-than-tile-bias"),
+    pytest.param(2, 8, 6, 5, 4, 3, 2, False, True, id="dilated-channels_last"),
+    pytest.param(2, 12, 5, 5, 3, 5, 1, False, False, id="group-size-3-kernel5"),
+]
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts Triton kernel launches (kernel[grid](...) calls) made while the test runs."""
+    calls = []
+    original = triton.runtime.jit.KernelInterface.__getitem__
+
+    def counting(self, grid):
+        calls.append(getattr(self, "fn", self))
+        return original(self, grid)
+
+    monkeypatch.setattr(triton.runtime.jit.KernelInterface, "__getitem__", counting)
+    return calls
+
+
+def _make_step(c, group_size, kernel, dilation, bias, backend, seed=0):
+    torch.manual_seed(seed)
+    groups = c // group_size
+    pad = dilation * (kernel - 1) // 2
+    A = GroupedConv2d(c, c, kernel, padding=pad, dilation=dilation, groups=groups, bias=bias, backend=backend)
+    B = GroupedConv2d(c, c, kernel, padding=pad, dilation=dilation, groups=groups, bias=bias, backend=backend)
+    step = SmoothingStep(A, B, c, backend=backend)
+    with torch.no_grad():
+        for bn in (step.bn1, step.bn2):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return step.to(DEVICE)
+
+
+def _inputs(n, c, h, w, dtype, channels_last, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    u, f, grad = (torch.randn(n, c, h, w, generator=g) for _ in range(3))
+    return tuple(t.to(DEVICE, dtype).contiguous(memory_format=fmt) for t in (u, f, grad))
+
+
+def _run(module, u, f, grad, steps=1):
+    """Output, grads of u and f, every parameter's grad and every buffer after ``steps`` applications."""
+    u = u.detach().clone().requires_grad_()
+    f = f.detach().clone().requires_grad_()
+    out = u
+    for _ in range(steps):
+        out = module(out, f)
+    out.backward(grad.to(out.dtype))
+    named = {"output": out, "grad u": u.grad, "grad f": f.grad}
+    named.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    named.update({n: b for n, b in module.named_buffers()})
+    return named
+
+
+def _compare(fused, eager_same_dtype, reference, dtype):
+    """fp32: within REL_TOL of float64. Half types: no worse than twice the eager path's own error."""
+    for name, expect in reference.items():
+        got = fused[name]
+        assert got is not None, f"{name} is missing"
+        assert got.shape == expect.shape, f"{name}: shape {tuple(got.shape)} != {tuple(expect.shape)}"
+        if name.endswith("num_batches_tracked"):
+            assert torch.equal(got.cpu(), expect.cpu()), name
+            continue
+        if expect.abs().max() < 1e-9:  # a conv bias before a batch-statistics BatchNorm: exactly zero gradient
+            assert got.abs().max() <= 1e-2 * REL_TOL[dtype] ** 0.5, f"{name}: {got.abs().max():.2e}, expected 0"
+            continue
+        err = rel_err(got, expect)
+        bound = REL_TOL[dtype] if dtype == torch.float32 else max(REL_TOL[dtype], 2 * rel_err(eager_same_dtype[name],
+                                                                                               expect))
+        assert err <= bound, f"{name}: relative error {err:.2e} > {bound:.1e} ({dtype})"
+
+
+def _check_step(step, u, f, grad, dtype, train, steps=1):
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    reference = copy.deepcopy(eager).double()
+    for m in (step, eager, reference):
+        m.train(train)
+    fused = _run(step.to(dtype), u, f, grad, steps)
+    _compare(fused, _run(eager.to(dtype), u, f, grad, steps), _run(reference, u.double(), f.double(), grad, steps),
+             dtype)
+    return fused
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+@pytest.mark.parametrize("n,c,h,w,group_size,kernel,dilation,bias,channels_last", STEP_CASES)
+def test_fused_step_matches_eager_float64(n, c, h, w, group_size, kernel, dilation, bias, channels_last, dtype,
+                                          train):
+    step = _make_step(c, group_size, kernel, dilation, bias, "triton")
+    u, f, grad = _inputs(n, c, h, w, dtype, channels_last)
+    fused = _check_step(step, u, f, grad, dtype, train)
+    if channels_last:
+        assert fused["output"].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+def test_shared_A_B_across_two_steps(dtype):
+    first = _make_step(16, 4, 3, 1, False, "triton")
+    second = SmoothingStep(first.A, first.B, 16, backend="triton").to(DEVICE)
+    u, f, grad = _inputs(2, 16, 5, 5, dtype, False)
+    fused = _check_step(TwoSteps(first, second), u, f, grad, dtype, train=True)
+    assert fused["grad first.A.weight"].abs().sum() > 0
+    assert "grad second.A.weight" not in fused  # one parameter, shared
+
+
+class TwoSteps(nn.Module):
+    def __init__(self, first: SmoothingStep, second: SmoothingStep):
+        super().__init__()
+        self.first, self.second = first, second
+
+    @property
+    def backend(self):
+        return self.first.backend
+
+    @backend.setter
+    def backend(self, value):
+        self.first.backend = self.second.backend = value
+
+    def forward(self, u, f):
+        return self.second(self.first(u, f), f)
+
+
+def test_running_statistics_over_several_batches_and_cumulative_momentum():
+    step = _make_step(8, 4, 3, 1, False, "triton")
+    step.bn1.momentum = step.bn2.momentum = None  # cumulative moving average
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    for seed in range(3):
+        u, f, _ = _inputs(2, 8, 4, 5, torch.float32, False, seed=seed)
+        with torch.no_grad():
+            step(u, f)
+            eager(u, f)
+    for (name, got), expect in zip(step.named_buffers(), eager.buffers()):
+        assert rel_err(got, expect) <= 1e-6 or torch.equal(got, expect), name
+
+
+def test_eval_mode_is_two_launches_and_train_mode_fuses(launches):
+    step = _make_step(16, 4, 3, 1, False, "triton").eval()
+    u, f, grad = _inputs(2, 16, 4, 4, torch.float32, False)
+    with torch.no_grad():
+        step(u, f)
+    assert len(launches) == 2, launches
+    launches.clear()
+    step.train()
+    u.requires_grad_()
+    out = step(u, f)
+    forward_launches = len(launches)
+    out.backward(grad)
+    assert forward_launches == 6, launches  # A, merge, B, merge, update, running statistics
+    assert len(launches) - forward_launches == 7, launches[forward_launches:]
+
+
+def test_fused_step_calls_no_aten_convolution_or_batch_norm():
+    step = _make_step(16, 4, 3, 1, True, "triton")
+    u, f, grad = _inputs(2, 16, 5, 5, torch.float32, False)
+    u.requires_grad_()
+    with torch.profiler.profile() as prof:
+        step(u, f).backward(grad)
+        step.eval()
+        with torch.no_grad():
+            step(u, f)
+    names = {e.name for e in prof.events()}
+    assert {"mgiad_kernels::smoothing_step", "mgiad_kernels::smoothing_step_inference"} <= names
+    banned = {n for n in names if n.startswith("aten::") and ("conv" in n or "batch_norm" in n)}
+    assert not banned, banned
+
+
+def test_fused_step_is_deterministic():
+    results = []
+    for _ in range(2):
+        step = _make_step(16, 4, 3, 1, False, "triton")
+        u, f, grad = _inputs(2, 16, 5, 5, torch.float32, False)
+        results.append(_run(step, u, f, grad))
+    for name, value in results[0].items():
+        assert torch.equal(value, results[1][name]), name
+
+
+def test_torch_backend_is_the_eager_composition():
+    step = _make_step(8, 4, 3, 1, False, "torch")
+    u, f, _ = _inputs(2, 8, 4, 4, torch.float32, False)
+    bn1, bn2 = copy.deepcopy(step.bn1), copy.deepcopy(step.bn2)
+    A, B = step.A, step.B
+    expect = u + torch.relu(bn2(nn.functional.conv2d(torch.relu(bn1(f - nn.functional.conv2d(
+        u, A.weight, None, 1, 1, 1, A.groups))), B.weight, None, 1, 1, 1, B.groups)))
+    assert torch.equal(step(u, f), expect)
+
+
+def test_functional_form_matches_module():
+    step = _make_step(8, 4, 3, 1, False, "triton")
+    twin = copy.deepcopy(step)
+    u, f, _ = _inputs(2, 8, 4, 4, torch.float32, False)
+    out = smoothing_step(u, f, twin.A, twin.B, twin.bn1, twin.bn2, backend="triton")
+    assert torch.equal(out, step(u, f))
+
+
+def test_torch_compile_traces_the_fused_step():
+    step = _make_step(8, 4, 3, 1, False, "triton")
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if not ON_GPU else "inductor")
+    u, f, grad = _inputs(2, 8, 4, 4, torch.float32, False)
+    fused = {name.replace("_orig_mod.", ""): v for name, v in _run(compiled, u, f, grad).items()}
+    expect = _run(eager, u, f, grad)
+    for name, value in expect.items():
+        assert rel_err(fused[name], value) <= 1e-5, name
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: SmoothingStep(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=1), 8), ValueError,
+     "A must keep the grid size"),
+    (lambda: SmoothingStep(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1), 8), ValueError,
+     "B must map channels=8"),
+    (lambda: SmoothingStep(nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 8), 8), TypeError, "B must be an nn.Conv2d"),
+    (lambda: SmoothingStep(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), 8, backend="cuda"),
+     ValueError, "backend must be one of"),
+])
+def test_bad_configuration_is_refused_at_construction(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_bad_inputs_name_the_argument():
+    step = _make_step(8, 4, 3, 1, False, "triton")
+    u, f, _ = _inputs(2, 8, 4, 4, torch.float32, False)
+    with pytest.raises(ValueError, match="u and f must be"):
+        step(u, f[:, :, :3])
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        step(u[:1, :, :1, :1], f[:1, :, :1, :1])
+
+
+# ---- FAS transfers ------------------------------------------------------------------------------------------------
+
+def _conv(c_in, c_out, kernel, stride, groups, seed):
+    torch.manual_seed(seed)
+    return GroupedConv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False,
+                         backend="triton").to(DEVICE)
+
+
+# (C fine, C coarse, grid stride, Pi/R kernel, Pi/R groups, A groups, P groups), one resolution and two channel levels
+TRANSFER_CASES = [
+    pytest.param(8, 16, 2, 3, 8, 2, None, id="resolution-depthwise-stride2-multiplier2"),
+    pytest.param(8, 8, 2, 3, 8, 8, None, id="resolution-depthwise-oddHW"),
+    pytest.param(16, 8, 1, 1, 4, 4, 4, id="channel-grouped1x1-halving"),
+]
+
+
+def _transfer_outputs(u, f, convs, backend, with_correction):
+    u = u.detach().clone().requires_grad_()
+    f = f.detach().clone().requires_grad_()
+    A, Pi, R, A_coarse, P = convs
+    u_coarse, f_coarse = fas_restriction(u, f, A, Pi, R, A_coarse, backend=backend)
+    loss_terms = [u_coarse, f_coarse]
+    if with_correction:
+        loss_terms.append(prolongation_correction(u, u_coarse * f_coarse, P, backend=backend))
+    g = torch.Generator().manual_seed(5)
+    loss = sum((t * torch.randn(t.shape, generator=g).to(t)).sum() for t in loss_terms)
+    loss.backward()
+    named = {"u_coarse": u_coarse, "f_coarse": f_coarse, "grad u": u.grad, "grad f": f.grad}
+    named.update({f"grad {i}": c.weight.grad for i, c in enumerate(convs) if c is not None})
+    if with_correction:
+        named["corrected u"] = loss_terms[-1]
+    for c in convs:
+        if c is not None:
+            c.weight.grad = None
+    return named
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+@pytest.mark.parametrize("c,c_coarse,stride,kernel,transfer_groups,a_groups,p_groups", TRANSFER_CASES)
+def test_fused_fas_transfers_match_float64(c, c_coarse, stride, kernel, transfer_groups, a_groups, p_groups, dtype):
+    convs = [_conv(c, c, 3, 1, a_groups, 0), _conv(c, c_coarse, kernel, stride, transfer_groups, 1),
+             _conv(c, c_coarse, kernel, stride, transfer_groups, 2), _conv(c_coarse, c_coarse, 3, 1, a_groups, 3),
+             _conv(c_coarse, c, 1, 1, p_groups, 4) if p_groups else None]
+    u, f, _ = _inputs(2, c, 7, 5, dtype, False)
+    fused = _transfer_outputs(u, f, [m.to(dtype) if m is not None else None for m in convs], "triton", bool(p_groups))
+    eager = _transfer_outputs(u, f, convs, "torch", bool(p_groups))
+    ref_convs = [copy.deepcopy(m).double() if m is not None else None for m in convs]
+    reference = _transfer_outputs(u.double(), f.double(), ref_convs, "torch", bool(p_groups))
+    _compare(fused, eager, reference, dtype)
+
+
+def test_transfer_modules_and_launch_counts(launches):
+    Pi, R = _conv(8, 8, 3, 2, 8, 1), _conv(8, 8, 3, 2, 8, 2)
+    A, A_coarse, P = _conv(8, 8, 3, 1, 2, 0), _conv(8, 8, 3, 1, 2, 3), _conv(8, 8, 1, 1, 2, 4)
+    u, f, _ = _inputs(2, 8, 6, 6, torch.float32, False)
+    with torch.no_grad():
+        u_coarse, f_coarse = FASRestriction(Pi, R, backend="triton")(u, f, A, A_coarse)
+        assert len(launches) == 4  # A + residual, Pi, A_coarse, R + sum
+        corrected = ProlongationCorrection(P, backend="triton")(u_coarse, f_coarse)
+        assert len(launches) == 5
+    expect_coarse = nn.functional.conv2d(u, Pi.weight, None, 2, 1, 1, 8)
+    expect_f = nn.functional.conv2d(f - nn.functional.conv2d(u, A.weight, None, 1, 1, 1, 2), R.weight, None, 2, 1, 1,
+                                    8) + nn.functional.conv2d(expect_coarse, A_coarse.weight, None, 1, 1, 1, 2)
+    assert rel_err(u_coarse, expect_coarse) <= 2e-6
+    assert rel_err(f_coarse, expect_f) <= 2e-6
+    assert rel_err(corrected, u_coarse + nn.functional.conv2d(f_coarse, P.weight, None, 1, 0, 1, 2)) <= 2e-6
+
+
+def test_residual_conv2d_checks_other():
+    x = torch.randn(2, 8, 5, 5, device=DEVICE)
+    w = torch.randn(8, 2, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match=r"other must have the convolution output's shape \(2, 8, 3, 3\)"):
+        residual_conv2d(x, w, torch.zeros(2, 8, 5, 5, device=DEVICE), stride=2, padding=1, groups=4)
+    with pytest.raises(ValueError, match="other must match input's dtype"):
+        residual_conv2d(x, w, torch.zeros(2, 8, 5, 5, device=DEVICE, dtype=torch.float16), padding=1, groups=4)
+    with pytest.raises(TypeError, match="other must be a tensor"):
+        residual_conv2d(x, w, 1.0, padding=1, groups=4)
