@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "cifar100", "fashionmnist")
+DATASETS = ("digits", "cifar10", "cifar100", "fashionmnist", "tinyimagenet")
 
 
 @dataclass
@@ -138,6 +138,64 @@ def _fashionmnist(data_dir: str) -> Dataset:
     return Dataset("fashionmnist", splits[0], splits[1], 10, (0.2860,), (0.3530,), flip=True, crop_padding=4)
 
 
+def _read_jpeg(path: str, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"{path} is not a readable image ({exc})") from exc
+    if arr.shape != (size, size, 3):
+        raise DatasetError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, Tiny ImageNet images are {size}x{size}")
+    return arr
+
+
+def _image_split(paths: list[str], labels: list[int]) -> Split:
+    images = np.stack([_read_jpeg(p, 64) for p in paths]).transpose(0, 3, 1, 2)
+    return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(labels, dtype=torch.long))
+
+
+def _tinyimagenet(data_dir: str) -> Dataset:
+    """tiny-imagenet-200 as distributed: wnids.txt, train/<wnid>/images/*.JPEG, val/images + val_annotations.txt.
+
+    The labelled validation set is the test split (the official test set has no labels).
+    """
+    folder = os.path.join(data_dir, "tiny-imagenet-200")
+    wnids_path, annotations = _require(folder, ["wnids.txt", os.path.join("val", "val_annotations.txt")],
+                                       "tinyimagenet")
+    with open(wnids_path) as fh:
+        wnids = [line.strip() for line in fh if line.strip()]
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise DatasetError(f"{wnids_path} must list distinct class ids (wnids), one per line")
+    index = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_labels = [], []
+    for wnid in wnids:
+        class_dir = os.path.join(folder, "train", wnid, "images")
+        if not os.path.isdir(class_dir):
+            raise DatasetError(f"tinyimagenet: expected the training images of class {wnid} in {class_dir}")
+        names = sorted(n for n in os.listdir(class_dir) if n.lower().endswith((".jpeg", ".jpg", ".png")))
+        if not names:
+            raise DatasetError(f"tinyimagenet: {class_dir} holds no images")
+        train_paths += [os.path.join(class_dir, n) for n in names]
+        train_labels += [index[wnid]] * len(names)
+    test_paths, test_labels = [], []
+    with open(annotations) as fh:
+        for number, line in enumerate(fh, 1):
+            fields = line.rstrip("\n").split("\t")
+            if not line.strip():
+                continue
+            if len(fields) < 2 or fields[1] not in index:
+                raise DatasetError(f"{annotations} line {number}: expected '<file>\\t<wnid>...' with a wnid from "
+                                   f"wnids.txt, got {line.strip()!r}")
+            test_paths.append(os.path.join(folder, "val", "images", fields[0]))
+            test_labels.append(index[fields[1]])
+    if not test_paths:
+        raise DatasetError(f"{annotations} lists no validation images")
+    return Dataset("tinyimagenet", _image_split(train_paths, train_labels), _image_split(test_paths, test_labels),
+                   len(wnids), (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), flip=True, crop_padding=4)
+
+
 def load_dataset(name: str, data_dir: str | None) -> Dataset:
     if name == "digits":
         return _digits()
@@ -148,6 +206,8 @@ def load_dataset(name: str, data_dir: str | None) -> Dataset:
     data_dir = os.path.expanduser(data_dir)
     if name == "fashionmnist":
         return _fashionmnist(data_dir)
+    if name == "tinyimagenet":
+        return _tinyimagenet(data_dir)
     return _cifar(data_dir, 10 if name == "cifar10" else 100)
 
 

@@ -139,6 +139,52 @@ def test_fashionmnist_reader_on_idx_files(tmp_path, compress):
     assert torch.equal(ds.train.images[0, 0, 2:30, 2:30], torch.from_numpy(images[0].astype(np.uint8)))
 
 
+def _tiny_imagenet(root, wnids=("n01443537", "n01629819"), per_class=3, val=4):
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    rng = np.random.default_rng(2)
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    first = None
+    for wnid in wnids:
+        images = folder / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"{wnid}_{i}.png")  # lossless, so the test can compare pixels
+            first = pixels if first is None else first
+    lines = []
+    for i in range(val):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / "val" / "images" / f"val_{i}.png")
+        lines.append(f"val_{i}.png\t{wnids[i % len(wnids)]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return folder, first
+
+
+def test_tinyimagenet_reader_on_its_distributed_layout(tmp_path):
+    _, first = _tiny_imagenet(tmp_path)
+    ds = load_dataset("tinyimagenet", str(tmp_path))
+    assert ds.num_classes == 2 and ds.in_channels == 3
+    assert ds.train.images.shape == (6, 3, 64, 64) and ds.test.images.shape == (4, 3, 64, 64)
+    assert ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1] and ds.test.labels.tolist() == [0, 1, 0, 1]
+    assert torch.equal(ds.train.images[0], torch.from_numpy(first).permute(2, 0, 1))
+    grey = ds.test.images[0]  # greyscale files are read as RGB
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+
+
+def test_tinyimagenet_reader_errors_name_the_files(tmp_path):
+    with pytest.raises(DatasetError, match="tinyimagenet: expected wnids.txt"):
+        load_dataset("tinyimagenet", str(tmp_path))
+    folder, _ = _tiny_imagenet(tmp_path)
+    (folder / "train" / "n01629819" / "images" / "n01629819_1.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="n01629819_1.png is not a readable image"):
+        load_dataset("tinyimagenet", str(tmp_path))
+    (folder / "val" / "val_annotations.txt").write_text("val_0.png\tn99999999\n")
+    with pytest.raises(DatasetError, match="line 1: expected"):
+        load_dataset("tinyimagenet", str(tmp_path))
+
+
 def test_missing_dataset_folder_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="fashionmnist: expected train-images-idx3-ubyte"):
         main(["--dataset", "fashionmnist", "--data-dir", str(tmp_path), "--epochs", "1"])
