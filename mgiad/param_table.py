@@ -1,4 +1,7 @@
-"""Weight counts of every model row of the MGiaD paper's Tables I-IX, the paper's figure beside ours.
+"""Weight counts of every model row of the seed papers' tables, the paper's figure beside ours.
+
+MGiaD paper Tables I-IX, MGIC paper Tables 2, 7, 8, the Poly-MgNet summary, and the CIFAR-100
+table of the multigrid-convolution slides.
 
     python -m mgiad.param_table > docs/param_counts.md
 
@@ -13,7 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .models import MGiaD, MgNet, resnet18_cifar, resnet20
+from .models import MGiaD, MgNet, PolyMgNet, mgic_resnet56, multigrid_net, resnet18_cifar, resnet20
+from .models.multigrid import NETWORKS
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,30 @@ def rows() -> list[Row]:
                               (3, 1, 64, 4822), (3, 3, 8, 1338), (3, 3, 64, 4853)]:
         r.append(Row("IX", "MGiaD", f"CIFAR-100 c_K=64 g_s={g_s} lambda={lam} eta_post={post}", k,
                      _mgiad(64, g_s, lam, post, classes=100)))
+    return r + other_paper_rows()
+
+
+_MGIC_16 = "Tables 7 and 8 disagree here (0.47M and 0.53M); ours is nearer Table 7's"
+# the slides' CIFAR-100 table, millions of weights
+SLIDES_M = {"VGG-6": 3.96, "VGG-11": 9.46, "VGG-16": 14.96, "VGG-21": 20.46, "MG-6": 8.34, "MG-11": 20.46,
+            "MG-16": 32.58, "MG-21": 44.69, "PMG-9": 8.46, "PMG-16": 20.60, "PMG-30": 32.74, "RES-12": 9.50,
+            "RES-22": 20.49, "RES-32": 31.49, "RES-42": 42.48, "R-MG-12": 20.56, "R-MG-22": 44.79,
+            "R-MG-32": 69.02, "R-MG-42": 93.26, "R-PMG-16": 20.60, "R-PMG-30": 44.88, "R-PMG-44": 69.16}
+
+
+def other_paper_rows() -> list[Row]:
+    """MGIC (Tables 2, 7, 8), Poly-MgNet (the summary's CIFAR-10 figure) and the multigrid-conv slides."""
+    r = [Row("MGIC 2", "MGIC-ResNet-56", "s_g=8 s_c=16", 410, lambda: mgic_resnet56(10, 8, 16))]
+    for s_c, k in [(64, 530), (32, 500), (16, 470)]:
+        r.append(Row("MGIC 7", "MGIC-ResNet-56", f"s_g=16 s_c={s_c}", k, lambda s_c=s_c: mgic_resnet56(10, 16, s_c),
+                     _MGIC_16 if s_c == 16 else ""))
+    for s_g, k in [(32, 790), (16, 530), (8, 410), (4, 290)]:
+        r.append(Row("MGIC 8", "MGIC-ResNet-56", f"s_g={s_g} s_c=16", k, lambda s_g=s_g: mgic_resnet56(10, s_g, 16),
+                     _MGIC_16 if s_g == 16 else ""))
+    r.append(Row("Poly-MgNet", "Poly-MgNet^{q_2}", "CIFAR-10, 64/128/256/256, complex roots", 1300,
+                 lambda: PolyMgNet(10, degree=2, roots="complex"), "the summary gives 'about 1.3M'"))
+    for name in NETWORKS:
+        r.append(Row("slides", name, "CIFAR-100", round(SLIDES_M[name] * 1000), lambda name=name: multigrid_net(name)))
     return r
 
 
@@ -123,11 +151,37 @@ they are 2-7% below every construction whose A-hat, B-hat have g_s channels per 
 disagree among themselves (Table VIII adds 7k then 24k per post-smoothing step at g_s = 8 where a
 step adds the same BatchNorm weights each time; Table IX gives 1,338k for both eta_post = 1 and 3).
 The architecture was not bent to hit them.
+
+## MGIC-ResNet-56 (MGIC paper Tables 2, 7, 8)
+
+Built as Alg. 1 and REFERENCE.md say: ResNet-56's stem, 16/32/64 widths and 9 blocks per stage,
+each block an MGIC block around the ResNet basic block (grouped 3x3 convs with s_g channels per
+group on fine levels, dense on the coarsest); channels halve while half is at least s_c; grouped
+1x1 R and P (c/s_g groups) plus a BatchNorm per fine level; a depthwise 3x3 stride-2 conv + BN +
+ReLU at a stage change. This is 24% under Table 2's 0.41M at s_g = 8 and swings from -23% (s_g = 4)
+to +6% (s_g = 32) against Table 8, so the authors' network has more than Alg. 1 states.
+Table 7 cannot come from Alg. 1 at all: with s_c = 64 the 64-channel stage has no fine level and
+runs dense ResNet blocks (9 x 74k weights), more than the 0.53M the table gives for the whole
+network. At s_g = s_c = 16, where Tables 7 and 8 disagree (0.47M, 0.53M), ours (485k) is nearer
+Table 7. Searches over block counts, transition styles, level rules and grouping of the coarsest
+block found no construction within 10% of all six rows.
+
+## Multigrid-convolution networks (the slides' CIFAR-100 table)
+
+The VGG-k and RES-k rows pin the backbone exactly (0.0-0.1%): five stages of widths 64, 128, 256,
+512, 512, each followed by 2x2 max-pooling, d - 1 conv layers (VGG) or a stem and (d - 2) / 2
+two-conv units with parameter-free shortcuts (RES), spread evenly over the stages, and a linear
+classifier. The slides do not give the pyramid's widths; we chose 3 grids with the stage width on
+the finest grid and half of it on each coarser one (coarse grids stop at 1x1, so the pyramid keeps
+its three grids to the end), which puts MG-k and R-MG-k uniformly 17-21% above the table. PMG
+("progressive") is the least specified: ours grows the pyramid by one grid per stage with the same
+depth rule, and lands 21-126% high; the table's PMG-k have the weights of
+MG networks half to two thirds as deep, which a depth rule we could not reconstruct would explain.
 """
 
 
 def markdown() -> str:
-    lines = ["# Weight counts: the MGiaD paper's tables beside ours", "",
+    lines = ["# Weight counts: the seed papers' tables beside ours", "",
              "Generated by `python -m mgiad.param_table`. Counts include conv weights, BatchNorm gamma "
              "and beta, and the classifier's weight and bias.", "",
              "| table | model | configuration | paper | ours | difference | note |",

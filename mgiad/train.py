@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DATASETS, Dataset, DatasetError, load_dataset, prepare_batch
-from .models import MGiaD, MgNet, resnet18_cifar, resnet20
+from .models import MGiaD, MgNet, PolyMgNet, mgic_resnet56, multigrid_net, resnet18_cifar, resnet20
+from .models.multigrid import NETWORKS
 
-MODELS = ("mgiad", "mgnet", "resnet18", "resnet20")
+MODELS = ("mgiad", "mgnet", "resnet18", "resnet20", "mgic-resnet56", "polymgnet", "multigrid")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-scale", type=int, default=1)
     p.add_argument("--post-smoothing", type=int, default=1)
     p.add_argument("--share", choices=("AB", "A", "none"), default="AB", help="MgNet weight sharing")
+    p.add_argument("--degree", type=int, choices=(1, 2), default=2, help="Poly-MgNet: degree of q (1 linear, 2 quadratic)")
+    p.add_argument("--roots", choices=("real", "complex"), default="complex", help="Poly-MgNet quadratic block roots")
+    p.add_argument("--network", choices=NETWORKS, default="R-MG-12", help="--model multigrid: a network of the "
+                   "multigrid-convolution slides' CIFAR-100 table")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)  # tests
     return p
 
@@ -75,6 +80,12 @@ def build_model(args, ds: Dataset) -> nn.Module:
     if args.model == "mgnet":
         return MgNet(widths=widths, smoothing_steps=steps, share=None if args.share == "none" else args.share,
                      group_size=args.group_size, **common)
+    if args.model == "mgic-resnet56":
+        return mgic_resnet56(group_size=args.group_size or 8, coarsest_channels=args.coarsest_channels or 16, **common)
+    if args.model == "polymgnet":
+        return PolyMgNet(widths=widths, smoothing_steps=steps, degree=args.degree, roots=args.roots, **common)
+    if args.model == "multigrid":
+        return multigrid_net(args.network, **common)
     return (resnet18_cifar if args.model == "resnet18" else resnet20)(**common)
 
 

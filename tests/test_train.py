@@ -41,6 +41,16 @@ def test_default_train_reaches_95_percent_on_digits(tmp_path, capsys, monkeypatc
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("model", [["--model", "mgic-resnet56", "--group-size", "4", "--coarsest-channels", "8"],
+                                   ["--model", "polymgnet", "--degree", "2", "--roots", "real"],
+                                   ["--model", "multigrid", "--network", "R-PMG-16"]], ids=lambda m: m[1])
+def test_every_model_family_trains_from_the_cli(tmp_path, model):
+    main(["train", "--out", str(tmp_path), "--epochs", "1", "--max-steps-per-epoch", "2", "--backend", "torch",
+          "--device", "cpu", "--batch-size", "16", *model])
+    (row,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert row["params"] > 0 and 0.0 <= row["test_acc"] <= 1.0
+
+
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     args = ["--epochs", "4", "--seed", "3"]
     reference = _train_cli(tmp_path / "ref", *args)
