@@ -97,6 +97,9 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     conv = _kernels()
     if prologue_bn is not None and epilogue_bn is not None:
         raise AssertionError("a gather launch applies at most one BatchNorm")
+    if (epilogue_bn_relu or other_mode in ("add_after_bn", "relu_grad") or stats_mode == "bn_grad") \
+            and epilogue_bn is None:
+        raise AssertionError("this epilogue needs epilogue_bn")
     bn = prologue_bn or epilogue_bn
     n_batch, c_dst, h_dst, w_dst = dst.shape
     _, c_red, h_src, w_src = src.shape
@@ -124,7 +127,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
-        OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu, STATS=stats_modes[stats_mode],
+        OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu, EPILOGUE_NEEDS_BN=epilogue_bn is not None,
+        STATS=stats_modes[stats_mode],
         INPUT_PRECISION=_input_precision(src.dtype),
     )
 

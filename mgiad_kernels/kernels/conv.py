@@ -107,6 +107,7 @@ def conv2d_gather_kernel(
     PROLOGUE_BN_RELU: tl.constexpr,  # src is loaded as relu(bn(src)) (zero padding stays zero)
     OTHER_MODE: tl.constexpr,  # one of OTHER_* above
     EPILOGUE_BN_RELU: tl.constexpr,  # y = relu(bn(y)) after OTHER_ADD (BatchNorm folded, eval mode)
+    EPILOGUE_NEEDS_BN: tl.constexpr,  # the epilogue reads the BatchNorm (any of the three flags above use it)
     STATS: tl.constexpr,  # one of STATS_* above
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
@@ -140,40 +141,44 @@ def conv2d_gather_kernel(
 
     src_base = src_ptr + n * src_stride_n
     acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        for kw in tl.static_range(KW):
-            if TRANSPOSED:
-                th = oh + PAD_H - kh * DIL_H
-                tw = ow + PAD_W - kw * DIL_W
-                ih = th // STRIDE_H
-                iw = tw // STRIDE_W
-                valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
-                valid = valid & (ih < H_src) & (iw < W_src)
-            else:
-                ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-                iw = ow * STRIDE_W - PAD_W + kw * DIL_W
-                valid = (ih >= 0) & (ih < H_src) & (iw >= 0) & (iw < W_src)
-            valid = valid & p_mask
-            pix_ptr = src_base + ih * src_stride_h + iw * src_stride_w
-            for r0 in range(red_start, red_end, BLOCK_RED):
-                offs_r = r0 + tl.arange(0, BLOCK_RED)
-                r_mask = offs_r < red_end
-                a_mask = valid[:, None] & r_mask[None, :]
-                a = tl.load(pix_ptr[:, None] + offs_r[None, :].to(tl.int64) * src_stride_c,
-                            mask=a_mask, other=0.0)
-                if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
-                    _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
-                                                            bn_eps, offs_r, r_mask)
-                    t = tl.maximum(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :], 0.0)
-                    a = tl.where(a_mask, t, 0.0).to(a.dtype)
-                group_r = offs_r // RED_PER_GROUP
-                local_r = offs_r - group_r * RED_PER_GROUP
-                w_offs = (offs_c[None, :] * w_stride_dst + local_c[None, :] * w_stride_dst_local
-                          + offs_r[:, None] * w_stride_red + local_r[:, None] * w_stride_red_local
-                          + kh * w_stride_kh + kw * w_stride_kw)
-                w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
-                b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
-                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
+    # One loop over (tap, reduced-channel block): with small groups a tap has one or two channel
+    # blocks, so a flat loop lets the pipeliner overlap loads across taps and keeps the code small.
+    red_blocks = tl.cdiv(red_end - red_start, BLOCK_RED)
+    for step in range(0, KH * KW * red_blocks):
+        tap = step // red_blocks
+        kh = tap // KW
+        kw = tap - kh * KW
+        r0 = red_start + (step - tap * red_blocks) * BLOCK_RED
+        if TRANSPOSED:
+            th = oh + PAD_H - kh * DIL_H
+            tw = ow + PAD_W - kw * DIL_W
+            ih = th // STRIDE_H
+            iw = tw // STRIDE_W
+            valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
+            valid = valid & (ih < H_src) & (iw < W_src)
+        else:
+            ih = oh * STRIDE_H - PAD_H + kh * DIL_H
+            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
+            valid = (ih >= 0) & (ih < H_src) & (iw >= 0) & (iw < W_src)
+        valid = valid & p_mask
+        offs_r = r0 + tl.arange(0, BLOCK_RED)
+        r_mask = offs_r < red_end
+        a_mask = valid[:, None] & r_mask[None, :]
+        a = tl.load(src_base[:, None] + (ih * src_stride_h + iw * src_stride_w)[:, None]
+                    + offs_r[None, :].to(tl.int64) * src_stride_c, mask=a_mask, other=0.0)
+        if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
+            _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
+                                                    bn_eps, offs_r, r_mask)
+            t = tl.maximum(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :], 0.0)
+            a = tl.where(a_mask, t, 0.0).to(a.dtype)
+        group_r = offs_r // RED_PER_GROUP
+        local_r = offs_r - group_r * RED_PER_GROUP
+        w_offs = (offs_c[None, :] * w_stride_dst + local_c[None, :] * w_stride_dst_local
+                  + offs_r[:, None] * w_stride_red + local_r[:, None] * w_stride_red_local
+                  + kh * w_stride_kh + kw * w_stride_kw)
+        w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
+        b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
+        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
@@ -185,8 +190,7 @@ def conv2d_gather_kernel(
     acc = acc * alpha
     if OTHER_MODE == OTHER_ADD:
         acc = other + acc
-    if EPILOGUE_BN_RELU or (OTHER_MODE == OTHER_ADD_AFTER_BN) or (OTHER_MODE == OTHER_RELU_GRAD) \
-            or (STATS == STATS_BN_GRAD):
+    if EPILOGUE_NEEDS_BN:
         mean_c, rstd_c, scale_c, shift_c = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
                                                           bn_eps, offs_c, c_mask)
     if EPILOGUE_BN_RELU:

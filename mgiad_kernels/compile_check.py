@@ -1,0 +1,143 @@
+"""Compile every kernel variant the launchers use for a CUDA target, with no GPU present.
+
+    python -m mgiad_kernels.compile_check [--arch 90] [--dtypes fp32,fp16,bf16]
+
+The Triton interpreter runs the kernels' arithmetic on CPU but not Triton's compiler, which
+rejects constructs the interpreter accepts (chained boolean operators, non-constexpr globals,
+dot tiles under 16 for 16-bit inputs, dtype mismatches). This compiles each (kernel, fusion
+flags, dtype) the launchers can launch down to a cubin for ``sm_<arch>`` and exits non-zero on
+the first failure. Must run without TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+POINTER_FP32 = {"bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr", "partial_w_ptr",
+                "partial_b_ptr", "partial_ptr", "sums_ptr", "batch_stats_ptr", "mean_ptr", "var_ptr",
+                "running_mean1_ptr", "running_var1_ptr", "running_mean2_ptr", "running_var2_ptr"}
+POINTER_I64 = {"batches1_ptr", "batches2_ptr"}
+FLOAT_ARGS = {"alpha", "bn_eps", "momentum", "unbias", "inv_count"}
+TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def _gather_variants():
+    """(description, constexprs) of every conv2d_gather_kernel launch the launchers make."""
+    conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
+    pool = dict(conv3x3, STRIDE_H=2, STRIDE_W=2)
+    conv1x1 = dict(KH=1, KW=1, STRIDE_H=1, STRIDE_W=1, PAD_H=0, PAD_W=0, DIL_H=1, DIL_W=1)
+    plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=0, EPILOGUE_BN_RELU=False, STATS=0)
+
+    def variant(geometry, transposed, **flags):
+        needs_bn = flags.get("EPILOGUE_BN_RELU", False) or flags.get("OTHER_MODE") in (2, 3) or flags.get("STATS") == 2
+        return {**geometry, **plain, "TRANSPOSED": transposed, "EPILOGUE_NEEDS_BN": needs_bn, **flags}
+
+    return [
+        ("conv3x3 forward + bias", variant(conv3x3, False, HAS_BIAS=True)),
+        ("conv3x3 grad input", variant(conv3x3, True)),
+        ("stride-2 pool grad input", variant(pool, True)),
+        ("1x1 + residual (FAS)", variant(conv1x1, False, OTHER_MODE=1)),
+        ("smoothing A: f - A u, bn1 moments", variant(conv3x3, False, OTHER_MODE=1, STATS=1)),
+        ("smoothing B: bn1/relu prologue, bn2 moments", variant(conv3x3, False, PROLOGUE_BN_RELU=True, STATS=1)),
+        ("eval A: relu(bn1(f - A u))", variant(conv3x3, False, OTHER_MODE=1, EPILOGUE_BN_RELU=True)),
+        ("eval B: u + relu(bn2(B t))", variant(conv3x3, False, OTHER_MODE=2)),
+        ("backward B^T: relu mask, bn1 grad sums", variant(conv3x3, True, OTHER_MODE=3, STATS=2)),
+        ("backward A^T: grad_out - A^T g", variant(conv3x3, True, OTHER_MODE=1)),
+    ]
+
+
+def _grad_weight_variants():
+    conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
+    return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False}),
+            ("grad weight of B, relu(bn1(r)) recomputed", {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True})]
+
+
+def _signature(jit_fn, constexprs: dict, dtype: str) -> dict:
+    signature = {}
+    for param in jit_fn.params:
+        name = param.name
+        if name in constexprs or param.is_constexpr:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in POINTER_FP32 else "*i64" if name in POINTER_I64 else f"*{dtype}"
+        else:
+            signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
+    return signature
+
+
+def _compile(kernel, constexprs: dict, dtype: str, target, num_warps: int = 4, num_stages: int = 3):
+    import triton
+    from triton.compiler import ASTSource
+    from triton.runtime.autotuner import Autotuner
+
+    jit_fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    src = ASTSource(fn=jit_fn, signature=_signature(jit_fn, constexprs, dtype), constexprs=constexprs)
+    return triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def jobs(dtypes):
+    """Every (label, kernel, constexprs, dtype, num_warps, num_stages) to compile."""
+    from .kernels import batchnorm, conv
+
+    out = []
+    gather_configs = conv._gather_configs()
+    grad_configs = conv._grad_weight_configs()
+    for dtype in dtypes:
+        precision = "tf32" if dtype == "fp32" else "ieee"
+        for label, flags in _gather_variants():
+            for cfg in (gather_configs[0], gather_configs[-1]):  # the first and the widest tile
+                consts = {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}
+                out.append((f"gather: {label} {cfg.kwargs}", conv.conv2d_gather_kernel, consts, dtype,
+                            cfg.num_warps, cfg.num_stages))
+        for label, flags in _grad_weight_variants():
+            cfg = grad_configs[0]
+            out.append((f"{label} {cfg.kwargs}", conv.conv2d_grad_weight_kernel,
+                        {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}, dtype, cfg.num_warps, cfg.num_stages))
+        block = dict(BLOCK_P=64, BLOCK_C=32)
+        out += [
+            ("bn_relu_residual", batchnorm.bn_relu_residual_kernel, block, dtype, 4, 3),
+            ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, block, dtype, 4, 3),
+            ("bn_backward relu, batch stats", batchnorm.bn_backward_kernel,
+             dict(block, RELU_MASK=True, BATCH_STATS=True), dtype, 4, 3),
+            ("bn_backward fixed stats", batchnorm.bn_backward_kernel,
+             dict(block, RELU_MASK=False, BATCH_STATS=False), dtype, 4, 3),
+        ]
+    out += [("bn_moments_finalize", batchnorm.bn_moments_finalize_kernel, dict(BLOCK_ROWS=32, BLOCK_C=32), "fp32",
+             4, 3)]
+    for cumulative in (False, True):
+        out.append((f"bn_running_update cumulative={cumulative}", batchnorm.bn_running_update_kernel,
+                    dict(CUMULATIVE=cumulative, BLOCK_C=1024), "fp32", 4, 3))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mgiad_kernels.compile_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
+    parser.add_argument("--dtypes", default="fp32,fp16,bf16", help="comma-separated subset of fp32,fp16,bf16")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler this checks")
+    dtypes = args.dtypes.split(",")
+    unknown = [d for d in dtypes if d not in TRITON_DTYPE]
+    if unknown:
+        parser.error(f"--dtypes must be a subset of {sorted(TRITON_DTYPE)}, got {unknown}")
+    from triton.backends.compiler import GPUTarget
+
+    target = GPUTarget("cuda", args.arch, 32)
+    start = time.perf_counter()
+    todo = jobs(dtypes)
+    for i, (label, kernel, consts, dtype, warps, stages) in enumerate(todo, 1):
+        try:
+            compiled = _compile(kernel, consts, dtype, target, warps, stages)
+        except Exception as exc:  # report which variant failed, then fail
+            print(f"FAILED [{dtype}] {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(f"[{i}/{len(todo)}] ok [{dtype}] {label}: {len(compiled.asm['cubin'])} bytes of sm_{args.arch} cubin")
+    print(f"all {len(todo)} kernel variants compiled for sm_{args.arch} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
