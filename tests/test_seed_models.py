@@ -149,6 +149,12 @@ def test_triton_backend_matches_torch_backend(family):
         torch.testing.assert_close(p_tri.grad, p_ref.grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
     convs = {e.name for e in prof.events() if e.name.startswith("aten::") and "conv" in e.name}
     assert not convs, convs
+    losses = []
+    for model in (ref, tri):  # one SGD step on each backend, then the same loss
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        with torch.no_grad():
+            losses.append(model(x).square().sum().item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4), losses
 
 
 @pytest.mark.parametrize("family", FAMILIES)
