@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .backend import check_backend, use_triton
+from .backend import autocast_inputs, check_backend, use_triton
 from .conv_geometry import check_conv_args
 
 
@@ -16,10 +16,12 @@ def grouped_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     The grouped convolution of the MGiaD paper (Sec. III d, Fig. 5): each of ``groups``
     groups couples only its own C_in/groups input and C_out/groups output channels.
     ``backend``: 'triton' (the Triton kernels, forward and backward), 'torch' (``F.conv2d``)
-    or 'auto' (Triton wherever it can run).
+    or 'auto' (Triton wherever it can run). Under ``torch.autocast`` the Triton path computes in
+    the autocast dtype, as F.conv2d does.
     """
     check_backend(backend)
     stride, padding, dilation = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
-    if use_triton(backend, input, weight, bias):
-        return ops.conv2d(input, weight, bias, list(stride), list(padding), list(dilation), groups)
+    cast = autocast_inputs(input, weight, bias)
+    if use_triton(backend, *cast):
+        return ops.conv2d(*cast, list(stride), list(padding), list(dilation), groups)
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .backend import check_backend, use_triton, warn_fallback
+from .backend import autocast_inputs, check_backend, use_triton, warn_fallback
 from .conv_geometry import as_pair, resolve_padding
 
 
@@ -72,36 +72,41 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     channels = u.shape[1]
     conv_a = smoothing_conv_args("A", A, channels)
     conv_b = smoothing_conv_args("B", B, channels)
-    if backend == "torch" or not use_triton(backend, u, f, A.weight, B.weight):
+    # under torch.autocast the convolutions (and so the step) compute in the autocast dtype; the
+    # BatchNorms keep their fp32 parameters and statistics, as nn.BatchNorm2d does
+    u_c, f_c, weight_a, bias_a, weight_b, bias_b = autocast_inputs(u, f, A.weight, A.bias, B.weight, B.bias)
+    if backend == "torch" or not use_triton(backend, u_c, f_c, weight_a, weight_b):
         return _eager_step(u, f, A, B, bn1, bn2)
     reason = _unfusable_reason(A, B, bn1, bn2)
     if reason is not None:
         if backend == "triton":
             warn_fallback(reason)
         return _eager_step(u, f, A, B, bn1, bn2)
-    if len({u.dtype, f.dtype, A.weight.dtype, B.weight.dtype}) != 1:
+    if len({u_c.dtype, f_c.dtype, weight_a.dtype, weight_b.dtype}) != 1:
         raise ValueError(f"u, f, A.weight and B.weight must share a dtype, got {u.dtype}, {f.dtype}, "
                          f"{A.weight.dtype} and {B.weight.dtype}")
+    out_dtype = u.dtype  # eager: u + relu(bn2(.)) promotes to u's dtype when u is wider than the autocast dtype
+    u, f = u_c, f_c
 
     bn_args = (bn1.weight, bn1.bias, bn2.weight, bn2.bias,
                bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var)
     if not bn1.training:
         needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (u, f, A.weight, A.bias, B.weight, B.bias, *bn_args[:4]))
+            t is not None and t.requires_grad for t in (u, f, weight_a, bias_a, weight_b, bias_b, *bn_args[:4]))
         if not needs_grad:
-            return ops.smoothing_step_inference(u, f, A.weight, A.bias, B.weight, B.bias, *bn_args, conv_a, conv_b,
-                                                bn1.eps, bn2.eps)
+            return ops.smoothing_step_inference(u, f, weight_a, bias_a, weight_b, bias_b, *bn_args, conv_a, conv_b,
+                                                bn1.eps, bn2.eps).to(out_dtype)
     count = u.shape[0] * u.shape[2] * u.shape[3]
     if bn1.training and count < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(u.shape)}")
-    out, _, _, stats = ops.smoothing_step(u, f, A.weight, A.bias, B.weight, B.bias, *bn_args, conv_a, conv_b,
+    out, _, _, stats = ops.smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, *bn_args, conv_a, conv_b,
                                           bn1.eps, bn2.eps, bn1.training)
     if bn1.training:
         with torch.no_grad():
             ops.update_running_stats_(bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var,
                                       bn1.num_batches_tracked, bn2.num_batches_tracked, stats.detach(),
                                       bn1.momentum, count)
-    return out
+    return out.to(out_dtype)
 
 
 class SmoothingStep(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .backend import check_backend, use_triton
+from .backend import autocast_inputs, check_backend, use_triton
 from .conv_geometry import ConvGeometry, check_conv_args
 from .functional import grouped_conv2d
 
@@ -36,9 +36,11 @@ def residual_conv2d(input: torch.Tensor, weight: torch.Tensor, other: torch.Tens
     if other.dtype != input.dtype or other.device != input.device:
         raise ValueError(f"other must match input's dtype and device ({input.dtype}, {input.device}), "
                          f"got {other.dtype} on {other.device}")
-    if use_triton(backend, input, weight, bias, other):
-        return ops.conv2d_residual(input, weight, bias, other, subtract, list(stride), list(padding),
-                                   list(dilation), groups)
+    cast = autocast_inputs(input, weight, bias, other)
+    if use_triton(backend, *cast):
+        out = ops.conv2d_residual(cast[0], cast[1], cast[2], cast[3], subtract, list(stride), list(padding),
+                                  list(dilation), groups)
+        return out.to(torch.promote_types(other.dtype, out.dtype))  # eager: other +- conv promotes
     y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     return other - y if subtract else other + y
 

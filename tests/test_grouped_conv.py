@@ -291,3 +291,15 @@ def test_demo_runs_both_backends(capsys):
     main(["--channels", "16", "--group-size", "4", "--size", "4", "--batch", "1"])
     out = capsys.readouterr().out
     assert "backend=torch" in out and "backend=triton" in out
+
+
+def test_autocast_runs_the_triton_conv_in_the_autocast_dtype():
+    x, w, b = _make(2, 8, 8, 5, 5, 3, 2, True, torch.float32)
+    x.requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.float16):
+        y = grouped_conv2d(x, w, b, padding=1, groups=2, backend="triton")
+        y_ref = F.conv2d(x, w, b, padding=1, groups=2)
+    assert y.dtype == y_ref.dtype == torch.float16
+    assert_close_rel(y, y_ref, torch.float16, "autocast output")
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32

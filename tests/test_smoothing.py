@@ -332,3 +332,26 @@ def test_residual_conv2d_checks_other():
         residual_conv2d(x, w, torch.zeros(2, 8, 5, 5, device=DEVICE, dtype=torch.float16), padding=1, groups=4)
     with pytest.raises(TypeError, match="other must be a tensor"):
         residual_conv2d(x, w, 1.0, padding=1, groups=4)
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.float16], ids=["fp32-inputs", "fp16-inputs"])
+def test_autocast_runs_the_fused_step_in_the_autocast_dtype(input_dtype):
+    """Under torch.autocast the convolutions and the step compute in the autocast dtype (fp16 here, the
+    interpreter cannot do bf16); BatchNorm statistics and every parameter's gradient stay fp32, and the
+    output has the eager step's dtype (u + relu(bn2(.)) promotes to u's dtype)."""
+    step = _make_step(16, 4, 3, 1, False, "triton")
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    u, f, grad = _inputs(2, 16, 5, 5, input_dtype, False)
+    results = []
+    with torch.profiler.profile() as prof:
+        for module in (step, eager):
+            with torch.autocast(DEVICE.type, dtype=torch.float16):
+                results.append(_run(module, u, f, grad))
+    fused, expect = results
+    assert fused["output"].dtype == expect["output"].dtype == input_dtype
+    for name, value in expect.items():
+        assert fused[name].dtype == value.dtype, name
+        if not name.endswith("num_batches_tracked"):
+            assert rel_err(fused[name], value) <= 1e-2, name
+    assert any(e.name == "mgiad_kernels::smoothing_step" for e in prof.events()), "the fused op did not run"
