@@ -199,9 +199,13 @@ def _smoothing_fn(provider, case, device):
     module: nn.Module = torch.compile(step, mode="max-autotune-no-cudagraphs") if provider == "torch_compile" else step
     elem = torch.finfo(case.dtype).bits // 8
     act = case.N * c * case.H * case.W
-    # minimum of a fused step: forward reads u, f and writes u_next; backward reads grad_u_next and
-    # (recomputing, not storing) u, f again, and writes grad_u, grad_f
-    nbytes = 8 * act * elem
+    # Minimum bytes of an exact training step, in activation passes. Without BatchNorm it would be
+    # 8 (forward reads u, f, writes u_next; backward reads grad, u, f, writes grad_u, grad_f). Batch
+    # statistics are global barriers, and each barrier costs another pass over what the next stage
+    # recomputes from: forward 7 (bn1 moments: u, f; bn2 moments: u, f; update: u, f, write u_next),
+    # backward 11 (bn2 sums: grad, u, f; bn1 sums: grad, u, f; gradients: grad, u, f, write grad_u,
+    # grad_f), 18 in all. The fused kernels move 26 (forward 8: r and s are stored; backward 18).
+    nbytes = 18 * act * elem
     flops = 2 * conv_cost(case.N, c, c, case.H, case.W, 3, 1, groups, elem, True)[1]
 
     def make():
