@@ -77,8 +77,11 @@ def _compile(kernel, constexprs: dict, dtype: str, target, num_warps: int = 4, n
     return triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def jobs(dtypes):
-    """Every (label, kernel, constexprs, dtype, num_warps, num_stages) to compile."""
+def jobs(dtypes, quick: bool = False):
+    """Every (label, kernel, constexprs, dtype, num_warps, num_stages) to compile.
+
+    Gather variants compile with the first and the widest tile config, or the widest only if ``quick``.
+    """
     from .kernels import batchnorm, conv
 
     out = []
@@ -87,7 +90,7 @@ def jobs(dtypes):
     for dtype in dtypes:
         precision = "tf32" if dtype == "fp32" else "ieee"
         for label, flags in _gather_variants():
-            for cfg in (gather_configs[0], gather_configs[-1]):  # the first and the widest tile
+            for cfg in (gather_configs[-1],) if quick else (gather_configs[0], gather_configs[-1]):
                 consts = {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}
                 out.append((f"gather: {label} {cfg.kwargs}", conv.conv2d_gather_kernel, consts, dtype,
                             cfg.num_warps, cfg.num_stages))
@@ -116,6 +119,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mgiad_kernels.compile_check", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
     parser.add_argument("--dtypes", default="fp32,fp16,bf16", help="comma-separated subset of fp32,fp16,bf16")
+    parser.add_argument("--quick", action="store_true", help="one tile config per gather variant (the widest)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler this checks")
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
 
     target = GPUTarget("cuda", args.arch, 32)
     start = time.perf_counter()
-    todo = jobs(dtypes)
+    todo = jobs(dtypes, args.quick)
     for i, (label, kernel, consts, dtype, warps, stages) in enumerate(todo, 1):
         try:
             compiled = _compile(kernel, consts, dtype, target, warps, stages)

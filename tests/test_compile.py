@@ -16,7 +16,8 @@ import pytest
                     reason="triton has no NVIDIA backend here")
 def test_every_kernel_variant_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "mgiad_kernels.compile_check", "--arch", "90", "--dtypes", "fp32,bf16"],
+    done = subprocess.run([sys.executable, "-m", "mgiad_kernels.compile_check", "--arch", "90", "--dtypes", "fp32,bf16",
+                           "--quick"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "kernel variants compiled for sm_90" in done.stdout
