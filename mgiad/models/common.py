@@ -35,6 +35,28 @@ class ResolutionTransfer(FASRestriction):
                          backend)
 
 
+class FASNetwork(nn.Module):
+    """The skeleton MgNet, MGiaD and Poly-MgNet share (MGiaD paper Alg. 1 and 3): a stem makes the
+    data f, u starts at zero, each resolution level smooths (u, f), FAS transfers connect the levels,
+    and a pooled linear head reads u. Subclasses call ``build_skeleton`` with a factory of their
+    levels (each exposing ``.A``), built after the stem so parameters initialise in module order."""
+
+    def build_skeleton(self, in_channels: int, widths, make_levels, num_classes: int, backend: str) -> None:
+        self.stem = stem(in_channels, widths[0], backend)
+        self.levels = nn.ModuleList(make_levels())
+        self.transfers = nn.ModuleList(ResolutionTransfer(a, b, backend) for a, b in zip(widths, widths[1:]))
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(to_model_layout(x))
+        u = torch.zeros_like(f)  # Alg. 3 line 1
+        for i, level in enumerate(self.levels):
+            if i:  # lines 4-5: u = Pi(u), f = R(f - A u) + A_next(u)
+                u, f = self.transfers[i - 1](u, f, self.levels[i - 1].A, level.A)
+            u = level(u, f)  # line 3
+        return classifier_head(u, self.fc)
+
+
 def classifier_head(u: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
     return fc(torch.flatten(nn.functional.adaptive_avg_pool2d(u, 1), 1))
 

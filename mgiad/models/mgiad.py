@@ -7,7 +7,7 @@ from torch import nn
 from mgiad_kernels import SmoothingStep, fas_restriction, prolongation_correction
 from mgiad_kernels.backend import check_backend
 
-from .common import ResolutionTransfer, check_model_args, classifier_head, conv1x1, conv3x3, stem, to_model_layout
+from .common import FASNetwork, check_model_args, conv1x1, conv3x3
 
 
 class SiC(nn.Module):
@@ -59,7 +59,7 @@ def channel_levels(width: int, coarsest_channels: int) -> list[int]:
     return levels
 
 
-class MGiaD(nn.Module):
+class MGiaD(FASNetwork):
     """MGiaD (Alg. 3): a SiC on each resolution level, learnable depthwise Pi and R with FAS between.
 
     Level l has ``channel_scale * widths[l]`` channels (the paper's lambda) and
@@ -89,17 +89,6 @@ class MGiaD(nn.Module):
                 if group_size < 2:
                     raise ValueError("group_size must be at least 2 so that the 1x1 restriction can halve each group")
         self.widths = widths
-        self.stem = stem(in_channels, widths[0], backend)
-        self.levels = nn.ModuleList(SiC(c, coarsest_channels, group_size, n, post_smoothing, backend)
-                                    for c, n in zip(widths, steps))
-        self.transfers = nn.ModuleList(ResolutionTransfer(a, b, backend) for a, b in zip(widths, widths[1:]))
-        self.fc = nn.Linear(widths[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.stem(to_model_layout(x))
-        u = torch.zeros_like(f)  # Alg. 3 line 1
-        for i, sic in enumerate(self.levels):
-            if i:  # lines 4-5
-                u, f = self.transfers[i - 1](u, f, self.levels[i - 1].A, sic.A)
-            u = sic(u, f)  # line 3
-        return classifier_head(u, self.fc)
+        self.build_skeleton(in_channels, widths, lambda: [  # Alg. 3 around a SiC per level
+            SiC(c, coarsest_channels, group_size, n, post_smoothing, backend) for c, n in zip(widths, steps)],
+            num_classes, backend)

@@ -7,7 +7,7 @@ from torch import nn
 from mgiad_kernels import SmoothingStep
 from mgiad_kernels.backend import check_backend
 
-from .common import ResolutionTransfer, check_model_args, classifier_head, conv3x3, stem, to_model_layout
+from .common import FASNetwork, check_model_args, conv3x3
 
 SHARES = ("AB", "A", None)
 
@@ -43,7 +43,7 @@ class MgNetLevel(nn.Module):
         return u
 
 
-class MgNet(nn.Module):
+class MgNet(FASNetwork):
     """MgNet: smoothing iterations (eq. 3) on each resolution level, FAS transfers (eq. 6-7) between them.
 
     ``group_size`` makes A and B grouped convolutions with that many channels per group
@@ -63,18 +63,6 @@ class MgNet(nn.Module):
             bad = [c for c in widths if c % group_size]
             if bad:
                 raise ValueError(f"group_size={group_size} must divide every width, but not {bad}")
-        self.stem = stem(in_channels, widths[0], backend)
-        self.levels = nn.ModuleList(
+        self.build_skeleton(in_channels, widths, lambda: [
             MgNetLevel(c, n, share, 1 if group_size is None else c // group_size, backend)
-            for c, n in zip(widths, steps))
-        self.transfers = nn.ModuleList(ResolutionTransfer(a, b, backend) for a, b in zip(widths, widths[1:]))
-        self.fc = nn.Linear(widths[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.stem(to_model_layout(x))
-        u = torch.zeros_like(f)
-        for i, level in enumerate(self.levels):
-            if i:
-                u, f = self.transfers[i - 1](u, f, self.levels[i - 1].A, level.A)
-            u = level(u, f)
-        return classifier_head(u, self.fc)
+            for c, n in zip(widths, steps)], num_classes, backend)

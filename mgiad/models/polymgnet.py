@@ -20,7 +20,7 @@ from torch import nn
 
 from mgiad_kernels.backend import check_backend
 
-from .common import ResolutionTransfer, check_model_args, classifier_head, conv3x3, stem, to_model_layout
+from .common import FASNetwork, check_model_args, conv3x3
 
 DEGREES = (1, 2)
 ROOTS = ("real", "complex")
@@ -114,7 +114,7 @@ class PolyMgNetLevel(nn.Module):
         return u
 
 
-class PolyMgNet(nn.Module):
+class PolyMgNet(FASNetwork):
     """Poly-MgNet on the MgNet skeleton (stem, FAS transfers, head) with B replaced by p_d(A).
 
     ``degree`` is that of the residual polynomial q: 1 (linear steps) or 2 (quadratic blocks,
@@ -134,16 +134,5 @@ class PolyMgNet(nn.Module):
         if degree == 2 and any(n % 2 for n in steps):
             raise ValueError(f"degree=2 pairs smoothing steps into quadratic blocks: smoothing_steps must be even, "
                              f"got {steps}")
-        self.stem = stem(in_channels, widths[0], backend)
-        self.levels = nn.ModuleList(PolyMgNetLevel(c, n, degree, roots, backend) for c, n in zip(widths, steps))
-        self.transfers = nn.ModuleList(ResolutionTransfer(a, b, backend) for a, b in zip(widths, widths[1:]))
-        self.fc = nn.Linear(widths[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.stem(to_model_layout(x))
-        u = torch.zeros_like(f)
-        for i, level in enumerate(self.levels):
-            if i:
-                u, f = self.transfers[i - 1](u, f, self.levels[i - 1].A, level.A)
-            u = level(u, f)
-        return classifier_head(u, self.fc)
+        self.build_skeleton(in_channels, widths, lambda: [
+            PolyMgNetLevel(c, n, degree, roots, backend) for c, n in zip(widths, steps)], num_classes, backend)

@@ -15,12 +15,13 @@ from .conv import bn_scale_shift
 
 
 @triton.jit
-def _pixel_offsets(offs_p, HW, W, stride_n, stride_h, stride_w):
-    """Element offsets of flat pixel indices n*H*W + h*W + w."""
+def _tile_offsets(offs_p, offs_c, HW, W, stride_n, stride_c, stride_h, stride_w):
+    """(BLOCK_P, BLOCK_C) element offsets of flat pixel indices n*H*W + h*W + w and channels."""
     n = offs_p // HW
     rem = offs_p - n * HW
     h = rem // W
-    return n * stride_n + h * stride_h + (rem - h * W) * stride_w
+    pixel = n * stride_n + h * stride_h + (rem - h * W) * stride_w
+    return pixel[:, None] + offs_c[None, :].to(tl.int64) * stride_c
 
 
 @triton.jit
@@ -120,14 +121,13 @@ def bn_relu_residual_kernel(
     c_mask = offs_c < C
     mask = (offs_p < P)[:, None] & c_mask[None, :]
     _, _, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps, offs_c, c_mask)
-    c64 = offs_c[None, :].to(tl.int64)
-    x = tl.load(x_ptr + _pixel_offsets(offs_p, HW, W, x_stride_n, x_stride_h, x_stride_w)[:, None]
-                + c64 * x_stride_c, mask=mask, other=0.0).to(tl.float32)
-    res = tl.load(residual_ptr + _pixel_offsets(offs_p, HW, W, res_stride_n, res_stride_h, res_stride_w)[:, None]
-                  + c64 * res_stride_c, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
+                mask=mask, other=0.0).to(tl.float32)
+    res_offs = _tile_offsets(offs_p, offs_c, HW, W, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
+    res = tl.load(residual_ptr + res_offs, mask=mask, other=0.0).to(tl.float32)
     out = res + tl.maximum(x * scale[None, :] + shift[None, :], 0.0)
-    tl.store(out_ptr + _pixel_offsets(offs_p, HW, W, out_stride_n, out_stride_h, out_stride_w)[:, None]
-             + c64 * out_stride_c, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w),
+             out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -150,11 +150,10 @@ def bn_relu_grad_sums_kernel(
     mask = (offs_p < P)[:, None] & c_mask[None, :]
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                               offs_c, c_mask)
-    c64 = offs_c[None, :].to(tl.int64)
-    grad = tl.load(grad_ptr + _pixel_offsets(offs_p, HW, W, grad_stride_n, grad_stride_h, grad_stride_w)[:, None]
-                   + c64 * grad_stride_c, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + _pixel_offsets(offs_p, HW, W, x_stride_n, x_stride_h, x_stride_w)[:, None]
-                + c64 * x_stride_c, mask=mask, other=0.0).to(tl.float32)
+    grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w)
+    grad = tl.load(grad_ptr + grad_offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
+                mask=mask, other=0.0).to(tl.float32)
     g = tl.where(mask & (x * scale[None, :] + shift[None, :] > 0.0), grad, 0.0)
     x_hat = (x - mean[None, :]) * rstd[None, :]
     tl.store(partial_ptr + pid_p * C + offs_c, tl.sum(g, axis=0), mask=c_mask)
@@ -185,12 +184,11 @@ def bn_backward_kernel(
     mask = (offs_p < P)[:, None] & c_mask[None, :]
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                               offs_c, c_mask)
-    c64 = offs_c[None, :].to(tl.int64)
-    g = tl.load(grad_ptr + _pixel_offsets(offs_p, HW, W, grad_stride_n, grad_stride_h, grad_stride_w)[:, None]
-                + c64 * grad_stride_c, mask=mask, other=0.0).to(tl.float32)
+    grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w)
+    g = tl.load(grad_ptr + grad_offs, mask=mask, other=0.0).to(tl.float32)
     if RELU_MASK or BATCH_STATS:
-        x = tl.load(x_ptr + _pixel_offsets(offs_p, HW, W, x_stride_n, x_stride_h, x_stride_w)[:, None]
-                    + c64 * x_stride_c, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
+                    mask=mask, other=0.0).to(tl.float32)
     if RELU_MASK:
         g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
     if BATCH_STATS:
@@ -199,5 +197,5 @@ def bn_backward_kernel(
         x_hat = (x - mean[None, :]) * rstd[None, :]
         g = g - mean_g[None, :] - x_hat * mean_gx[None, :]
     dx = g * scale[None, :]
-    tl.store(out_ptr + _pixel_offsets(offs_p, HW, W, out_stride_n, out_stride_h, out_stride_w)[:, None]
-             + c64 * out_stride_c, dx.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w),
+             dx.to(out_ptr.dtype.element_ty), mask=mask)
