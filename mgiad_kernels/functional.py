@@ -21,7 +21,7 @@ def grouped_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """
     check_backend(backend)
     stride, padding, dilation = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
-    cast = autocast_inputs(input, weight, bias)
-    if use_triton(backend, *cast):
+    cast = autocast_inputs(input, weight, bias) if backend != "torch" else ()
+    if cast and use_triton(backend, *cast):
         return ops.conv2d(*cast, list(stride), list(padding), list(dilation), groups)
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)

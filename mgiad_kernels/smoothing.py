@@ -72,10 +72,12 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     channels = u.shape[1]
     conv_a = smoothing_conv_args("A", A, channels)
     conv_b = smoothing_conv_args("B", B, channels)
+    if backend == "torch":
+        return _eager_step(u, f, A, B, bn1, bn2)
     # under torch.autocast the convolutions (and so the step) compute in the autocast dtype; the
     # BatchNorms keep their fp32 parameters and statistics, as nn.BatchNorm2d does
     u_c, f_c, weight_a, bias_a, weight_b, bias_b = autocast_inputs(u, f, A.weight, A.bias, B.weight, B.bias)
-    if backend == "torch" or not use_triton(backend, u_c, f_c, weight_a, weight_b):
+    if not use_triton(backend, u_c, f_c, weight_a, weight_b):
         return _eager_step(u, f, A, B, bn1, bn2)
     reason = _unfusable_reason(A, B, bn1, bn2)
     if reason is not None:

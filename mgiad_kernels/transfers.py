@@ -36,8 +36,8 @@ def residual_conv2d(input: torch.Tensor, weight: torch.Tensor, other: torch.Tens
     if other.dtype != input.dtype or other.device != input.device:
         raise ValueError(f"other must match input's dtype and device ({input.dtype}, {input.device}), "
                          f"got {other.dtype} on {other.device}")
-    cast = autocast_inputs(input, weight, bias, other)
-    if use_triton(backend, *cast):
+    cast = autocast_inputs(input, weight, bias, other) if backend != "torch" else ()
+    if cast and use_triton(backend, *cast):
         out = ops.conv2d_residual(cast[0], cast[1], cast[2], cast[3], subtract, list(stride), list(padding),
                                   list(dilation), groups)
         return out.to(torch.promote_types(other.dtype, out.dtype))  # eager: other +- conv promotes
