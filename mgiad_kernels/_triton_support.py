@@ -16,6 +16,13 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def autotune_enabled() -> bool:
+    """Whether the kernels autotune over their config lists: on GPUs, unless MGIAD_KERNELS_AUTOTUNE=0
+    (then the first config only: a correctness run compiles each kernel variant once, not per config).
+    Read when the kernels are defined, like TRITON_INTERPRET."""
+    return not interpreter_enabled() and os.environ.get("MGIAD_KERNELS_AUTOTUNE", "1") != "0"
+
+
 def triton_unavailable_reason(*tensors: torch.Tensor) -> str | None:
     """Why the Triton kernels cannot run on ``tensors``, or None when they can."""
     if not TRITON_AVAILABLE:

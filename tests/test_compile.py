@@ -28,3 +28,14 @@ def test_compile_check_refuses_the_interpreter():
     done = subprocess.run([sys.executable, "-m", "mgiad_kernels.compile_check"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "unset TRITON_INTERPRET" in done.stderr
+
+
+@pytest.mark.parametrize("setting,expected", [("1", (10, 7)), ("0", (1, 1))])
+def test_autotune_switch_sets_the_config_lists(setting, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["MGIAD_KERNELS_AUTOTUNE"] = setting
+    code = ("from mgiad_kernels.kernels import conv; "
+            "print(len(conv.conv2d_gather_kernel.configs), len(conv.conv2d_grad_weight_kernel.configs))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert tuple(int(v) for v in done.stdout.split()) == expected

@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_support import interpreter_enabled
+from .._triton_support import autotune_enabled, interpreter_enabled
 
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride), never H, W.
 # The fusion flags change the work per tile, so they are keys too.
@@ -42,7 +42,7 @@ GATHER_MIN_BLOCK_P = 64  # the smallest BLOCK_P below: sizes the per-tile statis
 def _gather_configs():
     if interpreter_enabled():  # one config off-GPU; large blocks keep the interpreter fast
         return [triton.Config({"BLOCK_P": 128, "BLOCK_DST": 32, "BLOCK_RED": 32})]
-    return [
+    configs = [
         triton.Config({"BLOCK_P": bp, "BLOCK_DST": bd, "BLOCK_RED": br}, num_warps=w, num_stages=s)
         for bp, bd, br, w, s in [
             (128, 32, 32, 4, 3), (128, 16, 16, 4, 3), (64, 32, 32, 4, 3), (128, 64, 32, 4, 3),
@@ -50,18 +50,20 @@ def _gather_configs():
             (128, 128, 32, 8, 3), (64, 128, 64, 4, 3),
         ]
     ]
+    return configs if autotune_enabled() else configs[:1]
 
 
 def _grad_weight_configs():
     if interpreter_enabled():
         return [triton.Config({"BLOCK_OUT": 32, "BLOCK_IN": 32, "BLOCK_P": 128})]
-    return [
+    configs = [
         triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi, "BLOCK_P": bp}, num_warps=w, num_stages=s)
         for bo, bi, bp, w, s in [
             (32, 32, 64, 4, 3), (16, 16, 128, 4, 3), (32, 32, 128, 4, 3), (64, 32, 64, 4, 3),
             (64, 64, 64, 4, 3), (16, 16, 256, 4, 2), (128, 64, 32, 8, 3),
         ]
     ]
+    return configs if autotune_enabled() else configs[:1]
 
 
 @triton.jit
