@@ -190,9 +190,10 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
     pixels_per_split = _cdiv(_cdiv(max(pixels, 1), splits), _PIXEL_ALIGN) * _PIXEL_ALIGN
     splits = max(1, _cdiv(pixels, pixels_per_split))
 
-    partial_w = torch.zeros((splits, c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w),
-                            device=x.device, dtype=torch.float32)
-    partial_b = torch.zeros((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else partial_w
+    alloc = torch.empty if pixels else torch.zeros  # the kernel writes every entry (none when no pixels)
+    partial_w = alloc((splits, c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w), device=x.device,
+                      dtype=torch.float32)
+    partial_b = alloc((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else partial_w
     if pixels:
         kernel = _kernels().conv2d_grad_weight_kernel
         grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
