@@ -110,9 +110,11 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     else:
         w_strides = (ws[0], 0, 0, ws[1], ws[2], ws[3])
         dst_per_group, red_per_group = geo.out_per_group, geo.in_per_group
-    other_modes = {"none": conv.OTHER_NONE, "add": conv.OTHER_ADD, "add_after_bn": conv.OTHER_ADD_AFTER_BN,
-                   "relu_grad": conv.OTHER_RELU_GRAD}
-    stats_modes = {"none": conv.STATS_NONE, "moments": conv.STATS_MOMENTS, "bn_grad": conv.STATS_BN_GRAD}
+    # plain ints for the launch: the kernel compares them with its constexpr globals
+    other_modes = {"none": conv.OTHER_NONE.value, "add": conv.OTHER_ADD.value,
+                   "add_after_bn": conv.OTHER_ADD_AFTER_BN.value, "relu_grad": conv.OTHER_RELU_GRAD.value}
+    stats_modes = {"none": conv.STATS_NONE.value, "moments": conv.STATS_MOMENTS.value,
+                   "bn_grad": conv.STATS_BN_GRAD.value}
     grid = lambda meta: (  # noqa: E731
         _cdiv(n_batch * h_dst * w_dst, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))
     conv.conv2d_gather_kernel[grid](
@@ -127,8 +129,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
-        OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu, EPILOGUE_NEEDS_BN=epilogue_bn is not None,
-        STATS=stats_modes[stats_mode],
+        OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
+        EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         INPUT_PRECISION=_input_precision(src.dtype),
     )
 

@@ -9,8 +9,8 @@ each followed by 2x2 max-pooling of every grid, and a linear classifier.
 
 Our choices where the slides are silent (weight counts against the table in
 docs/param_counts.md): a multigrid pyramid has 3 grids, the finest at the stage width and each
-coarser one with half the channels of the one above (a grid at 1x1 is not pooled further); PMG ("progressive") grows the pyramid by one grid per stage
-(1, 2, 3, 3, ... grids); a depth d counts conv layers plus the classifier, so plain networks
+coarser one with half the channels of the one above (a grid at 1x1 is not pooled further);
+PMG ("progressive") grows the pyramid by one grid per stage (1, 2, 3, 3, ... grids); a depth d counts conv layers plus the classifier, so plain networks
 have d - 1 conv layers and residual ones a stem and (d - 2) / 2 two-layer units, spread over
 the stages as evenly as possible (earlier stages first); residual units use parameter-free
 shortcuts (zero-padded channels) like RES-k.

@@ -40,7 +40,8 @@ def symbol_spectrum(weight: torch.Tensor, groups: int, frequencies: int = 4) -> 
     th, tw = torch.meshgrid(theta, theta, indexing="ij")
     taps_h = torch.arange(kh, dtype=torch.float64) - kh // 2
     taps_w = torch.arange(kw, dtype=torch.float64) - kw // 2
-    phase = torch.exp(1j * (th.reshape(-1, 1, 1) * taps_h[None, :, None] + tw.reshape(-1, 1, 1) * taps_w[None, None, :]))
+    phase = torch.exp(1j * (th.reshape(-1, 1, 1) * taps_h[None, :, None]
+                            + tw.reshape(-1, 1, 1) * taps_w[None, None, :]))
     symbol = torch.einsum("oihw,fhw->foi", dense.to(torch.complex128), phase)
     return torch.linalg.eigvals(symbol).reshape(-1)
 
