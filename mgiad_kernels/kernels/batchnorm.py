@@ -25,6 +25,15 @@ def _tile_offsets(offs_p, offs_c, HW, W, stride_n, stride_c, stride_h, stride_w)
 
 
 @triton.jit
+def _elementwise_tile(P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's pixel and channel indices over the (P, C) matrix, the channel mask and the tile mask."""
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    return offs_p, offs_c, c_mask, (offs_p < P)[:, None] & c_mask[None, :]
+
+
+@triton.jit
 def bn_moments_finalize_kernel(
     partial_ptr,  # (3, ROWS, C) fp32: per-tile count, mean and centred sum of squares
     mean_ptr,  # (C,) fp32 out: batch mean
@@ -116,10 +125,7 @@ def bn_relu_residual_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known."""
-    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    mask = (offs_p < P)[:, None] & c_mask[None, :]
+    offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     _, _, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps, offs_c, c_mask)
     x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
                 mask=mask, other=0.0).to(tl.float32)
@@ -144,10 +150,7 @@ def bn_relu_grad_sums_kernel(
 ):
     """BatchNorm-backward reductions through a ReLU: d gamma = sum g x_hat, d beta = sum g."""
     pid_p = tl.program_id(0)
-    offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    mask = (offs_p < P)[:, None] & c_mask[None, :]
+    offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                               offs_c, c_mask)
     grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w)
@@ -178,10 +181,7 @@ def bn_backward_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx = gamma * rstd * (g - mean(g) - x_hat * mean(g x_hat)) with batch statistics, else gamma * rstd * g."""
-    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    mask = (offs_p < P)[:, None] & c_mask[None, :]
+    offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                               offs_c, c_mask)
     grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w)
