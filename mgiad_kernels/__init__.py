@@ -3,10 +3,10 @@
 Importing this package never touches a GPU and works without Triton installed.
 """
 from .backend import BACKENDS, check_backend
-from .functional import grouped_conv2d
+from .functional import grouped_conv2d, residual_conv2d
 from .modules import GroupedConv2d
 from .smoothing import SmoothingStep, smoothing_step
-from .transfers import FASRestriction, ProlongationCorrection, fas_restriction, prolongation_correction, residual_conv2d
+from .transfers import FASRestriction, ProlongationCorrection, fas_restriction, prolongation_correction
 
 __all__ = ["BACKENDS", "check_backend", "FASRestriction", "GroupedConv2d", "ProlongationCorrection", "SmoothingStep",
            "fas_restriction", "grouped_conv2d", "prolongation_correction", "residual_conv2d", "smoothing_step"]

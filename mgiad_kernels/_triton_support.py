@@ -23,8 +23,12 @@ def autotune_enabled() -> bool:
     return not interpreter_enabled() and os.environ.get("MGIAD_KERNELS_AUTOTUNE", "1") != "0"
 
 
-def triton_unavailable_reason(*tensors: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot run on ``tensors``, or None when they can."""
+def triton_unavailable_reason(*tensors: torch.Tensor, interpreter: bool = True) -> str | None:
+    """Why the Triton kernels cannot run on ``tensors``, or None when they can.
+
+    ``interpreter``: CPU tensors may run through Triton's interpreter (TRITON_INTERPRET=1), which
+    backend='triton' allows and backend='auto' does not (it is for checking, far too slow to train).
+    """
     if not TRITON_AVAILABLE:
         return "the 'triton' package is not installed"
     dtypes = {t.dtype for t in tensors if t is not None}
@@ -34,6 +38,8 @@ def triton_unavailable_reason(*tensors: torch.Tensor) -> str | None:
     if devices <= {"cuda"}:
         return None
     if devices <= {"cpu"}:
+        if not interpreter:
+            return "the tensors are on the CPU; backend='auto' runs Triton on CUDA tensors only"
         if not interpreter_enabled():
             return "the tensors are on the CPU and TRITON_INTERPRET=1 is not set"
         if any(t.dtype == torch.bfloat16 for t in tensors if t is not None):
@@ -53,3 +59,28 @@ def parallel_programs_wanted(device: torch.device) -> int:
     if device.type == "cuda":
         return 4 * multiprocessor_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4  # interpreter: a few programs exercise the split logic without slowing tests
+
+
+def patch_interpreter_index() -> None:
+    """Make triton < 3.7's interpreter work with numpy >= 2.4.
+
+    Its ``tensor.__index__`` is ``int(self.handle.data)``, which numpy 2.4 refuses for a 1-element
+    array, so every ``range()`` over a runtime bound fails; triton 3.7 squeezes first. This wraps the
+    interpreter's patching so the squeeze happens on every version. A no-op where not needed.
+    """
+    import triton
+    from triton.runtime import interpreter
+
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7):
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_mgiad_squeezed", False):
+        return
+
+    def patch_lang_tensor(tensor, *args, **kwargs):
+        result = original(tensor, *args, **kwargs)
+        tensor.__index__ = lambda self: int(self.handle.data.squeeze())
+        return result
+
+    patch_lang_tensor._mgiad_squeezed = True
+    interpreter._patch_lang_tensor = patch_lang_tensor

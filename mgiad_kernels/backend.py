@@ -1,4 +1,8 @@
-"""The backend switch: 'triton', 'torch' or 'auto'. Used only by the functional and module layer."""
+"""The backend switch: 'triton', 'torch' or 'auto'.
+
+The library's functional and module layer decides with it; models pass ``backend`` through
+(``mgiad_kernels.check_backend`` validates one at construction).
+"""
 from __future__ import annotations
 
 import warnings
@@ -20,13 +24,13 @@ def check_backend(backend) -> str:
 def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     """Whether to run the Triton kernels on ``tensors``.
 
-    'auto' takes Triton wherever it can run and torch elsewhere, silently. 'triton' that
-    cannot run falls back to torch with one warning per reason, never silently.
+    'auto' takes Triton on CUDA tensors and torch elsewhere, silently. 'triton' also runs CPU
+    tensors through Triton's interpreter when TRITON_INTERPRET=1; where it cannot run it falls
+    back to torch with one warning per reason, never silently.
     """
-    check_backend(backend)
     if backend == "torch":
         return False
-    reason = triton_unavailable_reason(*tensors)
+    reason = triton_unavailable_reason(*tensors, interpreter=backend == "triton")
     if reason is None:
         return True
     if backend == "triton":

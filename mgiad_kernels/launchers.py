@@ -74,13 +74,25 @@ class BatchNormArgs:
 
 
 def gather_stats_buffer(dst_shape: Sequence[int], device: torch.device, planes: int = 1) -> torch.Tensor:
-    """Zero-filled (planes, 3, rows, C) partial statistics of fused gathers, a row per possible pixel tile.
+    """(planes, 3, rows, C) partial statistics of fused gathers, a row per GATHER_MIN_BLOCK_P pixels.
 
-    Rows that no tile writes (the autotuned BLOCK_P may exceed the smallest) keep count 0.
+    Uninitialised: the gather writes every row (rows past its last pixel tile get count 0).
     """
     n_batch, channels, h, w = dst_shape
-    rows = _cdiv(n_batch * h * w, _kernels().GATHER_MIN_BLOCK_P)
-    return torch.zeros((planes, 3, rows, channels), device=device, dtype=torch.float32)
+    rows = _cdiv(n_batch * h * w, _kernels().GATHER_MIN_BLOCK_P.value)
+    return torch.empty((planes, 3, rows, channels), device=device, dtype=torch.float32)
+
+
+_SCRATCH: dict[torch.device, torch.Tensor] = {}
+
+
+def scratch(device: torch.device) -> torch.Tensor:
+    """The package's own placeholder for pointer arguments a launch does not use (no bias, no
+    BatchNorm, no statistics): never a user's tensor, so no kernel or autotuner hook can touch one."""
+    buf = _SCRATCH.get(device)
+    if buf is None:
+        buf = _SCRATCH[device] = torch.zeros(16, device=device, dtype=torch.float32)
+    return buf
 
 
 def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prologue_bn: BatchNormArgs | None = None,
@@ -117,12 +129,14 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
                    "bn_grad": conv.STATS_BN_GRAD.value}
     grid = lambda meta: (  # noqa: E731
         _cdiv(n_batch * h_dst * w_dst, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))
+    unused = scratch(dst.device)
     conv.conv2d_gather_kernel[grid](
-        src, weight, bias if bias is not None else weight, dst,
-        other if other is not None else dst,
-        *(bn.pointers() if bn is not None else (weight,) * 4),
-        stats if stats is not None else weight,
-        *src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()), *w_strides,
+        src, weight, bias if bias is not None else unused, dst,
+        other if other is not None else unused,
+        *(bn.pointers() if bn is not None else (unused,) * 4),
+        stats if stats is not None else unused,
+        *src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()),
+        bias.stride(0) if bias is not None else 0, *w_strides,
         n_batch, h_src, w_src, h_dst, w_dst,
         c_dst, c_red, dst_per_group, red_per_group,
         float(alpha), float(bn.eps) if bn is not None else 0.0, stats.shape[1] if stats is not None else 0,
@@ -135,54 +149,39 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     )
 
 
-def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                   groups: int) -> torch.Tensor:
-    """y = conv2d(x, weight, bias) with F.conv2d's semantics, on the Triton gather kernel."""
-    geo = ConvGeometry.of(x.shape, weight.shape, stride, padding, dilation, groups)
+def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
+                   alpha: float, geo: ConvGeometry) -> torch.Tensor:
+    """y = other + alpha * (conv2d(x, weight) + bias) in one launch (``other`` None: no sum).
+
+    F.conv2d's semantics; the sum is the FAS residual and correction (MGiaD eq. 6-7, Alg. 2).
+    """
     y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
                     memory_format=conv_output_memory_format(x, weight))
     if y.numel():
-        _gather(x, weight, bias, y, geo, transposed=False)
+        _gather(x, weight, bias, y, geo, transposed=False, other=other,
+                other_mode="none" if other is None else "add", alpha=alpha)
     return y
 
 
-def conv2d_residual_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                            other: torch.Tensor, subtract: bool, stride: Sequence[int], padding: Sequence[int],
-                            dilation: Sequence[int], groups: int) -> torch.Tensor:
-    """other -/+ conv2d(x, weight, bias) in one launch: the FAS residual and correction (eq. 6-7, Alg. 2)."""
-    geo = ConvGeometry.of(x.shape, weight.shape, stride, padding, dilation, groups)
-    y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
-                    memory_format=conv_output_memory_format(x, weight))
-    if y.numel():
-        _gather(x, weight, bias, y, geo, transposed=False, other=other, other_mode="add",
-                alpha=-1.0 if subtract else 1.0)
-    return y
-
-
-def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torch.Tensor,
-                      stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                      groups: int, memory_format: torch.memory_format, negate: bool = False) -> torch.Tensor:
-    """grad_x = conv_transpose2d(grad_y, weight): the adjoint of the forward gather (negated if ``negate``)."""
-    geo = ConvGeometry.of(x_shape, weight.shape, stride, padding, dilation, groups)
+def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torch.Tensor, geo: ConvGeometry,
+                      memory_format: torch.memory_format, alpha: float = 1.0) -> torch.Tensor:
+    """grad_x = alpha * conv_transpose2d(grad_y, weight): the adjoint of the forward gather."""
     grad_x = torch.empty(tuple(x_shape), device=grad_y.device, dtype=grad_y.dtype, memory_format=memory_format)
     if grad_x.numel():
-        _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=-1.0 if negate else 1.0)
+        _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=alpha)
     return grad_x
 
 
-def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight_shape: Sequence[int],
-                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                       groups: int, with_bias: bool, *, x_bn: BatchNormArgs | None = None,
-                       negate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry, with_bias: bool, *,
+                       x_bn: BatchNormArgs | None = None,
+                       alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """grad_weight (and grad_bias) as split reductions over the N*H_out*W_out pixels.
 
     ``x_bn``: the convolution's input was relu(x_bn(x)), recomputed as x is loaded.
-    ``negate``: the gradients of a convolution whose output entered with a minus sign.
+    ``alpha``: the gradients of alpha * conv (-1: a convolution that entered with a minus sign).
     """
-    geo = ConvGeometry.of(x.shape, weight_shape, stride, padding, dilation, groups)
     n_batch, c_in, h, w = x.shape
-    c_out = weight_shape[0]
+    c_out = geo.out_channels
     h_out, w_out = geo.out_hw
     pixels = n_batch * h_out * w_out
     taps = geo.kernel_h * geo.kernel_w
@@ -195,13 +194,14 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
     alloc = torch.empty if pixels else torch.zeros  # the kernel writes every entry (none when no pixels)
     partial_w = alloc((splits, c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w), device=x.device,
                       dtype=torch.float32)
-    partial_b = alloc((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else partial_w
+    unused = scratch(x.device)
+    partial_b = alloc((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else unused
     if pixels:
         kernel = _kernels().conv2d_grad_weight_kernel
         grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
         kernel[grid](
             x, grad_y, partial_w, partial_b,
-            *(x_bn.pointers() if x_bn is not None else (partial_w,) * 4),
+            *(x_bn.pointers() if x_bn is not None else (unused,) * 4),
             *x.stride(), *grad_y.stride(),
             n_batch, h, w, h_out, w_out,
             c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
@@ -212,9 +212,9 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
         )
     grad_w = partial_w.sum(0)  # fixed-order reduction over splits: deterministic
     grad_b = partial_b.sum(0) if with_bias else None
-    if negate:
-        grad_w = grad_w.neg_()
-        grad_b = grad_b.neg_() if grad_b is not None else None
+    if alpha != 1.0:
+        grad_w = grad_w.mul_(alpha)
+        grad_b = grad_b.mul_(alpha) if grad_b is not None else None
     return grad_w.to(x.dtype), (grad_b.to(x.dtype) if grad_b is not None else None)
 
 
@@ -343,8 +343,7 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
     sums1 = partial1[:2].sum(1)
     grad_weight_b = grad_bias_b = None
     if needs_weight_grads[1]:
-        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, weight_b.shape, geo_b.stride, geo_b.padding,
-                                                        geo_b.dilation, geo_b.groups, has_bias[1], x_bn=bn1)
+        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, geo_b, has_bias[1], x_bn=bn1)
     grad_r = _empty_activation(u, fmt)
     bnk.bn_backward_kernel[grid](
         grad_x1, r, grad_r, sums1, *bn1.pointers(), *grad_x1.stride(), *r.stride(), *grad_r.stride(),
@@ -355,6 +354,5 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
     _gather(grad_r, weight_a, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0)
     grad_weight_a = grad_bias_a = None
     if needs_weight_grads[0]:
-        grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, weight_a.shape, geo_a.stride, geo_a.padding,
-                                                        geo_a.dilation, geo_a.groups, has_bias[0], negate=True)
+        grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, geo_a, has_bias[0], alpha=-1.0)
     return grad_u, grad_r, grad_weight_a, grad_bias_a, grad_weight_b, grad_bias_b, sums1, sums2

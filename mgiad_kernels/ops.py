@@ -1,26 +1,36 @@
-"""PyTorch custom ops over the Triton launchers, with fake (meta) and autograd registrations,
-so that ``torch.compile`` traces through them without graph breaks."""
+"""PyTorch custom ops over the Triton launchers, with fake (meta) registrations so that
+``torch.compile`` traces through them without graph breaks. The convolution ops are
+differentiated in conv_autograd.py; the fused smoothing step's autograd is registered here."""
 from __future__ import annotations
 
 from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import launchers
 from .conv_geometry import ConvGeometry
 
 
+# ---- grouped convolution: launch primitives; conv_autograd.py differentiates them -----------------------------------
+# padding: [top, left, bottom, right]. Each op is linear in each of its two tensor inputs.
+
+def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    return ConvGeometry.of(x_shape, weight_shape, stride, padding, dilation, groups)
+
+
 @torch.library.custom_op("mgiad_kernels::conv2d", mutates_args=())
-def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
-           dilation: List[int], groups: int) -> Tensor:
-    """Grouped 2-D convolution on the Triton kernels (F.conv2d's semantics, arguments checked)."""
-    return launchers.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Optional[Tensor], alpha: float,
+           stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
+    """other + alpha * (conv2d(x, weight) + bias) on the Triton kernels (``other`` None: no sum)."""
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    return launchers.conv2d_forward(x, weight, bias, other, alpha, geo)
 
 
 @conv2d.register_fake
-def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
-    geo = ConvGeometry.of(x.shape, weight.shape, stride, padding, dilation, groups)
+def _conv2d_fake(x, weight, bias, other, alpha, stride, padding, dilation, groups):
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     return torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
                        memory_format=launchers.conv_output_memory_format(x, weight))
 
@@ -28,14 +38,15 @@ def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups):
 @torch.library.custom_op("mgiad_kernels::conv2d_grad_input", mutates_args=())
 def conv2d_grad_input(grad_y: Tensor, weight: Tensor, x_shape: List[int], stride: List[int],
                       padding: List[int], dilation: List[int], groups: int, channels_last: bool,
-                      negate: bool) -> Tensor:
-    """Gradient of conv2d with respect to its input (the transposed convolution), negated if ``negate``."""
+                      alpha: float) -> Tensor:
+    """alpha * conv_transpose2d(grad_y, weight): the gradient of alpha * conv2d with respect to its input."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return launchers.conv2d_grad_input(grad_y, x_shape, weight, stride, padding, dilation, groups, fmt, negate)
+    geo = conv_geometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    return launchers.conv2d_grad_input(grad_y, x_shape, weight, geo, fmt, alpha)
 
 
 @conv2d_grad_input.register_fake
-def _conv2d_grad_input_fake(grad_y, weight, x_shape, stride, padding, dilation, groups, channels_last, negate):
+def _conv2d_grad_input_fake(grad_y, weight, x_shape, stride, padding, dilation, groups, channels_last, alpha):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(x_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=fmt)
 
@@ -43,82 +54,27 @@ def _conv2d_grad_input_fake(grad_y, weight, x_shape, stride, padding, dilation, 
 @torch.library.custom_op("mgiad_kernels::conv2d_grad_weight", mutates_args=())
 def conv2d_grad_weight(grad_y: Tensor, x: Tensor, weight_shape: List[int], stride: List[int],
                        padding: List[int], dilation: List[int], groups: int,
-                       with_bias: bool, negate: bool) -> tuple[Tensor, Tensor]:
-    """Gradients of conv2d with respect to weight and bias (an empty tensor when with_bias is False),
-    negated if ``negate``."""
-    grad_w, grad_b = launchers.conv2d_grad_weight(grad_y, x, weight_shape, stride, padding, dilation,
-                                                  groups, with_bias, negate=negate)
+                       with_bias: bool, alpha: float) -> tuple[Tensor, Tensor]:
+    """Gradients of alpha * conv2d with respect to weight and bias (an empty tensor when not with_bias)."""
+    geo = conv_geometry(x.shape, weight_shape, stride, padding, dilation, groups)
+    grad_w, grad_b = launchers.conv2d_grad_weight(grad_y, x, geo, with_bias, alpha=alpha)
     return grad_w, grad_b if grad_b is not None else x.new_empty(0)
 
 
 @conv2d_grad_weight.register_fake
-def _conv2d_grad_weight_fake(grad_y, x, weight_shape, stride, padding, dilation, groups, with_bias, negate):
+def _conv2d_grad_weight_fake(grad_y, x, weight_shape, stride, padding, dilation, groups, with_bias, alpha):
     return x.new_empty(weight_shape), x.new_empty(weight_shape[0] if with_bias else 0)
 
 
-def _conv2d_setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.conv_args = (list(stride), list(padding), list(dilation), groups)
-    ctx.has_bias = bias is not None
-    ctx.x_channels_last = launchers.strides_like_channels_last(x)
-    ctx.negate = False
-
-
-def _conv2d_grads(ctx, grad_y, need_x, need_w, need_b):
-    """grad x, weight, bias of a (possibly negated) conv2d, each None where not needed."""
-    x, weight = ctx.saved_tensors
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_x = conv2d_grad_input(grad_y, weight, list(x.shape), *ctx.conv_args, ctx.x_channels_last, ctx.negate)
-    if need_w or need_b:
-        grad_w, grad_b = conv2d_grad_weight(grad_y, x, list(weight.shape), *ctx.conv_args,
-                                            ctx.has_bias and need_b, ctx.negate)
-        grad_w = grad_w if need_w else None
-        grad_b = grad_b if (ctx.has_bias and need_b) else None
-    return grad_x, grad_w, grad_b
-
-
-def _conv2d_backward(ctx, grad_y):
-    return (*_conv2d_grads(ctx, grad_y, *ctx.needs_input_grad[:3]), None, None, None, None)
-
-
-torch.library.register_autograd("mgiad_kernels::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
-
-
-@torch.library.custom_op("mgiad_kernels::conv2d_residual", mutates_args=())
-def conv2d_residual(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Tensor, subtract: bool,
-                    stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
-    """other - conv2d(x) if ``subtract`` else other + conv2d(x), the sum in the convolution's epilogue."""
-    return launchers.conv2d_residual_forward(x, weight, bias, other, subtract, stride, padding, dilation, groups)
-
-
-@conv2d_residual.register_fake
-def _conv2d_residual_fake(x, weight, bias, other, subtract, stride, padding, dilation, groups):
-    return _conv2d_fake(x, weight, bias, stride, padding, dilation, groups)
-
-
-def _conv2d_residual_setup_context(ctx, inputs, output):
-    x, weight, bias, _, subtract, stride, padding, dilation, groups = inputs
-    _conv2d_setup_context(ctx, (x, weight, bias, stride, padding, dilation, groups), output)
-    ctx.negate = subtract
-
-
-def _conv2d_residual_backward(ctx, grad_y):
-    need_x, need_w, need_b, need_other = ctx.needs_input_grad[:4]
-    grad_x, grad_w, grad_b = _conv2d_grads(ctx, grad_y, need_x, need_w, need_b)
-    return grad_x, grad_w, grad_b, grad_y if need_other else None, None, None, None, None, None
-
-
-torch.library.register_autograd("mgiad_kernels::conv2d_residual", _conv2d_residual_backward,
-                                setup_context=_conv2d_residual_setup_context)
-
-
 # ---- the fused smoothing step (MGiaD paper eq. 3) ------------------------------------------------------------------
-# conv_a / conv_b: [pad_h, pad_w, dil_h, dil_w, groups] of the stride-1, size-preserving A and B.
+# conv_a / conv_b: [pad_top, pad_left, dil_h, dil_w, groups] of the stride-1, size-preserving A and B.
 
 def _geometry(u_shape, weight: Tensor, conv: List[int]) -> ConvGeometry:
-    return ConvGeometry.of(u_shape, weight.shape, (1, 1), conv[0:2], conv[2:4], conv[4])
+    """conv: [pad_top, pad_left, dil_h, dil_w, groups] of a size-preserving stride-1 convolution."""
+    kh, kw = weight.shape[2:]
+    top, left, dil_h, dil_w, groups = conv
+    padding = (top, left, dil_h * (kh - 1) - top, dil_w * (kw - 1) - left)
+    return ConvGeometry.of(u_shape, weight.shape, (1, 1), padding, (dil_h, dil_w), groups)
 
 
 def _activation_fake(u: Tensor, weight_a: Tensor) -> Tensor:
@@ -187,22 +143,52 @@ def _smoothing_step_setup_context(ctx, inputs, output):
     (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
      _, _, _, _, conv_a, conv_b, eps1, eps2, batch_stats) = inputs
     _, r, s, stats = output
-    ctx.save_for_backward(u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias)
-    ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats, bias_a is not None, bias_b is not None)
+    ctx.save_for_backward(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
+                          r, s, stats)
+    ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
     ctx.mark_non_differentiable(r, s, stats)
 
 
+def _eager_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias, stats,
+                conv_a, conv_b, eps1, eps2, batch_stats):
+    """The step composed of differentiable aten ops, from the statistics the fused forward used."""
+
+    def conv(x, weight, bias, args):
+        geo = _geometry(x.shape, weight, args)
+        top, left = geo.padding
+        bottom = geo.dilation[0] * (geo.kernel_h - 1) - top
+        right = geo.dilation[1] * (geo.kernel_w - 1) - left
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, 1, 0, geo.dilation, geo.groups)
+
+    def bn(x, mean, var, weight, bias, eps):
+        return F.batch_norm(x, None if batch_stats else mean, None if batch_stats else var, weight, bias,
+                            training=batch_stats, eps=eps)
+
+    t = F.relu(bn(f - conv(u, weight_a, bias_a, conv_a), stats[0], stats[1], bn1_weight, bn1_bias, eps1))
+    return u + F.relu(bn(conv(t, weight_b, bias_b, conv_b), stats[2], stats[3], bn2_weight, bn2_bias, eps2))
+
+
 def _smoothing_step_autograd(ctx, grad_out, _grad_r, _grad_s, _grad_stats):
-    u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias = ctx.saved_tensors
-    conv_a, conv_b, eps1, eps2, batch_stats, has_bias_a, has_bias_b = ctx.args
+    (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
+     r, s, stats) = ctx.saved_tensors
+    conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
     need = ctx.needs_input_grad
+    inputs = (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias)
+    if torch.is_grad_enabled():  # create_graph=True: differentiable gradients from the eager composition
+        out = _eager_step(*inputs, stats, conv_a, conv_b, eps1, eps2, batch_stats)
+        wanted = [i for i, t in enumerate(inputs) if need[i] and t is not None]
+        grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True, allow_unused=True)
+        result = [None] * len(ctx.needs_input_grad)
+        for i, g in zip(wanted, grads):
+            result[i] = g
+        return tuple(result)
     grads = smoothing_step_backward(
         grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
-        eps1, eps2, batch_stats, has_bias_a, has_bias_b, need[2] or need[3], need[4] or need[5])
+        eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5])
     grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads
     return (grad_u if need[0] else None, grad_f if need[1] else None,
-            grad_wa if need[2] else None, grad_ba if has_bias_a and need[3] else None,
-            grad_wb if need[4] else None, grad_bb if has_bias_b and need[5] else None,
+            grad_wa if need[2] else None, grad_ba if bias_a is not None and need[3] else None,
+            grad_wb if need[4] else None, grad_bb if bias_b is not None and need[5] else None,
             grad_bn1[1].to(bn1_weight.dtype), grad_bn1[0].to(bn1_bias.dtype),
             grad_bn2[1].to(bn2_weight.dtype), grad_bn2[0].to(bn2_bias.dtype),
             None, None, None, None, None, None, None, None, None)

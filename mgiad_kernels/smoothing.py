@@ -9,6 +9,7 @@ BatchNorms into the two convolutions' epilogues (two launches).
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,7 +30,7 @@ def _eager_step(u, f, A, B, bn1, bn2):
 
 
 def smoothing_conv_args(name: str, conv: nn.Module, channels: int) -> list[int]:
-    """[pad_h, pad_w, dil_h, dil_w, groups] of a stride-1, size-preserving C -> C convolution, else ValueError."""
+    """[pad_top, pad_left, dil_h, dil_w, groups] of a stride-1, size-preserving C -> C convolution, else ValueError."""
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"{name} must be an nn.Conv2d (or GroupedConv2d), got {type(conv).__name__}")
     if conv.in_channels != channels or conv.out_channels != channels:
@@ -39,10 +40,30 @@ def smoothing_conv_args(name: str, conv: nn.Module, channels: int) -> list[int]:
     stride = as_pair(conv.stride, f"{name}.stride", 1)
     dilation = as_pair(conv.dilation, f"{name}.dilation", 1)
     padding = resolve_padding(conv.padding, kernel, stride, dilation)
-    if stride != (1, 1) or any(2 * p != d * (k - 1) for p, d, k in zip(padding, dilation, kernel)):
+    totals = (padding[0] + padding[2], padding[1] + padding[3])
+    if stride != (1, 1) or any(t != d * (k - 1) for t, d, k in zip(totals, dilation, kernel)):
         raise ValueError(f"{name} must keep the grid size (stride 1, padding = dilation * (kernel - 1) / 2), "
-                         f"got kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}")
-    return [*padding, *dilation, conv.groups]
+                         f"got kernel {kernel}, stride {stride}, padding {conv.padding}, dilation {dilation}")
+    return [padding[0], padding[1], *dilation, conv.groups]
+
+
+def check_batchnorm(name: str, bn: nn.Module, channels: int, dtype: torch.dtype) -> None:
+    """bn must be a BatchNorm over ``channels`` whose parameters are float32 or the activations' dtype."""
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"{name} must be an nn.BatchNorm2d, got {type(bn).__name__}")
+    if bn.num_features != channels:
+        raise ValueError(f"{name} must normalize channels={channels}, got num_features={bn.num_features}")
+    for tensor_name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(bn, tensor_name)
+        if t is not None and t.dtype not in (torch.float32, dtype):
+            raise TypeError(f"{name}.{tensor_name} must be float32 or the activations' dtype {dtype}, got {t.dtype}")
+
+
+def _derivative_outside_the_kernels(*tensors) -> bool:
+    """Forward-mode AD or a functorch transform: the eager composition differentiates these."""
+    if torch.compiler.is_compiling():
+        return False
+    return fwAD._current_level >= 0 or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def _unfusable_reason(A, B, bn1, bn2) -> str | None:
@@ -66,13 +87,18 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     nn.BatchNorm2d does; in eval mode they use the running ones.
     """
     check_backend(backend)
+    if not isinstance(u, torch.Tensor) or not isinstance(f, torch.Tensor):
+        raise TypeError(f"u and f must be tensors, got {type(u).__name__} and {type(f).__name__}")
     if u.dim() != 4 or u.shape != f.shape:
         raise ValueError(f"u and f must be 4-D (N, C, H, W) tensors of the same shape, got {tuple(u.shape)} "
                          f"and {tuple(f.shape)}")
     channels = u.shape[1]
     conv_a = smoothing_conv_args("A", A, channels)
     conv_b = smoothing_conv_args("B", B, channels)
-    if backend == "torch":
+    activation_dtype = autocast_inputs(u)[0].dtype
+    check_batchnorm("bn1", bn1, channels, activation_dtype)
+    check_batchnorm("bn2", bn2, channels, activation_dtype)
+    if backend == "torch" or _derivative_outside_the_kernels(u, f):
         return _eager_step(u, f, A, B, bn1, bn2)
     # under torch.autocast the convolutions (and so the step) compute in the autocast dtype; the
     # BatchNorms keep their fp32 parameters and statistics, as nn.BatchNorm2d does

@@ -11,54 +11,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
-from .backend import autocast_inputs, check_backend, use_triton
-from .conv_geometry import ConvGeometry, check_conv_args
-from .functional import grouped_conv2d
-
-
-def residual_conv2d(input: torch.Tensor, weight: torch.Tensor, other: torch.Tensor, bias: torch.Tensor | None = None,
-                    stride=1, padding=0, dilation=1, groups: int = 1, subtract: bool = False,
-                    backend: str = "auto") -> torch.Tensor:
-    """``other - conv2d(input)`` if ``subtract`` else ``other + conv2d(input)``, with F.conv2d's arguments.
-
-    On the Triton backend the sum is the convolution's epilogue (one launch, forward and
-    backward). ``other`` must have the convolution output's shape and dtype.
-    """
-    check_backend(backend)
-    stride, padding, dilation = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
-    if not isinstance(other, torch.Tensor):
-        raise TypeError(f"other must be a tensor, got {type(other).__name__}")
-    geo = ConvGeometry.of(input.shape, weight.shape, stride, padding, dilation, groups)
-    expected = (input.shape[0], weight.shape[0], *geo.out_hw)
-    if tuple(other.shape) != expected:
-        raise ValueError(f"other must have the convolution output's shape {expected}, got {tuple(other.shape)}")
-    if other.dtype != input.dtype or other.device != input.device:
-        raise ValueError(f"other must match input's dtype and device ({input.dtype}, {input.device}), "
-                         f"got {other.dtype} on {other.device}")
-    cast = autocast_inputs(input, weight, bias, other) if backend != "torch" else ()
-    if cast and use_triton(backend, *cast):
-        out = ops.conv2d_residual(cast[0], cast[1], cast[2], cast[3], subtract, list(stride), list(padding),
-                                  list(dilation), groups)
-        return out.to(torch.promote_types(other.dtype, out.dtype))  # eager: other +- conv promotes
-    y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-    return other - y if subtract else other + y
+from .backend import check_backend
+from .functional import grouped_conv2d, residual_conv2d
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, backend: str, other: torch.Tensor | None = None,
           subtract: bool = False) -> torch.Tensor:
-    """A conv module's convolution on ``backend``, optionally summed with ``other`` in its epilogue."""
+    """A conv module's convolution on ``backend``, optionally summed with ``other`` in its epilogue.
+
+    Every backend checks ``other``'s shape the same way (no broadcasting on one and not the other).
+    """
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"transfer convolutions must be nn.Conv2d (or GroupedConv2d), got {type(conv).__name__}")
-    if conv.padding_mode != "zeros" or backend == "torch":
-        y = nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
-        if other is None:
-            return y
-        return other - y if subtract else other + y
+    padding = conv.padding
+    if conv.padding_mode != "zeros":
+        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+        padding = 0
     if other is None:
-        return grouped_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+        return grouped_conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
                               backend=backend)
-    return residual_conv2d(x, conv.weight, other, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+    return residual_conv2d(x, conv.weight, other, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
                            subtract=subtract, backend=backend)
 
 

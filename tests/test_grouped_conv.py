@@ -243,7 +243,8 @@ def test_import_without_triton_and_without_gpu():
 
 
 BAD_INPUTS = [
-    pytest.param(dict(x=torch.randn(4, 5, 5)), ValueError, "input must be 4-D", id="input-3d"),
+    pytest.param(dict(x=torch.randn(4, 5)), ValueError, r"input must be 3-D \(C, H, W\) or 4-D", id="input-2d"),
+    pytest.param(dict(x=torch.randn(1, 1, 4, 5, 5)), ValueError, "or 4-D", id="input-5d"),
     pytest.param(dict(w=torch.randn(4, 1, 3)), ValueError, "weight must be 4-D", id="weight-3d"),
     pytest.param(dict(groups=3), ValueError, "groups=3 must divide the input channels", id="groups-not-dividing-cin"),
     pytest.param(dict(w=torch.randn(6, 1, 3, 3), groups=4), ValueError, "must divide the output channels",
@@ -255,9 +256,16 @@ BAD_INPUTS = [
     pytest.param(dict(stride=0), ValueError, "stride must be at least 1", id="stride-zero"),
     pytest.param(dict(padding=-1), ValueError, "padding must be at least 0", id="padding-negative"),
     pytest.param(dict(padding="full"), ValueError, "padding must be", id="padding-string"),
-    pytest.param(dict(stride=(1, 2, 3)), TypeError, "stride must be an int or a pair", id="stride-triple"),
+    pytest.param(dict(stride=(1, 2, 3)), ValueError, "stride must be an int or a sequence of 1 or 2", id="stride-triple"),
+    pytest.param(dict(stride=2.0), TypeError, "stride must be an int", id="stride-float"),
+    pytest.param(dict(padding=True), TypeError, "padding must be an int", id="padding-bool"),
+    pytest.param(dict(dilation=0), ValueError, "dilation must be at least 1", id="dilation-zero"),
+    pytest.param(dict(w=torch.randn(0, 1, 3, 3)), ValueError, "at least one output channel", id="zero-out-channels"),
+    pytest.param(dict(w=torch.randn(4, 1, 0, 3)), ValueError, "kernel size must be at least 1x1", id="empty-kernel"),
+    pytest.param(dict(x=torch.randn(1, 4, 0, 5)), ValueError, "empty spatial dimension", id="empty-height"),
+    pytest.param(dict(padding="SAME"), ValueError, "padding must be", id="padding-string-case"),
+    pytest.param(dict(b=torch.randn(4, 1)), ValueError, "bias must have shape", id="bias-2d"),
     pytest.param(dict(groups=0), ValueError, "groups must be a positive int", id="groups-zero"),
-    pytest.param(dict(x=torch.randint(0, 3, (1, 4, 5, 5))), TypeError, "floating-point", id="integer-input"),
     pytest.param(dict(backend="cuda"), ValueError, "backend must be one of", id="unknown-backend"),
     pytest.param(dict(x=torch.randn(1, 4, 1, 1), padding=0), ValueError, "too small", id="input-too-small"),
 ]
@@ -270,7 +278,7 @@ def test_bad_input_gets_a_clear_error(override, error, message):
     args.update(override)
     with pytest.raises(error, match=message):
         grouped_conv2d(args["x"], args["w"], args["b"], stride=args["stride"], padding=args["padding"],
-                       groups=args["groups"], backend=args["backend"])
+                       dilation=args.get("dilation", 1), groups=args["groups"], backend=args["backend"])
 
 
 def test_device_mismatch_is_reported():

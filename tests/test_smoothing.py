@@ -355,3 +355,129 @@ def test_autocast_runs_the_fused_step_in_the_autocast_dtype(input_dtype):
         if not name.endswith("num_batches_tracked"):
             assert rel_err(fused[name], value) <= 1e-2, name
     assert any(e.name == "mgiad_kernels::smoothing_step" for e in prof.events()), "the fused op did not run"
+
+
+# ---- exactly the eager composition: non-finite input, every derivative, modules that do not fit ------------------
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
+                                  if c.id in ("g4-oddHW", "depthwise", "g16-wider-than-tile-bias")])
+def test_fused_step_gives_the_eager_nonfinite_pattern(case, value, train):
+    """A NaN or Inf at one pixel of u spreads exactly as in eager (through A, the batch statistics,
+    ReLU, B); a diverging training is never hidden."""
+    n, c, h, w, group_size, kernel, dilation, bias, channels_last = case
+    step = _make_step(c, group_size, kernel, dilation, bias, "triton").train(train)
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    u, f, grad = _inputs(n, c, h, w, torch.float32, channels_last)
+    u = u.clone()
+    u[0, 1, h // 2, w // 2] = value
+    outs = []
+    for module in (step, eager):
+        uu, ff = u.clone().requires_grad_(), f.clone().requires_grad_()
+        out = module(uu, ff)
+        grads = torch.autograd.grad(out, (uu, ff), grad.nan_to_num(0.0))
+        outs.append((out.detach(), *grads))
+    for name, got, expect in zip(("output", "grad u", "grad f"), *outs):
+        assert torch.equal(got.isnan(), expect.isnan()), f"{name}: {got.isnan().sum()} NaN vs {expect.isnan().sum()}"
+        assert torch.equal(got.isinf(), expect.isinf()), name
+    assert outs[1][0].isnan().any() or outs[1][0].isinf().any()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_fas_transfers_give_the_eager_nonfinite_pattern(value):
+    convs = [_conv(8, 8, 3, 1, 2, 0), _conv(8, 16, 3, 2, 8, 1), _conv(8, 16, 3, 2, 8, 2), _conv(16, 16, 3, 1, 4, 3),
+             _conv(16, 16, 1, 1, 4, 4)]
+    u, f, _ = _inputs(2, 8, 7, 5, torch.float32, False)
+    u = u.clone()
+    u[1, 3, 2, 2] = value
+    results = []
+    for backend in ("triton", "torch"):
+        A, Pi, R, A_coarse, P = convs
+        with torch.no_grad():
+            u_c, f_c = fas_restriction(u, f, A, Pi, R, A_coarse, backend=backend)
+            results.append((u_c, f_c, prolongation_correction(u_c, f_c, P, backend=backend)))
+    for name, got, expect in zip(("u_coarse", "f_coarse", "corrected"), *results):
+        assert torch.equal(got.isnan(), expect.isnan()) and torch.equal(got.isinf(), expect.isinf()), name
+
+
+def test_fused_step_double_backward_matches_eager():
+    step = _make_step(8, 4, 3, 1, True, "triton")
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    u, f, grad = _inputs(2, 8, 4, 5, torch.float32, False)
+    results = []
+    for module in (step, eager):
+        uu, ff = u.clone().requires_grad_(), f.clone().requires_grad_()
+        out = module(uu, ff)
+        first = torch.autograd.grad(out, (uu, module.A.weight), grad, create_graph=True)
+        loss = sum(g.square().sum() for g in first)
+        results.append(torch.autograd.grad(loss, (uu, ff, module.A.weight, module.B.weight, module.bn1.weight)))
+    for name, got, expect in zip(("u", "f", "A", "B", "bn1.weight"), *results):
+        assert rel_err(got, expect) <= 1e-4, name
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train-fwAD", "eval-func.jvp"])
+def test_fused_step_forward_mode_ad_matches_eager(train):
+    """Tangents through the step; torch.func.jvp only in eval mode (eager BatchNorm's running-stat
+    update is an in-place write functorch refuses, for eager as for us)."""
+    import torch.autograd.forward_ad as fwAD
+
+    step = _make_step(8, 4, 3, 1, False, "triton").train(train)
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    u, f, _ = _inputs(2, 8, 4, 5, torch.float32, False)
+    u_t, f_t, _ = _inputs(2, 8, 4, 5, torch.float32, False, seed=7)
+    tangents = []
+    for module in (step, eager):
+        if train:
+            with fwAD.dual_level():
+                out = module(fwAD.make_dual(u, u_t), fwAD.make_dual(f, f_t))
+                tangents.append(fwAD.unpack_dual(out).tangent)
+        else:
+            tangents.append(torch.func.jvp(lambda a, b: module(a, b), (u, f), (u_t, f_t))[1])
+    assert tangents[0] is not None and rel_err(tangents[0], tangents[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("bad,error,message", [
+    ("bn1", ValueError, "bn1 must normalize channels=8, got num_features=12"),
+    ("bn2", ValueError, "bn2 must normalize channels=8, got num_features=12"),
+    ("half", TypeError, r"bn1.weight must be float32 or the activations' dtype torch.float32, got torch.float16"),
+    ("module", TypeError, "bn2 must be an nn.BatchNorm2d, got Identity"),
+])
+def test_smoothing_step_refuses_batchnorms_that_do_not_fit(bad, error, message, backend):
+    step = _make_step(8, 4, 3, 1, False, backend)
+    bn1, bn2 = step.bn1, step.bn2
+    if bad == "bn1":
+        bn1 = nn.BatchNorm2d(12)
+    elif bad == "bn2":
+        bn2 = nn.BatchNorm2d(12).eval()
+    elif bad == "half":
+        bn1 = bn1.half()
+    else:
+        bn2 = nn.Identity()
+    u, f, _ = _inputs(2, 8, 4, 4, torch.float32, False)
+    with pytest.raises(error, match=message):
+        smoothing_step(u, f, step.A, step.B, bn1, bn2, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_transfers_refuse_mismatched_shapes_on_every_backend(backend):
+    A, Pi, R, A_coarse = _conv(8, 8, 3, 1, 2, 0), _conv(8, 8, 3, 2, 8, 1), _conv(8, 8, 3, 2, 8, 2), \
+        _conv(8, 8, 3, 1, 2, 3)
+    u, f, _ = _inputs(2, 8, 6, 6, torch.float32, False)
+    with pytest.raises(ValueError, match=r"other must have the convolution output's shape \(2, 8, 6, 6\)"):
+        fas_restriction(u, f[:1], A, Pi, R, A_coarse, backend=backend)
+    with pytest.raises(ValueError, match="other must have the convolution output's shape"):
+        prolongation_correction(u[:, :, :3, :3], u, _conv(8, 8, 1, 1, 2, 4), backend=backend)
+
+
+def test_auto_backend_never_takes_the_interpreter(launches):
+    """backend='auto' means Triton on CUDA tensors; the interpreter runs only when 'triton' asks for it."""
+    step = _make_step(8, 4, 3, 1, False, "auto")
+    u, f, _ = _inputs(2, 8, 4, 4, torch.float32, False)
+    with torch.no_grad():
+        step(u, f)
+    assert (len(launches) > 0) == ON_GPU

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .conv import bn_scale_shift
+from .bn_relu import bn_scale_shift, relu, relu_grad
 
 
 @triton.jit
@@ -131,7 +131,7 @@ def bn_relu_residual_kernel(
                 mask=mask, other=0.0).to(tl.float32)
     res_offs = _tile_offsets(offs_p, offs_c, HW, W, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
     res = tl.load(residual_ptr + res_offs, mask=mask, other=0.0).to(tl.float32)
-    out = res + tl.maximum(x * scale[None, :] + shift[None, :], 0.0)
+    out = res + relu(x * scale[None, :] + shift[None, :])
     tl.store(out_ptr + _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w),
              out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -157,7 +157,7 @@ def bn_relu_grad_sums_kernel(
     grad = tl.load(grad_ptr + grad_offs, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
                 mask=mask, other=0.0).to(tl.float32)
-    g = tl.where(mask & (x * scale[None, :] + shift[None, :] > 0.0), grad, 0.0)
+    g = tl.where(mask, relu_grad(grad, x * scale[None, :] + shift[None, :]), 0.0)
     x_hat = (x - mean[None, :]) * rstd[None, :]
     tl.store(partial_ptr + pid_p * C + offs_c, tl.sum(g, axis=0), mask=c_mask)
     tl.store(partial_ptr + ROWS * C + pid_p * C + offs_c, tl.sum(g * x_hat, axis=0), mask=c_mask)
@@ -190,7 +190,7 @@ def bn_backward_kernel(
         x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
                     mask=mask, other=0.0).to(tl.float32)
     if RELU_MASK:
-        g = tl.where(x * scale[None, :] + shift[None, :] > 0.0, g, 0.0)
+        g = relu_grad(g, x * scale[None, :] + shift[None, :])
     if BATCH_STATS:
         mean_g = tl.load(sums_ptr + offs_c, mask=c_mask, other=0.0) * inv_count
         mean_gx = tl.load(sums_ptr + C + offs_c, mask=c_mask, other=0.0) * inv_count

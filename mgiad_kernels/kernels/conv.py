@@ -16,13 +16,14 @@ import triton
 import triton.language as tl
 
 from .._triton_support import autotune_enabled, interpreter_enabled
+from .bn_relu import bn_scale_shift, relu, relu_grad
 
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride), never H, W.
 # The fusion flags change the work per tile, so they are keys too.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-               "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS"]
+               "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-                    "X_BN_RELU"]
+                    "HAS_BIAS", "X_BN_RELU"]
 
 # OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
 OTHER_NONE = tl.constexpr(0)  # nothing
@@ -36,7 +37,7 @@ STATS_MOMENTS = tl.constexpr(1)  # (count, mean, centred sum of squares) per cha
 STATS_BN_GRAD = tl.constexpr(2)  # (sum y, sum y * bn_hat(other)) per channel: BatchNorm backward reductions
 
 
-GATHER_MIN_BLOCK_P = 64  # the smallest BLOCK_P below: sizes the per-tile statistics buffers
+GATHER_MIN_BLOCK_P: tl.constexpr = tl.constexpr(64)  # the smallest BLOCK_P below: sizes the statistics buffers
 
 
 def _gather_configs():
@@ -67,18 +68,66 @@ def _grad_weight_configs():
 
 
 @triton.jit
-def bn_scale_shift(mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, offs, mask):
-    """Per-channel (mean, rstd, scale, shift) of a BatchNorm: bn(x) = x * scale + shift."""
-    mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask, other=1.0).to(tl.float32)
-    gamma = tl.load(gamma_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(var + eps)
-    scale = gamma * rstd
-    return mean, rstd, scale, beta - mean * scale
+def _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+                TRANSPOSED: tl.constexpr):
+    """Source pixel (ih, iw) that dst pixel (oh, ow) reads at tap (kh, kw), and whether it exists.
+
+    Forward: ih = oh*S - P + kh*D. Grad input (the adjoint): ih = (oh + P - kh*D) / S where exact.
+    """
+    if TRANSPOSED:
+        th = oh + PAD_H - kh * DIL_H
+        tw = ow + PAD_W - kw * DIL_W
+        ih = th // STRIDE_H
+        iw = tw // STRIDE_W
+        valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
+        valid = valid & (ih < H_src) & (iw < W_src)
+    else:
+        ih = oh * STRIDE_H - PAD_H + kh * DIL_H
+        iw = ow * STRIDE_W - PAD_W + kw * DIL_W
+        valid = (ih >= 0) & (ih < H_src) & (iw >= 0) & (iw < W_src)
+    return ih, iw, valid & p_mask
 
 
-@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY, restore_value=["stats_ptr"])
+@triton.jit
+def _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                        oh, ow, p_mask, offs_c, group_c, local_c, c_mask, red_start, red_end,
+                        src_stride_c, src_stride_h, src_stride_w,
+                        w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local, w_stride_kh, w_stride_kw,
+                        H_src, W_src, RED_PER_GROUP,
+                        KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                        PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+                        TRANSPOSED: tl.constexpr, PROLOGUE_BN_RELU: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr):
+    """The tile's convolution one reduced channel at a time, each product kept only within its group.
+
+    The block-diagonal dot multiplies a NaN or Inf of one group by the zero weights of the
+    others (0 * NaN = NaN), so a tile whose accumulator came out non-finite is recomputed here:
+    elementwise fp32 products, selected (not multiplied) by group, give F.conv2d's NaN/Inf pattern.
+    """
+    acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
+    for tap in range(0, KH * KW):
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+                                    DIL_H, DIL_W, TRANSPOSED)
+        pixel = ih * src_stride_h + iw * src_stride_w
+        for r in range(red_start, red_end):
+            col = tl.load(src_base + pixel + tl.cast(r, tl.int64) * src_stride_c, mask=valid, other=0.0).to(tl.float32)
+            if PROLOGUE_BN_RELU:
+                _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                                                        r, True)
+                col = tl.where(valid, relu(col * scale_r + shift_r), 0.0)
+            group_r = r // RED_PER_GROUP
+            in_group = (group_c == group_r) & c_mask
+            w_offs = (offs_c * w_stride_dst + local_c * w_stride_dst_local + r * w_stride_red
+                      + (r - group_r * RED_PER_GROUP) * w_stride_red_local + kh * w_stride_kh + kw * w_stride_kw)
+            w_row = tl.load(weight_ptr + w_offs, mask=in_group, other=0.0).to(tl.float32)
+            acc += tl.where(in_group[None, :], col[:, None] * w_row[None, :], 0.0)
+    return acc
+
+
+@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY)
 @triton.jit
 def conv2d_gather_kernel(
     src_ptr,  # (N, C_RED, H_src, W_src): x for the forward pass, grad_y for grad input
@@ -87,10 +136,11 @@ def conv2d_gather_kernel(
     dst_ptr,  # (N, C_DST, H_dst, W_dst): y for the forward pass, grad_x for grad input
     other_ptr,  # (N, C_DST, H_dst, W_dst) read by the epilogue at the output positions (OTHER_MODE)
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) fp32 BatchNorm of the prologue or epilogue
-    stats_ptr,  # (3, STATS_ROWS, C_DST) fp32, zero-filled: per-pixel-tile partial statistics (STATS)
+    stats_ptr,  # (3, STATS_ROWS, C_DST) fp32: per-pixel-tile partial statistics (STATS), every row written
     src_stride_n, src_stride_c, src_stride_h, src_stride_w,  # strides of src, elements
     dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
     other_stride_n, other_stride_c, other_stride_h, other_stride_w,  # strides of other, elements
+    bias_stride,  # stride of bias, elements
     # weight strides seen from the dst channel (global and in-group index), the reduced
     # channel (global and in-group index) and the taps; two of the first four are zero
     w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local, w_stride_kh, w_stride_kw,
@@ -99,10 +149,10 @@ def conv2d_gather_kernel(
     DST_PER_GROUP, RED_PER_GROUP,  # the same per group
     alpha,  # float: the convolution is scaled by alpha before the epilogue (-1: other - conv)
     bn_eps,  # float: the BatchNorm's epsilon
-    STATS_ROWS,  # rows of stats_ptr, at least the number of pixel tiles
+    STATS_ROWS,  # rows of stats_ptr: cdiv(N*H_dst*W_dst, GATHER_MIN_BLOCK_P)
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
-    PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding at the top and left
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
     TRANSPOSED: tl.constexpr,  # False: y = conv(x, w); True: grad_x = conv_transpose(grad_y, w)
     HAS_BIAS: tl.constexpr,  # add bias_ptr[c] to every output
@@ -151,18 +201,8 @@ def conv2d_gather_kernel(
         kh = tap // KW
         kw = tap - kh * KW
         r0 = red_start + (step - tap * red_blocks) * BLOCK_RED
-        if TRANSPOSED:
-            th = oh + PAD_H - kh * DIL_H
-            tw = ow + PAD_W - kw * DIL_W
-            ih = th // STRIDE_H
-            iw = tw // STRIDE_W
-            valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
-            valid = valid & (ih < H_src) & (iw < W_src)
-        else:
-            ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
-            valid = (ih >= 0) & (ih < H_src) & (iw >= 0) & (iw < W_src)
-        valid = valid & p_mask
+        ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+                                    DIL_H, DIL_W, TRANSPOSED)
         offs_r = r0 + tl.arange(0, BLOCK_RED)
         r_mask = offs_r < red_end
         a_mask = valid[:, None] & r_mask[None, :]
@@ -171,7 +211,7 @@ def conv2d_gather_kernel(
         if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
             _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
                                                     bn_eps, offs_r, r_mask)
-            t = tl.maximum(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :], 0.0)
+            t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
             a = tl.where(a_mask, t, 0.0).to(a.dtype)
         group_r = offs_r // RED_PER_GROUP
         local_r = offs_r - group_r * RED_PER_GROUP
@@ -182,8 +222,20 @@ def conv2d_gather_kernel(
         b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
         acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
 
+    # A tile spanning several groups multiplied every group's inputs by the others' zero weights:
+    # exact unless a NaN or Inf went in, which leaves its mark on the accumulator; then redo it.
+    if red_end - red_start > RED_PER_GROUP:
+        if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:
+            acc = _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                                      oh, ow, p_mask, offs_c, group_c, local_c, c_mask, red_start, red_end,
+                                      src_stride_c, src_stride_h, src_stride_w,
+                                      w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local,
+                                      w_stride_kh, w_stride_kw, H_src, W_src, RED_PER_GROUP,
+                                      KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
+                                      PROLOGUE_BN_RELU, BLOCK_P, BLOCK_DST)
+
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + offs_c * bias_stride, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     out_mask = p_mask[:, None] & c_mask[None, :]
     if OTHER_MODE != OTHER_NONE:
         other_offs = (n * other_stride_n + oh * other_stride_h + ow * other_stride_w)[:, None] \
@@ -196,11 +248,11 @@ def conv2d_gather_kernel(
         mean_c, rstd_c, scale_c, shift_c = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
                                                           bn_eps, offs_c, c_mask)
     if EPILOGUE_BN_RELU:
-        acc = tl.maximum(acc * scale_c[None, :] + shift_c[None, :], 0.0)
+        acc = relu(acc * scale_c[None, :] + shift_c[None, :])
     if OTHER_MODE == OTHER_ADD_AFTER_BN:
-        acc = other + tl.maximum(acc * scale_c[None, :] + shift_c[None, :], 0.0)
+        acc = other + relu(acc * scale_c[None, :] + shift_c[None, :])
     if OTHER_MODE == OTHER_RELU_GRAD:
-        acc = tl.where(other * scale_c[None, :] + shift_c[None, :] > 0.0, acc, 0.0)
+        acc = relu_grad(acc, other * scale_c[None, :] + shift_c[None, :])
     out = acc.to(dst_ptr.dtype.element_ty)
     dst_offs = (n * dst_stride_n + oh * dst_stride_h + ow * dst_stride_w)[:, None] \
         + offs_c[None, :].to(tl.int64) * dst_stride_c
@@ -220,11 +272,22 @@ def conv2d_gather_kernel(
             first = tl.sum(y, axis=0)
             second = tl.sum(y * x_hat, axis=0)
             third = tl.zeros([BLOCK_DST], dtype=tl.float32)
-        row = stats_ptr + pid_p * C_DST + offs_c
         plane = STATS_ROWS * C_DST
+        row = stats_ptr + pid_p * C_DST + offs_c
         tl.store(row, first, mask=c_mask)
         tl.store(row + plane, second, mask=c_mask)
         tl.store(row + 2 * plane, third, mask=c_mask)
+        # The buffer has a row per GATHER_MIN_BLOCK_P pixels; with a larger BLOCK_P the rows past the
+        # last tile hold no tile: this program zeroes its share of them, so no memset is needed.
+        tiles = tl.num_programs(0)
+        zeros = tl.zeros([BLOCK_DST], dtype=tl.float32)
+        for k in tl.static_range(1, BLOCK_P // GATHER_MIN_BLOCK_P):
+            spare = tiles * k + pid_p
+            spare_mask = c_mask & (spare < STATS_ROWS)
+            spare_row = stats_ptr + spare * C_DST + offs_c
+            tl.store(spare_row, zeros, mask=spare_mask)
+            tl.store(spare_row + plane, zeros, mask=spare_mask)
+            tl.store(spare_row + 2 * plane, zeros, mask=spare_mask)
 
 
 @triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY)
@@ -303,7 +366,7 @@ def conv2d_grad_weight_kernel(
             x_mask = valid[:, None] & ci_mask[None, :]
             x_tile = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
             if X_BN_RELU:
-                t = tl.maximum(x_tile.to(tl.float32) * scale_ci[None, :] + shift_ci[None, :], 0.0)
+                t = relu(x_tile.to(tl.float32) * scale_ci[None, :] + shift_ci[None, :])
                 x_tile = tl.where(x_mask, t, 0.0).to(x_tile.dtype)
             acc = tl.dot(gy_t, x_tile.to(gy_t.dtype), acc, input_precision=INPUT_PRECISION)
             if HAS_BIAS:

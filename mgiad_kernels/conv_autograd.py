@@ -1,0 +1,213 @@
+"""Autograd for the Triton convolution: reverse mode, forward mode and every higher order.
+
+y = other + alpha * (conv(x, w) + b) and its two gradient ops are each linear in each of their
+two tensor inputs, so every derivative of one is a sum of the others:
+
+| op                      | d/d first input         | d/d second input          |
+|-------------------------|-------------------------|---------------------------|
+| y  = conv(x, w)         | gx = convT(gy, w)       | gw = gradW(gy, x)         |
+| gx = convT(gy, w)       | conv(ggx, w)            | gradW(gy, ggx)            |
+| gw = gradW(gy, x) (+gb) | conv(x, ggw) + ggb      | convT(gy, ggw)            |
+
+Each backward calls the differentiable forms (``conv``, ``conv_transpose``, ``conv_weight_grad``)
+when grad mode is on (``create_graph=True``), so double backward and beyond work; forward mode
+(``torch.func.jvp``, ``torch.autograd.forward_ad``) uses bilinearity: d op(a, b) = op(da, b) + op(a, db).
+Under ``torch.compile`` the Function classes without ``jvp`` are used (Dynamo refuses a custom jvp).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from . import ops
+from .launchers import strides_like_channels_last
+
+
+class ConvParams(NamedTuple):
+    """The non-tensor arguments of the three ops: stride, padding (top, left, bottom, right), dilation, groups."""
+
+    stride: list
+    padding: list
+    dilation: list
+    groups: int
+
+
+def _autograd_wanted(*tensors) -> bool:
+    """Whether a derivative of the op may be asked for: grad mode, a forward-AD level, a functorch transform."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.is_grad_enabled()
+    if fwAD._current_level >= 0:
+        return True
+    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _pick(plain, with_jvp):
+    return plain if torch.compiler.is_compiling() else with_jvp
+
+
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+# ---- the differentiable forms -------------------------------------------------------------------------------------
+
+def conv(x, w, b, other, alpha: float, p: ConvParams):
+    """other + alpha * (conv2d(x, w) + b); ``b`` and ``other`` may be None."""
+    if _autograd_wanted(x, w, b, other):
+        return _pick(_Conv, _ConvJvp).apply(x, w, b, other, alpha, p)
+    return ops.conv2d(x, w, b, other, alpha, *p)
+
+
+def conv_transpose(gy, w, x_shape, channels_last: bool, alpha: float, p: ConvParams):
+    """alpha * convT(gy, w): the gradient of alpha * conv2d with respect to its input."""
+    if _autograd_wanted(gy, w):
+        return _pick(_ConvTranspose, _ConvTransposeJvp).apply(gy, w, tuple(x_shape), channels_last, alpha, p)
+    return ops.conv2d_grad_input(gy, w, list(x_shape), *p, channels_last, alpha)
+
+
+def conv_weight_grad(gy, x, w_shape, with_bias: bool, alpha: float, p: ConvParams):
+    """(gw, gb) of alpha * conv2d; gb is None unless ``with_bias``."""
+    if _autograd_wanted(gy, x):
+        return _pick(_ConvWeightGrad, _ConvWeightGradJvp).apply(gy, x, tuple(w_shape), with_bias, alpha, p)
+    gw, gb = ops.conv2d_grad_weight(gy, x, list(w_shape), *p, with_bias, alpha)
+    return gw, (gb if with_bias else None)
+
+
+def _bias_term(gb, shape):
+    """A per-channel gradient broadcast over (N, C, H, W)."""
+    return gb.view(1, -1, 1, 1).expand(shape)
+
+
+# ---- the Functions ------------------------------------------------------------------------------------------------
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(x, w, b, other, alpha, p):
+        return ops.conv2d(x, w, b, other, alpha, *p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b, other, alpha, p = inputs
+        ctx.save_for_backward(x, w)
+        ctx.alpha, ctx.p, ctx.has_bias = alpha, p, b is not None
+        ctx.channels_last = strides_like_channels_last(x)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b, need_other = ctx.needs_input_grad[:4]
+        gx = gw = gb = None
+        if need_x:
+            gx = conv_transpose(gy, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p)
+        if need_w or need_b:
+            gw, gb = conv_weight_grad(gy, x, w.shape, ctx.has_bias and need_b, ctx.alpha, ctx.p)
+        return gx, gw if need_w else None, gb, gy if need_other else None, None, None
+
+
+class _ConvJvp(_Conv):
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _Conv.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1])
+        ctx.out_shape = output.shape
+
+    @staticmethod
+    def jvp(ctx, x_t, w_t, b_t, other_t, _alpha, _p):
+        x, w = ctx.saved_tensors
+        out, bias_t = other_t, b_t  # each tangent term rides in one launch's epilogue
+        if x_t is not None:
+            out, bias_t = conv(x_t, w, bias_t, out, ctx.alpha, ctx.p), None
+        if w_t is not None:
+            out, bias_t = conv(x, w_t, bias_t, out, ctx.alpha, ctx.p), None
+        if bias_t is not None:
+            out = _add(out, ctx.alpha * _bias_term(bias_t, ctx.out_shape))
+        return out
+
+
+class _ConvTranspose(torch.autograd.Function):
+    @staticmethod
+    def forward(gy, w, x_shape, channels_last, alpha, p):
+        return ops.conv2d_grad_input(gy, w, list(x_shape), *p, channels_last, alpha)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        gy, w, x_shape, channels_last, alpha, p = inputs
+        ctx.save_for_backward(gy, w)
+        ctx.x_shape, ctx.channels_last, ctx.alpha, ctx.p = x_shape, channels_last, alpha, p
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, ggx):
+        gy, w = ctx.saved_tensors
+        need_gy, need_w = ctx.needs_input_grad[:2]
+        g_gy = conv(ggx, w, None, None, ctx.alpha, ctx.p) if need_gy and ggx is not None else None
+        g_w = conv_weight_grad(gy, ggx, w.shape, False, ctx.alpha, ctx.p)[0] if need_w and ggx is not None else None
+        return g_gy, g_w, None, None, None, None
+
+
+class _ConvTransposeJvp(_ConvTranspose):
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _ConvTranspose.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1])
+
+    @staticmethod
+    def jvp(ctx, gy_t, w_t, *_):
+        gy, w = ctx.saved_tensors
+        out = None
+        if gy_t is not None:
+            out = conv_transpose(gy_t, w, ctx.x_shape, ctx.channels_last, ctx.alpha, ctx.p)
+        if w_t is not None:
+            out = _add(out, conv_transpose(gy, w_t, ctx.x_shape, ctx.channels_last, ctx.alpha, ctx.p))
+        return out
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(gy, x, w_shape, with_bias, alpha, p):
+        gw, gb = ops.conv2d_grad_weight(gy, x, list(w_shape), *p, with_bias, alpha)
+        return gw, (gb if with_bias else None)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        gy, x, w_shape, with_bias, alpha, p = inputs
+        ctx.save_for_backward(gy, x)
+        ctx.alpha, ctx.p = alpha, p
+        ctx.channels_last = strides_like_channels_last(x)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, ggw, ggb):
+        gy, x = ctx.saved_tensors
+        need_gy, need_x = ctx.needs_input_grad[:2]
+        g_gy = g_x = None
+        if need_gy and ggw is not None:
+            g_gy = conv(x, ggw, ggb, None, ctx.alpha, ctx.p)
+        elif need_gy and ggb is not None:
+            g_gy = ctx.alpha * _bias_term(ggb, gy.shape)
+        if need_x and ggw is not None:
+            g_x = conv_transpose(gy, ggw, x.shape, ctx.channels_last, ctx.alpha, ctx.p)
+        return g_gy, g_x, None, None, None, None
+
+
+class _ConvWeightGradJvp(_ConvWeightGrad):
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _ConvWeightGrad.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1])
+        ctx.w_shape, ctx.with_bias = inputs[2], inputs[3]
+
+    @staticmethod
+    def jvp(ctx, gy_t, x_t, *_):
+        gy, x = ctx.saved_tensors
+        gw_t = gb_t = None
+        if gy_t is not None:
+            gw_t, gb_t = conv_weight_grad(gy_t, x, ctx.w_shape, ctx.with_bias, ctx.alpha, ctx.p)
+        if x_t is not None:
+            gw_t = _add(gw_t, conv_weight_grad(gy, x_t, ctx.w_shape, False, ctx.alpha, ctx.p)[0])
+        if ctx.with_bias and gb_t is None:
+            gb_t = torch.zeros(ctx.w_shape[0], dtype=gy.dtype, device=gy.device)
+        return gw_t, gb_t
