@@ -18,12 +18,13 @@ import triton.language as tl
 from .._triton_support import autotune_enabled, interpreter_enabled
 from .bn_relu import bn_scale_shift, relu, relu_grad
 
-# Autotune keys: what changes the best tile (channels, groups, kernel size, stride), never H, W.
-# The fusion flags change the work per tile, so they are keys too.
+# Autotune keys: what changes the best tile (channels, groups, kernel size, stride, direction,
+# fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-               "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS"]
+               "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
+               "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-                    "HAS_BIAS", "X_BN_RELU"]
+                    "HAS_BIAS", "X_BN_RELU", "INPUT_PRECISION"]
 
 # OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
 OTHER_NONE = tl.constexpr(0)  # nothing

@@ -1,0 +1,304 @@
+"""A stand-in CUDA driver: the real launch path compiles for sm_XX with no GPU, and launches do nothing.
+
+``with standin_cuda_driver(arch=90) as rec:`` makes ``triton.runtime.driver.active`` a driver whose
+target is ``GPUTarget("cuda", arch, 32)``. ``@triton.jit`` / ``@triton.autotune`` kernels called with CPU
+tensors then specialize their arguments as on a GPU (ints and pointers divisible by 16; torch's CPU
+allocations are 64-byte aligned), compile with ptxas, and "launch" through a no-op launcher. The
+autotuner benchmarks every config through a stub benchmarker (fake timings; its hooks run on the CPU
+tensors). ``rec`` records compiles, launches and benchmark calls. Run without TRITON_INTERPRET.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import subprocess
+import tempfile
+import time
+import types
+import weakref
+from typing import Any, Callable
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.driver import DriverBase
+from triton.runtime import autotuner as _autotuner
+from triton.runtime.driver import driver as _driver_config
+
+# Device properties per arch (the keys of CudaUtils.get_device_properties); other archs get sm_90's.
+_PROPS = {80: (166912, 108, 1410000, 1215000, 5120), 89: (101376, 128, 2520000, 10501000, 384),
+          90: (232448, 132, 1755000, 2619000, 5120), 100: (232448, 148, 1965000, 3996000, 8192)}
+_PROP_KEYS = ("max_shared_mem", "multiprocessor_count", "sm_clock_rate", "mem_clock_rate", "mem_bus_width")
+_MODULE = "standin-module"  # CompiledKernel.module of a kernel loaded by the stand-in
+_KERNELS: weakref.WeakSet = weakref.WeakSet()  # every kernel compiled under a stand-in
+_RECORDERS: list = []  # the recorders of the open contexts, innermost last
+
+
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, *flags, f.name], check=True, capture_output=True, text=True).stdout
+
+
+@functools.lru_cache(maxsize=None)
+def cubin_resources(cubin: bytes) -> dict:
+    """{'REG', 'STACK', 'SHARED', 'LOCAL', ...} of the cubin's kernel, from ``cuobjdump -res-usage``."""
+    line = next(ln for ln in _cuobjdump(cubin, "-res-usage").splitlines() if "REG:" in ln)
+    return {k: int(v) for k, v in (f.split(":", 1) for f in line.split() if ":" in f) if v.isdigit()}
+
+
+def _max_threads(regs: int) -> int:
+    """CUDA's max threads per block at ``regs`` registers a thread (64K registers, 256-register warp units)."""
+    return min(1024, 65536 // (-(-max(regs, 1) * 32 // 256) * 256) * 32)
+
+
+@dataclasses.dataclass
+class CompileRecord:
+    """One in-process compile (a JIT cache miss; Triton's disk cache may have served the binary)."""
+    name: str
+    constexprs: dict  # argument name -> value (the autotune config's values included)
+    specialization: dict  # argument name -> attributes, e.g. [['tt.divisibility', 16]]
+    signature: dict  # argument name -> Triton type ('*fp32', 'i32', 'constexpr')
+    num_warps: int
+    num_stages: int
+    seconds: float  # wall time of the compile (or of the disk-cache load)
+    kernel: Any  # triton.compiler.CompiledKernel: .asm['cubin'/'ptx'/'ttgir'], .metadata, ...
+
+    n_regs = property(lambda self: cubin_resources(self.kernel.asm["cubin"])["REG"])
+    n_spills = property(lambda self: cubin_resources(self.kernel.asm["cubin"])["LOCAL"] // 4)  # as CUDA counts
+    shared = property(lambda self: self.kernel.metadata.shared)
+    sass = property(lambda self: _cuobjdump(self.kernel.asm["cubin"], "-sass"))
+
+
+@dataclasses.dataclass
+class LaunchRecord:
+    """One no-op launch; ``bench``: made inside an autotune benchmark; ``t``: time.perf_counter() then."""
+    name: str
+    grid: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    bench: bool
+    t: float
+
+
+@dataclasses.dataclass
+class BenchRecord:
+    """One benchmarker call: the autotuned kernel, the config, its index in the autotuner's configs, fake ms."""
+    name: str
+    config: Any
+    index: int
+    ms: float
+
+
+@dataclasses.dataclass
+class Recorder:
+    """What a ``standin_cuda_driver`` context saw, in order."""
+    compiles: list = dataclasses.field(default_factory=list)
+    launches: list = dataclasses.field(default_factory=list)
+    benchmarks: list = dataclasses.field(default_factory=list)
+    on_launch: Callable | None = None  # on_launch(record, args): e.g. emulate the kernel's writes on the CPU
+    in_bench: bool = False
+
+
+class _Event:
+    """torch.cuda.Event stand-in, timed with perf_counter (for triton.testing.do_bench)."""
+
+    def __init__(self, enable_timing=False, **_):
+        self.t = None
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1e3
+
+    synchronize = wait = query = lambda self, *a: True
+
+
+class StandinCudaDriver(DriverBase):
+    """A DriverBase with a fixed CUDA target, a no-op launcher and a stub benchmarker."""
+
+    def __init__(self, arch: int, rec: Recorder, bench_ms=None, bench_calls: int = 1, props: dict | None = None):
+        super().__init__()
+        self.arch, self.rec, self.bench_ms, self.bench_calls = arch, rec, bench_ms, bench_calls
+        self.device = arch  # JIT caches are per device: one key per arch, never a real GPU's index
+        self.props = dict(zip(_PROP_KEYS, _PROPS.get(arch, _PROPS[90])), max_num_regs=65536, warpSize=32)
+        self.props.update(props or {})
+        cap = divmod(arch, 10)
+        self.utils = types.SimpleNamespace(
+            load_binary=self._load_binary, unload_module=lambda module: None,
+            get_device_properties=lambda device: dict(self.props), get_current_device=lambda: self.device,
+            set_current_device=lambda device: None, get_device_capability=lambda device: cap,
+            set_printf_fifo_size=lambda size: None)
+        self.launcher_cls = _NoopLauncher
+        stream = types.SimpleNamespace(cuda_stream=0, synchronize=lambda: None)
+        self.interface = types.SimpleNamespace(  # torch.cuda on a GPU
+            Event=_Event, synchronize=lambda *a: None, current_device=lambda: self.device, set_device=lambda d: None,
+            device_count=lambda: 1, is_available=lambda: True, get_device_capability=lambda *a: cap,
+            current_stream=lambda *a: stream, default_stream=lambda *a: stream, ExternalStream=lambda *a, **k: stream,
+            stream=lambda s: contextlib.nullcontext())
+
+    @classmethod
+    def is_active(cls):
+        return False  # never chosen by Triton's own driver discovery
+
+    def map_python_to_cpp_type(self, ty: str) -> str:
+        from triton.backends.nvidia.driver import ty_to_cpp
+        return ty_to_cpp(ty)
+
+    def get_current_target(self):
+        return GPUTarget("cuda", self.arch, 32)
+
+    def get_current_device(self):
+        return self.device
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def set_current_device(self, device):
+        pass
+
+    def get_device_capability(self, device=None):
+        return divmod(self.arch, 10)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return self.interface
+
+    def get_empty_cache_for_benchmark(self):
+        return torch.empty(16, dtype=torch.int)
+
+    def clear_cache(self, cache):
+        cache.zero_()
+
+    def allocate_default_profile_scratch(self, size, alignment, stream):
+        return torch.zeros(size, dtype=torch.int8)
+
+    def get_benchmarker(self):
+        return self._bench
+
+    @staticmethod
+    def _load_binary(name, cubin, shared, device):
+        regs = cubin_resources(cubin)["REG"]
+        return _MODULE, None, regs, cubin_resources(cubin)["LOCAL"] // 4, _max_threads(regs)
+
+    def _bench(self, kernel_call: Callable, quantiles=None, **kwargs):
+        """The stub benchmarker: runs kernel_call (hooks, compile, no-op launch); returns a fake time."""
+        cells = dict(zip(kernel_call.__code__.co_freevars, (c.cell_contents for c in kernel_call.__closure__ or ())))
+        config, tuner = cells.get("config"), cells.get("self")  # Autotuner._bench's closure
+        configs = list(getattr(tuner, "configs", None) or [])
+        index = configs.index(config) if config in configs else len(self.rec.benchmarks)
+        self.rec.in_bench = True
+        try:
+            for _ in range(self.bench_calls):
+                kernel_call()
+        finally:
+            self.rec.in_bench = False
+        ms = self.bench_ms(config, index) if callable(self.bench_ms) else (
+            1.0 + 0.01 * index if self.bench_ms is None else float(self.bench_ms))
+        name = getattr(getattr(tuner, "base_fn", None), "__name__", "?")
+        self.rec.benchmarks.append(BenchRecord(name, config, index, ms))
+        return [ms] * len(quantiles) if quantiles else ms
+
+
+def _by_name(names, values) -> dict:
+    """{(i,): v} (Triton's argument paths) -> {names[i]: v}."""
+    return {(names[k[0]] if isinstance(k, tuple) and len(k) == 1 else k): v for k, v in (values or {}).items()}
+
+
+class _NoopLauncher:
+    """launcher_cls(src, metadata): records each launch in the innermost open context, calls the launch
+    hooks as CUDA's launcher does, and touches no memory."""
+
+    def __init__(self, src, metadata):
+        self.name, self.num_warps, self.num_stages = metadata.name, metadata.num_warps, metadata.num_stages
+        self.constexprs = _by_name(list(getattr(src.fn, "arg_names", [])), getattr(src, "constants", {}))
+
+    def __call__(self, gx, gy, gz, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook, *args):
+        if enter_hook is not None:
+            enter_hook(launch_metadata)
+        if _RECORDERS:
+            rec = _RECORDERS[-1]
+            record = LaunchRecord(self.name, (gx, gy, gz), self.constexprs, self.num_warps, self.num_stages,
+                                  rec.in_bench, time.perf_counter())
+            rec.launches.append(record)
+            if rec.on_launch is not None:
+                rec.on_launch(record, args)
+        if exit_hook is not None:
+            exit_hook(launch_metadata)
+
+
+def _compile_hooks(rec: Recorder, prev_cache_hook, prev_post_hook):
+    """knobs.runtime.jit_cache_hook (before a JIT compile) and jit_post_compile_hook (after), chained to
+    the hooks installed before (except an outer stand-in's: a compile is recorded in the innermost context)."""
+    started = {}
+    prev_cache_hook = getattr(prev_cache_hook, "standin_prev", prev_cache_hook)
+    prev_post_hook = getattr(prev_post_hook, "standin_prev", prev_post_hook)
+
+    def cache_hook(*args, **kwargs):
+        started[kwargs["key"]] = time.perf_counter()
+        return prev_cache_hook(*args, **kwargs) if prev_cache_hook else None
+
+    def post_hook(*args, **kwargs):
+        key, info, jit_fn = kwargs["key"], kwargs["compile"], kwargs["fn"].jit_function
+        names = list(jit_fn.arg_names)
+        kernel = jit_fn.device_caches[info["device"]][0].get(key)
+        if kernel is not None and not hasattr(kernel, "result"):  # async compiles hand back futures
+            _KERNELS.add(kernel)
+        rec.compiles.append(CompileRecord(
+            jit_fn.__name__, _by_name(names, info["constants"]), _by_name(names, (info.get("configs") or [{}])[0]),
+            dict(info["signature"]), info["num_warps"], info["num_stages"],
+            time.perf_counter() - started.pop(key, time.perf_counter()), kernel))
+        return prev_post_hook(*args, **kwargs) if prev_post_hook else None
+
+    cache_hook.standin_prev, post_hook.standin_prev = prev_cache_hook, prev_post_hook
+    return cache_hook, post_hook
+
+
+def _clear_shared_mem_cache():
+    """triton.compiler.compiler.max_shared_mem caches the driver's answer per device index."""
+    from triton.compiler import compiler
+    getattr(getattr(compiler, "max_shared_mem", None), "cache_clear", lambda: None)()
+
+
+@contextlib.contextmanager
+def standin_cuda_driver(arch: int = 90, bench_ms=None, bench_calls: int = 1, props: dict | None = None,
+                        on_launch: Callable | None = None):
+    """Install the stand-in as Triton's active driver; yields a Recorder; restores everything on exit.
+
+    ``bench_ms``: None (config index i -> 1 + 0.01 i ms: the first config wins), a number, or
+    ``f(config, index) -> ms``. ``bench_calls``: kernel_call runs per benchmark. ``props``: device
+    property overrides (max_shared_mem, multiprocessor_count, ...). ``on_launch(record, args)``: called
+    at each launch with the kernel's arguments as passed (CPU tensors included).
+    """
+    from triton import knobs  # triton >= 3.4
+
+    rec = Recorder(on_launch=on_launch)
+    runtime, tuner = knobs.runtime, _autotuner.Autotuner
+    saved_active, saved_do_bench = _driver_config._active, tuner.__dict__.get("do_bench")
+    saved_hooks = runtime.jit_cache_hook, runtime.jit_post_compile_hook
+    _driver_config.set_active(StandinCudaDriver(arch, rec, bench_ms, bench_calls, props))
+    # Autotuner.do_bench is a cached_property: ask the active driver on every use instead.
+    tuner.do_bench = property(lambda self: self._do_bench or _driver_config.active.get_benchmarker())
+    runtime.jit_cache_hook, runtime.jit_post_compile_hook = _compile_hooks(rec, *saved_hooks)
+    _RECORDERS.append(rec)
+    _clear_shared_mem_cache()
+    try:
+        yield rec
+    finally:
+        _RECORDERS.remove(rec)
+        runtime.jit_cache_hook, runtime.jit_post_compile_hook = saved_hooks
+        if saved_do_bench is not None:
+            tuner.do_bench = saved_do_bench
+        _driver_config._active = saved_active  # reset_active() would build the default driver: fails off-GPU
+        _clear_shared_mem_cache()
+        for kernel in list(_KERNELS) if not _RECORDERS else []:  # unload: __del__ then asks no other driver
+            if kernel.module == _MODULE:
+                kernel.module = None
