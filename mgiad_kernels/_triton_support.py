@@ -17,10 +17,11 @@ def interpreter_enabled() -> bool:
 
 
 def autotune_enabled() -> bool:
-    """Whether the kernels autotune over their config lists: on GPUs, unless MGIAD_KERNELS_AUTOTUNE=0
-    (then the first config only: a correctness run compiles each kernel variant once, not per config).
-    Read when the kernels are defined, like TRITON_INTERPRET."""
-    return not interpreter_enabled() and os.environ.get("MGIAD_KERNELS_AUTOTUNE", "1") != "0"
+    """Whether launches autotune: only with MGIAD_KERNELS_AUTOTUNE=1 on a GPU. Then every key (channels,
+    groups, kernel size, stride, fusions) benchmarks its config list once, and Triton keeps the choice on
+    disk (keyed by device, Triton version, kernel source and key), so a second process tunes nothing.
+    By default each key takes one config chosen from its shape: nothing is benchmarked. Read at each launch."""
+    return not interpreter_enabled() and os.environ.get("MGIAD_KERNELS_AUTOTUNE", "0") == "1"
 
 
 def triton_unavailable_reason(*tensors: torch.Tensor, interpreter: bool = True) -> str | None:

@@ -127,10 +127,11 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
                    "add_after_bn": conv.OTHER_ADD_AFTER_BN.value, "relu_grad": conv.OTHER_RELU_GRAD.value}
     stats_modes = {"none": conv.STATS_NONE.value, "moments": conv.STATS_MOMENTS.value,
                    "bn_grad": conv.STATS_BN_GRAD.value}
-    grid = lambda meta: (  # noqa: E731
-        _cdiv(n_batch * h_dst * w_dst, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))
+    pixels = n_batch * h_dst * w_dst
+    grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
+    config = None if conv.autotune_enabled() else conv.default_gather_config(dst_per_group, red_per_group)
     unused = scratch(dst.device)
-    conv.conv2d_gather_kernel[grid](
+    _launch(conv.conv2d_gather_kernel, config, grid)(
         src, weight, bias if bias is not None else unused, dst,
         other if other is not None else unused,
         *(bn.pointers() if bn is not None else (unused,) * 4),
@@ -145,8 +146,22 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
         TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
         OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
-        INPUT_PRECISION=_input_precision(src.dtype),
+        INPUT_PRECISION=_input_precision(src.dtype), **_meta(config),
     )
+
+
+def _launch(kernel, config, grid):
+    """The autotuner (``config`` None) or the kernel itself with ``config``'s tile: no benchmarking."""
+    if config is None:
+        return kernel[grid]
+    return kernel.fn[grid(config.kwargs)]
+
+
+def _meta(config) -> dict:
+    """The launch keywords of a config (none when the autotuner picks)."""
+    if config is None:
+        return {}
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
@@ -197,9 +212,11 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     unused = scratch(x.device)
     partial_b = alloc((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else unused
     if pixels:
-        kernel = _kernels().conv2d_grad_weight_kernel
+        conv = _kernels()
         grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
-        kernel[grid](
+        config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
+                                                                                       geo.in_per_group)
+        _launch(conv.conv2d_grad_weight_kernel, config, grid)(
             x, grad_y, partial_w, partial_b,
             *(x_bn.pointers() if x_bn is not None else (unused,) * 4),
             *x.stride(), *grad_y.stride(),
@@ -209,6 +226,7 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
             KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
             PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
             HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, INPUT_PRECISION=_input_precision(x.dtype),
+            **_meta(config),
         )
     grad_w = partial_w.sum(0)  # fixed-order reduction over splits: deterministic
     grad_b = partial_b.sum(0) if with_bias else None

@@ -51,6 +51,12 @@ def cubin_resources(cubin: bytes) -> dict:
     return {k: int(v) for k, v in (f.split(":", 1) for f in line.split() if ":" in f) if v.isdigit()}
 
 
+def _spill_words(cubin: bytes) -> int:
+    """Spilled 4-byte words per thread: ptxas puts spills in the stack frame (STACK), some in LOCAL."""
+    res = cubin_resources(cubin)
+    return (res.get("STACK", 0) + res.get("LOCAL", 0)) // 4
+
+
 def _max_threads(regs: int) -> int:
     """CUDA's max threads per block at ``regs`` registers a thread (64K registers, 256-register warp units)."""
     return min(1024, 65536 // (-(-max(regs, 1) * 32 // 256) * 256) * 32)
@@ -69,7 +75,7 @@ class CompileRecord:
     kernel: Any  # triton.compiler.CompiledKernel: .asm['cubin'/'ptx'/'ttgir'], .metadata, ...
 
     n_regs = property(lambda self: cubin_resources(self.kernel.asm["cubin"])["REG"])
-    n_spills = property(lambda self: cubin_resources(self.kernel.asm["cubin"])["LOCAL"] // 4)  # as CUDA counts
+    n_spills = property(lambda self: _spill_words(self.kernel.asm["cubin"]))
     shared = property(lambda self: self.kernel.metadata.shared)
     sass = property(lambda self: _cuobjdump(self.kernel.asm["cubin"], "-sass"))
 
@@ -187,7 +193,7 @@ class StandinCudaDriver(DriverBase):
     @staticmethod
     def _load_binary(name, cubin, shared, device):
         regs = cubin_resources(cubin)["REG"]
-        return _MODULE, None, regs, cubin_resources(cubin)["LOCAL"] // 4, _max_threads(regs)
+        return _MODULE, None, regs, _spill_words(cubin), _max_threads(regs)
 
     def _bench(self, kernel_call: Callable, quantiles=None, **kwargs):
         """The stub benchmarker: runs kernel_call (hooks, compile, no-op launch); returns a fake time."""

@@ -134,13 +134,18 @@ def test_no_launch_hands_a_user_tensor_as_a_placeholder(monkeypatch):
     from mgiad_kernels.kernels import conv
 
     seen = []
-    original = conv.conv2d_gather_kernel.run
+    original = launchers._launch
 
-    def record(*args, **kwargs):
-        seen.append(dict(zip(conv.conv2d_gather_kernel.arg_names, args)))
-        return original(*args, **kwargs)
+    def record(kernel, config, grid):
+        launch = original(kernel, config, grid)
 
-    monkeypatch.setattr(conv.conv2d_gather_kernel, "run", record)
+        def call(*args, **kwargs):
+            if kernel is conv.conv2d_gather_kernel:
+                seen.append(dict(zip(kernel.arg_names, args)))
+            return launch(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(launchers, "_launch", record)
     x = torch.randn(1, 8, 4, 4, device=DEVICE)
     w = torch.randn(8, 2, 3, 3, device=DEVICE)
     grouped_conv2d(x, w, padding=1, groups=4, backend="triton")

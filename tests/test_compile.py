@@ -30,12 +30,16 @@ def test_compile_check_refuses_the_interpreter():
     assert done.returncode == 2 and "unset TRITON_INTERPRET" in done.stderr
 
 
-@pytest.mark.parametrize("setting,expected", [("1", (10, 7)), ("0", (1, 1))])
-def test_autotune_switch_sets_the_config_lists(setting, expected):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["MGIAD_KERNELS_AUTOTUNE"] = setting
+@pytest.mark.parametrize("setting,autotunes", [("1", True), ("0", False), (None, False)])
+def test_autotune_is_opt_in(setting, autotunes):
+    """Autotuning only with MGIAD_KERNELS_AUTOTUNE=1 (its lists stay available); by default one config per key."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
+    if setting is not None:
+        env["MGIAD_KERNELS_AUTOTUNE"] = setting
     code = ("from mgiad_kernels.kernels import conv; "
-            "print(len(conv.conv2d_gather_kernel.configs), len(conv.conv2d_grad_weight_kernel.configs))")
+            "print(len(conv.conv2d_gather_kernel.configs), len(conv.conv2d_grad_weight_kernel.configs), "
+            "conv.autotune_enabled(), conv.default_gather_config(4, 4).kwargs['BLOCK_DST'])")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert tuple(int(v) for v in done.stdout.split()) == expected
+    gather, grad_weight, enabled, tile = done.stdout.split()
+    assert (int(gather), int(grad_weight), enabled, int(tile)) == (10, 7, str(autotunes), 16)

@@ -33,7 +33,7 @@ def _elementwise_tile(P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     return offs_p, offs_c, c_mask, (offs_p < P)[:, None] & c_mask[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS", "C"])
 def bn_moments_finalize_kernel(
     partial_ptr,  # (3, ROWS, C) fp32: per-tile count, mean and centred sum of squares
     mean_ptr,  # (C,) fp32 out: batch mean
@@ -75,7 +75,7 @@ def _exponential_average(ptr, offs, mask, value, momentum):
     tl.store(ptr + offs, ((1.0 - momentum) * old + momentum * value).to(ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])
 def bn_running_update_kernel(
     batch_stats_ptr,  # (4, C) fp32: mean1, var1, mean2, var2 of the batch (biased variances)
     running_mean1_ptr, running_var1_ptr,  # (C,) first BatchNorm's buffers, updated in place
@@ -111,7 +111,7 @@ def bn_running_update_kernel(
                          tl.load(batch_stats_ptr + 3 * C + offs, mask=mask) * unbias, momentum2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "HW", "W", "C"])
 def bn_relu_residual_kernel(
     x_ptr,  # (N, C, H, W): s = B(t)
     residual_ptr,  # (N, C, H, W): u
@@ -136,7 +136,7 @@ def bn_relu_residual_kernel(
              out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "HW", "W", "C", "ROWS"])
 def bn_relu_grad_sums_kernel(
     grad_ptr,  # (N, C, H, W): gradient of relu(bn(x))
     x_ptr,  # (N, C, H, W): the BatchNorm's input
@@ -163,7 +163,7 @@ def bn_relu_grad_sums_kernel(
     tl.store(partial_ptr + ROWS * C + pid_p * C + offs_c, tl.sum(g * x_hat, axis=0), mask=c_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "HW", "W", "C"])
 def bn_backward_kernel(
     grad_ptr,  # (N, C, H, W): gradient of bn(x), or of relu(bn(x)) when RELU_MASK
     x_ptr,  # (N, C, H, W): the BatchNorm's input

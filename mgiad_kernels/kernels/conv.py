@@ -12,6 +12,8 @@ imported for the CPU interpreter to take over.
 """
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -42,9 +44,10 @@ GATHER_MIN_BLOCK_P: tl.constexpr = tl.constexpr(64)  # the smallest BLOCK_P belo
 
 
 def _gather_configs():
-    if interpreter_enabled():  # one config off-GPU; large blocks keep the interpreter fast
-        return [triton.Config({"BLOCK_P": 128, "BLOCK_DST": 32, "BLOCK_RED": 32})]
-    configs = [
+    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter)."""
+    if interpreter_enabled():  # large blocks keep the interpreter fast
+        return [_INTERPRETER_GATHER]
+    return [
         triton.Config({"BLOCK_P": bp, "BLOCK_DST": bd, "BLOCK_RED": br}, num_warps=w, num_stages=s)
         for bp, bd, br, w, s in [
             (128, 32, 32, 4, 3), (128, 16, 16, 4, 3), (64, 32, 32, 4, 3), (128, 64, 32, 4, 3),
@@ -52,20 +55,53 @@ def _gather_configs():
             (128, 128, 32, 8, 3), (64, 128, 64, 4, 3),
         ]
     ]
-    return configs if autotune_enabled() else configs[:1]
 
 
 def _grad_weight_configs():
+    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter)."""
     if interpreter_enabled():
-        return [triton.Config({"BLOCK_OUT": 32, "BLOCK_IN": 32, "BLOCK_P": 128})]
-    configs = [
+        return [_INTERPRETER_GRAD_WEIGHT]
+    return [
         triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi, "BLOCK_P": bp}, num_warps=w, num_stages=s)
         for bo, bi, bp, w, s in [
             (32, 32, 64, 4, 3), (16, 16, 128, 4, 3), (32, 32, 128, 4, 3), (64, 32, 64, 4, 3),
             (64, 64, 64, 4, 3), (16, 16, 256, 4, 2), (128, 64, 32, 8, 3),
         ]
     ]
-    return configs if autotune_enabled() else configs[:1]
+
+
+_INTERPRETER_GATHER = triton.Config({"BLOCK_P": 128, "BLOCK_DST": 32, "BLOCK_RED": 32})
+_INTERPRETER_GRAD_WEIGHT = triton.Config({"BLOCK_OUT": 32, "BLOCK_IN": 32, "BLOCK_P": 128})
+
+
+def _channel_tile(per_group: int) -> int:
+    """A channel tile for groups of ``per_group``: the group size rounded up to a power of two, at least
+    16 (the narrowest dot) and at most 32. A tile spanning k groups is block-diagonal and does k times
+    the MMA work it needs, so small groups get the narrowest tile."""
+    return min(32, max(16, triton.next_power_of_2(per_group)))
+
+
+@functools.lru_cache(maxsize=None)
+def default_gather_config(dst_per_group: int, red_per_group: int) -> triton.Config:
+    """The gather tile launched when autotuning is off (the default): chosen from the group sizes, so a
+    first training step compiles one variant per key and benchmarks nothing. 64 pixels: on sm_90 the
+    64x16x16 tile is the one that does not spill in fp32 or bf16 (221 / 228 registers; 128x32x32 spills
+    1.2-1.3 KB per thread), measured with compile_check's compiler path."""
+    if interpreter_enabled():
+        return _INTERPRETER_GATHER
+    return triton.Config({"BLOCK_P": 64, "BLOCK_DST": _channel_tile(dst_per_group),
+                          "BLOCK_RED": _channel_tile(red_per_group)}, num_warps=4, num_stages=3)
+
+
+@functools.lru_cache(maxsize=None)
+def default_grad_weight_config(out_per_group: int, in_per_group: int) -> triton.Config:
+    """The grad-weight tile launched when autotuning is off (the default), chosen from the group sizes.
+    64 pixels per step: on sm_90 the 16x16 tile with 128 pixels spills 384 B per thread in fp32, with 64
+    none (240 registers; bf16 154)."""
+    if interpreter_enabled():
+        return _INTERPRETER_GRAD_WEIGHT
+    return triton.Config({"BLOCK_OUT": _channel_tile(out_per_group), "BLOCK_IN": _channel_tile(in_per_group),
+                          "BLOCK_P": 64}, num_warps=4, num_stages=3)
 
 
 @triton.jit
@@ -128,8 +164,13 @@ def _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_
     return acc
 
 
-@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY)
-@triton.jit
+# Sizes whose divisibility by 16 changes no load or store (alignment follows the strides, which stay
+# specialized): not specializing them keeps a training step at one compiled variant per key and layout.
+_SIZES_NOT_SPECIALIZED = ["N", "H_src", "W_src", "H_dst", "W_dst", "C_DST", "C_RED", "STATS_ROWS"]
+
+
+@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY, cache_results=True)
+@triton.jit(do_not_specialize=_SIZES_NOT_SPECIALIZED)
 def conv2d_gather_kernel(
     src_ptr,  # (N, C_RED, H_src, W_src): x for the forward pass, grad_y for grad input
     weight_ptr,  # (C_out, C_in // groups, KH, KW) convolution weight
@@ -235,6 +276,25 @@ def conv2d_gather_kernel(
                                       KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
                                       PROLOGUE_BN_RELU, BLOCK_P, BLOCK_DST)
 
+    _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
+              n, oh, ow, p_mask, offs_c, c_mask, pid_p, dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
+              other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
+              STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS, BLOCK_P, BLOCK_DST)
+
+
+@triton.jit
+def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
+              n, oh, ow, p_mask, offs_c, c_mask, pid_p, dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
+              other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
+              STATS_ROWS, HAS_BIAS: tl.constexpr, OTHER_MODE: tl.constexpr, EPILOGUE_BN_RELU: tl.constexpr,
+              EPILOGUE_NEEDS_BN: tl.constexpr, STATS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr):
+    """The gather's epilogue on the fp32 tile: bias, alpha, the sum with ``other``, the BatchNorm and ReLU
+    of the fused step (eq. 3), one cast and store, then the tile's partial statistics."""
+    other = acc  # placeholders for what the flags below load; read only where a flag set them
+    mean_c = acc
+    rstd_c = acc
+    scale_c = acc
+    shift_c = acc
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c * bias_stride, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     out_mask = p_mask[:, None] & c_mask[None, :]
@@ -260,39 +320,49 @@ def conv2d_gather_kernel(
     tl.store(dst_ptr + dst_offs, out, mask=out_mask)
 
     if STATS != STATS_NONE:  # statistics of the values as stored, so they match an unfused pass
-        y = tl.where(out_mask, out.to(tl.float32), 0.0)
-        if STATS == STATS_MOMENTS:
-            count = tl.sum(p_mask.to(tl.float32), axis=0)
-            tile_mean = tl.sum(y, axis=0) / count
-            centred = tl.where(out_mask, y - tile_mean[None, :], 0.0)
-            first = count + tl.zeros([BLOCK_DST], dtype=tl.float32)
-            second = tile_mean
-            third = tl.sum(centred * centred, axis=0)
-        else:
-            x_hat = (other - mean_c[None, :]) * rstd_c[None, :]
-            first = tl.sum(y, axis=0)
-            second = tl.sum(y * x_hat, axis=0)
-            third = tl.zeros([BLOCK_DST], dtype=tl.float32)
-        plane = STATS_ROWS * C_DST
-        row = stats_ptr + pid_p * C_DST + offs_c
-        tl.store(row, first, mask=c_mask)
-        tl.store(row + plane, second, mask=c_mask)
-        tl.store(row + 2 * plane, third, mask=c_mask)
-        # The buffer has a row per GATHER_MIN_BLOCK_P pixels; with a larger BLOCK_P the rows past the
-        # last tile hold no tile: this program zeroes its share of them, so no memset is needed.
-        tiles = tl.num_programs(0)
-        zeros = tl.zeros([BLOCK_DST], dtype=tl.float32)
-        for k in tl.static_range(1, BLOCK_P // GATHER_MIN_BLOCK_P):
-            spare = tiles * k + pid_p
-            spare_mask = c_mask & (spare < STATS_ROWS)
-            spare_row = stats_ptr + spare * C_DST + offs_c
-            tl.store(spare_row, zeros, mask=spare_mask)
-            tl.store(spare_row + plane, zeros, mask=spare_mask)
-            tl.store(spare_row + 2 * plane, zeros, mask=spare_mask)
+        _store_tile_statistics(stats_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c, pid_p, C_DST, STATS_ROWS,
+                               STATS, BLOCK_P, BLOCK_DST)
 
 
-@triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY)
 @triton.jit
+def _store_tile_statistics(stats_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c, pid_p, C_DST, STATS_ROWS,
+                           STATS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr):
+    """Row pid_p of the (3, STATS_ROWS, C_DST) partial statistics: the BatchNorm moments of the stored tile
+    (STATS_MOMENTS), or its BatchNorm-backward sums against bn_hat(other) (STATS_BN_GRAD)."""
+    out_mask = p_mask[:, None] & c_mask[None, :]
+    y = tl.where(out_mask, out.to(tl.float32), 0.0)
+    if STATS == STATS_MOMENTS:
+        count = tl.sum(p_mask.to(tl.float32), axis=0)
+        tile_mean = tl.sum(y, axis=0) / count
+        centred = tl.where(out_mask, y - tile_mean[None, :], 0.0)
+        first = count + tl.zeros([BLOCK_DST], dtype=tl.float32)
+        second = tile_mean
+        third = tl.sum(centred * centred, axis=0)
+    else:
+        x_hat = (other - mean_c[None, :]) * rstd_c[None, :]
+        first = tl.sum(y, axis=0)
+        second = tl.sum(y * x_hat, axis=0)
+        third = tl.zeros([BLOCK_DST], dtype=tl.float32)
+    plane = STATS_ROWS * C_DST
+    row = stats_ptr + pid_p * C_DST + offs_c
+    tl.store(row, first, mask=c_mask)
+    tl.store(row + plane, second, mask=c_mask)
+    tl.store(row + 2 * plane, third, mask=c_mask)
+    # The buffer has a row per GATHER_MIN_BLOCK_P pixels; with a larger BLOCK_P the rows past the
+    # last tile hold no tile: this program zeroes its share of them, so no memset is needed.
+    tiles = tl.num_programs(0)
+    zeros = tl.zeros([BLOCK_DST], dtype=tl.float32)
+    for k in tl.static_range(1, BLOCK_P // GATHER_MIN_BLOCK_P):
+        spare = tiles * k + pid_p
+        spare_mask = c_mask & (spare < STATS_ROWS)
+        spare_row = stats_ptr + spare * C_DST + offs_c
+        tl.store(spare_row, zeros, mask=spare_mask)
+        tl.store(spare_row + plane, zeros, mask=spare_mask)
+        tl.store(spare_row + 2 * plane, zeros, mask=spare_mask)
+
+
+@triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY, cache_results=True)
+@triton.jit(do_not_specialize=["N", "H", "W", "H_out", "W_out", "C_OUT", "C_IN", "PIXELS_PER_SPLIT"])
 def conv2d_grad_weight_kernel(
     x_ptr,  # (N, C_IN, H, W) forward input
     grad_y_ptr,  # (N, C_OUT, H_out, W_out) gradient of the output
