@@ -8,8 +8,10 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mgiad_kernels", "mgiad_kernels.*", "mgiad", "mgiad.*"]),
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["mgiad=mgiad.train:main"]},
-    install_requires=["torch>=2.4", "numpy>=1.24"],
+    entry_points={"console_scripts": ["mgiad=mgiad.cli:main"]},
+    # the default `mgiad train` (digits) needs scikit-learn; matplotlib (curves.png), tqdm (progress bar) and
+    # torchvision (--autoaugment) are optional: without them the CLI says what it skipped or needs
+    install_requires=["torch>=2.4", "numpy>=1.24", "scikit-learn>=1.3"],
     extras_require={
         "triton": ["triton>=3.0"],
         "train": ["torchvision>=0.19", "scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60"],

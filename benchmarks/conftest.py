@@ -1,4 +1,5 @@
-"""Benchmarks are timed only on a GPU at the model shapes; elsewhere they smoke-run tiny shapes."""
+"""Benchmarks are timed only on a GPU at the model shapes; elsewhere they smoke-run tiny shapes
+(``harness.py`` holds what the benchmark modules share)."""
 import os
 
 import torch

@@ -16,6 +16,12 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("digits", "cifar10", "cifar100", "fashionmnist", "tinyimagenet")
+# (classes, image channels) of each dataset as distributed, known before reading it: the CLI checks a
+# model configuration against them up front (Tiny ImageNet's class count is re-read from wnids.txt).
+NOMINAL_SHAPES = {"digits": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3), "fashionmnist": (10, 1),
+                  "tinyimagenet": (200, 3)}
+# optional modules a reader needs: (import name, pip package)
+READER_NEEDS = {"digits": ("sklearn", "scikit-learn"), "tinyimagenet": ("PIL", "pillow")}
 
 
 @dataclass

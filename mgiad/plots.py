@@ -1,34 +1,46 @@
-"""Plots from runs' metrics.jsonl: training curves, and the weight-count vs accuracy trade-off (paper Fig. 7)."""
+"""Plots from runs' metrics.jsonl: training curves, and the weight-count vs accuracy trade-off (paper Fig. 7).
+
+matplotlib is optional: ``mgiad train`` skips curves.png with a note without it, ``mgiad plot`` says
+it is needed.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from .metrics import read_metrics
 
-def read_metrics(path: str) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+__all__ = ["plot_curves", "plot_main", "pyplot_or_none", "read_metrics"]
 
 
-def _pyplot():
-    import matplotlib
+def pyplot_or_none():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
     return plt
+
+
+def _values(rows: list[dict], key: str) -> list[float]:
+    """A metric per epoch; null (a non-finite value) as NaN, which matplotlib leaves out."""
+    return [float("nan") if r.get(key) is None else r[key] for r in rows]
 
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
     """Loss and accuracy against epochs."""
     rows = read_metrics(metrics_path)
-    plt = _pyplot()
+    plt = pyplot_or_none()
+    if plt is None:
+        raise ImportError("plotting needs matplotlib (pip install matplotlib)")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
     for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
-        ax.plot(epochs, [r[f"train_{key}"] for r in rows], label="train")
-        ax.plot(epochs, [r[f"test_{key}"] for r in rows], label="test")
+        ax.plot(epochs, _values(rows, f"train_{key}"), label="train")
+        ax.plot(epochs, _values(rows, f"test_{key}"), label="test")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.legend()
@@ -37,22 +49,32 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
     plt.close(fig)
 
 
+def _tradeoff_points(runs: list[str]) -> list[tuple[int, float, str]]:
+    points = []
+    for run in runs:
+        path = os.path.join(run, "metrics.jsonl")
+        if not os.path.isfile(path):
+            raise SystemExit(f"mgiad plot: error: {run} has no metrics.jsonl")
+        rows = read_metrics(path)
+        accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
+        if accs:
+            points.append((rows[-1]["params"], max(accs), os.path.basename(run.rstrip("/"))))
+    if not points:
+        raise SystemExit("mgiad plot: error: no run has any epoch in its metrics.jsonl")
+    return points
+
+
 def plot_main(argv) -> None:
-    p = argparse.ArgumentParser(prog="mgiad plot", description="Weight count vs best test accuracy of runs.")
+    from .cli import OneLineParser
+
+    p = OneLineParser(prog="mgiad plot", description="Weight count vs best test accuracy of runs.")
     p.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl")
     p.add_argument("--out", default="tradeoff.png")
     a = p.parse_args(argv)
-    points = []
-    for run in a.runs:
-        path = os.path.join(run, "metrics.jsonl")
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: {run} has no metrics.jsonl")
-        rows = read_metrics(path)
-        if rows:
-            points.append((rows[-1]["params"], max(r["test_acc"] for r in rows), os.path.basename(run.rstrip("/"))))
-    if not points:
-        raise SystemExit("error: no run has any epoch in its metrics.jsonl")
-    plt = _pyplot()
+    plt = pyplot_or_none()
+    if plt is None:
+        p.error("plotting needs matplotlib (pip install matplotlib)")
+    points = _tradeoff_points(a.runs)
     fig, ax = plt.subplots(figsize=(6, 4))
     for params, acc, name in points:
         ax.scatter(params, 100 * acc)

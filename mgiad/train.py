@@ -1,92 +1,32 @@
-"""Train and evaluate the package's models with the MGiaD paper's recipe (Sec. IV a).
+"""Training with the MGiaD paper's recipe (Sec. IV a): set-up, the epoch loop, evaluation, checkpoints.
 
     mgiad train                                  # embedded default: digits, a small MGiaD, CPU, offline
     mgiad train --model mgiad --dataset cifar10 --data-dir ~/data --out runs/c10
     torchrun --nproc-per-node 8 -m mgiad.train --dataset cifar100 --data-dir ~/data ...
     mgiad eval runs/c10/checkpoint.pt --dataset cifar10 --data-dir ~/data
+
+The command line (flags, their checks, ``main``) is ``mgiad.cli``; this module is what it runs.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import random
 import sys
 import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DATASETS, Dataset, DatasetError, load_dataset, prepare_batch
-from .models import MGiaD, MgNet, PolyMgNet, mgic_resnet56, multigrid_net, resnet18_cifar, resnet20
-from .models.multigrid import NETWORKS
+from .checkpoints import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .data import Dataset, load_dataset, prepare_batch
+from .metrics import append_metrics, to_json
+from .models.factory import MODELS, build_model
 
-MODELS = ("mgiad", "mgnet", "resnet18", "resnet20", "mgic-resnet56", "polymgnet", "multigrid")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgiad train", description="Train a multigrid CNN (MGiaD paper recipe).")
-    p.add_argument("--model", choices=MODELS, default="mgiad")
-    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset in torchvision's layout")
-    p.add_argument("--out", default=None, help="run folder: metrics.jsonl, checkpoint.pt, best.pt, curves.png")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--epochs", type=int, default=None, help="default: 20 on digits, 400 otherwise (the paper)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch, split over processes")
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    p.add_argument("--autoaugment", action="store_true", help="AutoAugment (CIFAR-10 policy) before crop / flip")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--widths", type=_ints, default=None, help="per resolution level, e.g. 64,128,256,256")
-    p.add_argument("--smoothing-steps", type=_ints, default=None)
-    p.add_argument("--coarsest-channels", type=int, default=None)
-    p.add_argument("--group-size", type=int, default=None)
-    p.add_argument("--channel-scale", type=int, default=1)
-    p.add_argument("--post-smoothing", type=int, default=1)
-    p.add_argument("--share", choices=("AB", "A", "none"), default="AB", help="MgNet weight sharing")
-    p.add_argument("--degree", type=int, choices=(1, 2), default=2, help="Poly-MgNet: degree of q (1 linear, 2 quadratic)")
-    p.add_argument("--roots", choices=("real", "complex"), default="complex", help="Poly-MgNet quadratic block roots")
-    p.add_argument("--network", choices=NETWORKS, default="R-MG-12", help="--model multigrid: a network of the "
-                   "multigrid-convolution slides' CIFAR-100 table")
-    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)  # tests
-    return p
-
-
-def build_model(args, ds: Dataset) -> nn.Module:
-    small = ds.name == "digits"
-    widths = args.widths or ((16, 32, 64) if small else (64, 128, 256, 256))
-    steps = args.smoothing_steps or (2,) * len(widths)
-    common = dict(num_classes=ds.num_classes, in_channels=ds.in_channels, backend=args.backend)
-    if args.model == "mgiad":
-        return MGiaD(widths=widths, smoothing_steps=steps, coarsest_channels=args.coarsest_channels or (8 if small else 64),
-                     group_size=args.group_size or (4 if small else 8), channel_scale=args.channel_scale,
-                     post_smoothing=args.post_smoothing, **common)
-    if args.model == "mgnet":
-        return MgNet(widths=widths, smoothing_steps=steps, share=None if args.share == "none" else args.share,
-                     group_size=args.group_size, **common)
-    if args.model == "mgic-resnet56":
-        return mgic_resnet56(group_size=args.group_size or 8, coarsest_channels=args.coarsest_channels or 16, **common)
-    if args.model == "polymgnet":
-        return PolyMgNet(widths=widths, smoothing_steps=steps, degree=args.degree, roots=args.roots, **common)
-    if args.model == "multigrid":
-        return multigrid_net(args.network, **common)
-    return (resnet18_cifar if args.model == "resnet18" else resnet20)(**common)
+__all__ = ["MODELS", "CheckpointError", "Distributed", "TrainingRun", "build_model", "evaluate", "load_checkpoint",
+           "main", "save_atomic", "setup_run", "train", "train_epoch"]
 
 
 class Distributed:
@@ -103,61 +43,22 @@ class Distributed:
         return self.rank == 0
 
 
-def save_atomic(obj, path: str) -> None:
-    """Write to a temporary file, fsync, rename: a crash leaves the old file or the new, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not hold what training needs."""
-
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "args", "best_acc")
-
-
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises many kinds on a damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                              "delete it to start over, or restore it") from exc
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}: not a checkpoint written by mgiad train")
-    return ckpt
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _progress(iterable, total: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal when tqdm is installed; the plain iterable otherwise."""
     if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iterable
         return tqdm(iterable, total=total, desc=desc, leave=False)
     return iterable
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPUs; full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def evaluate(model: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 512) -> tuple[float, float]:
@@ -174,11 +75,6 @@ def evaluate(model: nn.Module, ds: Dataset, device: torch.device, batch_size: in
     return loss_sum / n, correct / n
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on GPUs; full precision on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-
 def _epoch_order(n: int, seed: int, epoch: int, dist_env: Distributed, global_batch: int) -> list[torch.Tensor]:
     """This process's batches of one epoch: a seeded permutation cut into global batches, each split by rank."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
@@ -191,143 +87,180 @@ def _epoch_order(n: int, seed: int, epoch: int, dist_env: Distributed, global_ba
     return batches
 
 
-def train(args) -> dict:
+@dataclass
+class TrainingRun:
+    """Everything a run holds between epochs."""
+    args: object
+    device: torch.device
+    dist_env: Distributed
+    ds: Dataset
+    model: nn.Module  # the plain model: evaluated and checkpointed
+    train_model: nn.Module  # what the loop calls: the model, or it wrapped in DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epochs: int
+    params: int
+    start_epoch: int = 0
+    best_acc: float = 0.0
+    autoaugment: object = None
+    history: list = field(default_factory=list)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (rank 0, and only with --out)."""
+        return bool(self.args.out) and self.dist_env.is_main
+
+    @property
+    def metrics_path(self) -> str | None:
+        return os.path.join(self.args.out, "metrics.jsonl") if self.args.out else None
+
+
+def _device_and_processes(args) -> tuple[torch.device, Distributed]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dist_env = Distributed(device)
     if dist_env.world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    return device, dist_env
+
+
+def _wrap(model: nn.Module, device: torch.device, dist_env: Distributed, compile_model: bool) -> nn.Module:
+    """DDP (SyncBatchNorm on GPUs) across processes, then torch.compile on request."""
+    if dist_env.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model,
+            device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if compile_model else model
+
+
+def _autoaugment(enabled: bool):
+    if not enabled:
+        return None
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    return AutoAugment(AutoAugmentPolicy.CIFAR10)
+
+
+def setup_run(args) -> TrainingRun:
+    """Device and processes, the checkpoint to resume (read first: a bad one fails before the data
+    loads), the dataset, the seeded model, SGD with cosine annealing, restored state, the wrappers."""
+    device, dist_env = _device_and_processes(args)
+    if args.resume and not args.out:
+        raise CheckpointError("--resume needs --out, the run folder holding checkpoint.pt")
+    ckpt = load_checkpoint(os.path.join(args.out, "checkpoint.pt")) if args.resume else None
     ds = load_dataset(args.dataset, args.data_dir)
     epochs = args.epochs or (20 if args.dataset == "digits" else 400)
     torch.manual_seed(args.seed)
-    model = build_model(args, ds).to(device)
+    model = build_model(args, ds.name, ds.num_classes, ds.in_channels).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    start_epoch, best_acc = 0, 0.0
-    out = args.out
-    if out and dist_env.is_main:
-        os.makedirs(out, exist_ok=True)
-    if args.resume:
-        if not out:
-            raise CheckpointError("--resume needs --out, the run folder holding checkpoint.pt")
-        ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    run = TrainingRun(args, device, dist_env, ds, model, model, optimizer, scheduler, epochs,
+                      sum(p.numel() for p in model.parameters()))
+    if run.writes:
+        os.makedirs(args.out, exist_ok=True)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch, best_acc = ckpt["epoch"], ckpt["best_acc"]
-    train_model = model
-    if dist_env.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model,
-            device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        train_model = torch.compile(train_model)
-    autoaugment = None
-    if args.autoaugment:
-        from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+        set_rng_state(ckpt["rng"])
+        run.start_epoch, run.best_acc = ckpt["epoch"], ckpt["best_acc"]
+    run.train_model = _wrap(model, device, dist_env, args.compile)
+    run.autoaugment = _autoaugment(args.autoaugment)
+    if run.writes and run.start_epoch == 0 and os.path.exists(run.metrics_path):
+        os.remove(run.metrics_path)
+    return run
 
-        autoaugment = AutoAugment(AutoAugmentPolicy.CIFAR10)
 
-    metrics_path = os.path.join(out, "metrics.jsonl") if out else None
-    if metrics_path and dist_env.is_main and start_epoch == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    history = []
-    for epoch in range(start_epoch, epochs):
-        train_model.train()
-        batches = _epoch_order(len(ds.train.labels), args.seed, epoch, dist_env, args.batch_size)
-        if args.max_steps_per_epoch:
-            batches = batches[:args.max_steps_per_epoch]
-        aug_gen = torch.Generator().manual_seed(args.seed * 7_919 + epoch * (dist_env.world + 1) + dist_env.rank)
-        loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-        for idx in _progress(batches, len(batches), f"epoch {epoch + 1}/{epochs}", dist_env.is_main):
-            images = ds.train.images[idx]
-            if autoaugment is not None:
-                images = torch.stack([autoaugment(img) for img in images])
-            x = prepare_batch(images, ds, not args.no_augment, aug_gen, device)
-            y = ds.train.labels[idx].to(device)
-            with _autocast(device):
-                logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        test_loss, test_acc = evaluate(model, ds, device)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                  "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
-                  "images_per_s": seen * dist_env.world / elapsed, "params": params}
-        history.append(record)
-        if dist_env.is_main:
-            print(json.dumps(record), flush=True)
-            if out:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                best_acc = max(best_acc, test_acc)
-                ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "rng": _rng_state(),
-                        "args": vars(args), "best_acc": best_acc}
-                if test_acc >= best_acc:
-                    save_atomic(ckpt, os.path.join(out, "best.pt"))
-                save_atomic(ckpt, os.path.join(out, "checkpoint.pt"))
-    if out and dist_env.is_main:
-        from .plots import plot_curves
+def train_epoch(run: TrainingRun, epoch: int) -> dict:
+    """One pass over this process's batches; the epoch's training loss, accuracy, images and seconds."""
+    args, ds, device, dist_env = run.args, run.ds, run.device, run.dist_env
+    run.train_model.train()
+    batches = _epoch_order(len(ds.train.labels), args.seed, epoch, dist_env, args.batch_size)
+    if args.max_steps_per_epoch:
+        batches = batches[:args.max_steps_per_epoch]
+    aug_gen = torch.Generator().manual_seed(args.seed * 7_919 + epoch * (dist_env.world + 1) + dist_env.rank)
+    loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+    for idx in _progress(batches, len(batches), f"epoch {epoch + 1}/{run.epochs}", dist_env.is_main):
+        images = ds.train.images[idx]
+        if run.autoaugment is not None:
+            images = torch.stack([run.autoaugment(img) for img in images])
+        x = prepare_batch(images, ds, not args.no_augment, aug_gen, device)
+        y = ds.train.labels[idx].to(device)
+        with _autocast(device):
+            logits = run.train_model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seen": seen,
+            "seconds": time.perf_counter() - t0}
 
-        plot_curves(metrics_path, os.path.join(out, "curves.png"))
-    if dist_env.world > 1:
+
+def save_checkpoints(run: TrainingRun, epoch: int, test_acc: float) -> None:
+    """checkpoint.pt after every epoch, best.pt when the test accuracy is the best so far."""
+    run.best_acc = max(run.best_acc, test_acc)
+    ckpt = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "epoch": epoch + 1, "rng": rng_state(),
+            "args": vars(run.args), "best_acc": run.best_acc}
+    if test_acc >= run.best_acc:
+        save_atomic(ckpt, os.path.join(run.args.out, "best.pt"))
+    save_atomic(ckpt, os.path.join(run.args.out, "checkpoint.pt"))
+
+
+def end_epoch(run: TrainingRun, epoch: int, stats: dict) -> dict:
+    """Step the schedule, evaluate, log the epoch's record (strict JSON) and write the checkpoints."""
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    test_loss, test_acc = evaluate(run.model, run.ds, run.device)
+    record = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+              "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
+              "images_per_s": stats["seen"] * run.dist_env.world / stats["seconds"], "params": run.params}
+    if run.dist_env.is_main:
+        if not math.isfinite(stats["train_loss"]):
+            print(f"warning: epoch {epoch + 1}: the training loss is not finite (logged as null); "
+                  "try a smaller --lr", file=sys.stderr)
+        print(to_json(record), flush=True)
+    if run.writes:
+        append_metrics(run.metrics_path, record)
+        save_checkpoints(run, epoch, test_acc)
+    return record
+
+
+def write_curves(run: TrainingRun) -> None:
+    """curves.png from metrics.jsonl; skipped with a one-line note when matplotlib is not installed."""
+    from .plots import plot_curves, pyplot_or_none
+
+    if pyplot_or_none() is None:
+        print("curves.png skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return
+    plot_curves(run.metrics_path, os.path.join(run.args.out, "curves.png"))
+
+
+def train(args) -> dict:
+    """Train as ``args`` (``mgiad.cli.build_parser``'s namespace) says; returns the history and the model."""
+    run = setup_run(args)
+    for epoch in range(run.start_epoch, run.epochs):
+        run.history.append(end_epoch(run, epoch, train_epoch(run, epoch)))
+    if run.writes:
+        write_curves(run)
+    if run.dist_env.world > 1:
         dist.barrier()
-    return {"history": history, "model": model}
-
-
-def eval_main(argv) -> None:
-    p = argparse.ArgumentParser(prog="mgiad eval", description="Evaluate a checkpoint on a dataset's test split.")
-    p.add_argument("checkpoint")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the one it was trained on")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
-    a = p.parse_args(argv)
-    ckpt = load_checkpoint(a.checkpoint)
-    args = argparse.Namespace(**ckpt["args"])
-    ds = load_dataset(a.dataset or args.dataset, a.data_dir or args.data_dir)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(args, ds).to(device)
-    model.load_state_dict(ckpt["model"])
-    loss, acc = evaluate(model, ds, device)
-    print(json.dumps({"checkpoint": a.checkpoint, "dataset": ds.name, "test_loss": loss, "test_acc": acc}))
+    return {"history": run.history, "model": run.model}
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "eval":
-            return eval_main(argv[1:])
-        if argv and argv[0] == "plot":
-            from .plots import plot_main
+    """``mgiad``: see mgiad.cli (kept here for ``python -m mgiad.train`` and the console script)."""
+    from .cli import main as cli_main
 
-            return plot_main(argv[1:])
-        if argv and argv[0] == "train":
-            argv = argv[1:]
-        args = build_parser().parse_args(argv)
-        if args.epochs is not None and args.epochs < 1:
-            raise SystemExit("mgiad train: --epochs must be at least 1")
-        result = train(args)
-        if result["history"]:
-            print(f"final test accuracy {result['history'][-1]['test_acc']:.4f}")
-    except (DatasetError, CheckpointError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

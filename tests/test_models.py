@@ -1,9 +1,15 @@
-"""Models: weight counts, backend equivalence (Triton under the interpreter vs torch), training, portability."""
+"""Every model family: weight counts, backend equivalence (Triton under the interpreter vs torch) with
+one SGD step, training, portability of state_dicts, eval determinism, torch.compile.
+
+Algorithm properties of single families are in test_seed_models.py, configuration rules in
+test_model_rules.py.
+"""
 import pytest
 import torch
+import torch.nn.functional as F
 from support import DEVICE, REL_TOL, rel_err
 
-from mgiad import MGiaD, MgNet, resnet18_cifar, resnet20
+from mgiad import MGICResNet, MGiaD, MgNet, MultigridNet, PolyMgNet, resnet18_cifar, resnet20
 from mgiad.param_table import count_weights, markdown
 
 EXACT_BASELINES = [
@@ -34,44 +40,68 @@ def test_param_table_is_committed_and_current():
         assert fh.read() == markdown(), "docs/param_counts.md is stale: python -m mgiad.param_table > docs/param_counts.md"
 
 
-def _tiny_models(backend):
-    return {
-        "mgiad": MGiaD(10, 3, widths=(8, 16), smoothing_steps=(1, 1), coarsest_channels=4, group_size=4,
-                       post_smoothing=1, backend=backend),
-        "mgnet": MgNet(10, 3, widths=(8, 16), smoothing_steps=(2, 1), share="AB", group_size=4, backend=backend),
-        "mgnet-A-dense": MgNet(10, 3, widths=(4, 8), smoothing_steps=(2, 1), share="A", backend=backend),
-        "resnet20": resnet20(10, backend=backend),
-    }
+TINY = {
+    "mgiad": lambda b: MGiaD(10, 3, widths=(8, 16), smoothing_steps=(1, 1), coarsest_channels=4, group_size=4,
+                             post_smoothing=1, backend=b),
+    "mgnet": lambda b: MgNet(10, 3, widths=(8, 16), smoothing_steps=(2, 1), share="AB", group_size=4, backend=b),
+    "mgnet-A-dense": lambda b: MgNet(10, 3, widths=(4, 8), smoothing_steps=(2, 1), share="A", backend=b),
+    "resnet20": lambda b: resnet20(10, backend=b),
+    "mgic": lambda b: MGICResNet((8, 16), (1, 1), 10, 3, group_size=4, coarsest_channels=4, backend=b),
+    "poly-complex": lambda b: PolyMgNet(10, 3, widths=(4, 8), smoothing_steps=(2, 2), degree=2, roots="complex",
+                                        backend=b),
+    "poly-linear": lambda b: PolyMgNet(10, 3, widths=(4, 8), smoothing_steps=(1, 2), degree=1, backend=b),
+    "R-MG": lambda b: MultigridNet("R-MG", 12, 10, 3, stage_widths=(4, 4, 8, 8, 8), backend=b),
+    "PMG": lambda b: MultigridNet("PMG", 9, 10, 3, stage_widths=(4, 4, 8, 8, 8), backend=b),
+    "MG": lambda b: MultigridNet("MG", 6, 10, 3, stage_widths=(4, 4, 8, 8, 8), backend=b),
+}
+ON_TRITON = [name for name in TINY if name != "resnet20"]  # resnet20's convs are plain dense ones
+# the interpreter's time grows with the batch: 2 where BatchNorm allows, 4 where a coarse grid is 1x1
+BATCH = {"mgiad": 2, "mgnet": 2, "mgnet-A-dense": 2}
 
 
-@pytest.mark.parametrize("name", ["mgiad", "mgnet", "mgnet-A-dense"])
+def _tiny(name: str, backend: str) -> torch.nn.Module:
+    torch.manual_seed(5)
+    return TINY[name](backend)
+
+
+@pytest.mark.parametrize("name", ON_TRITON)
 def test_triton_backend_matches_torch_backend(name):
-    """Same parameters, same batch: logits and every parameter's gradient agree (train mode)."""
-    torch.manual_seed(0)
-    ref = _tiny_models("torch")[name].to(DEVICE)
-    tri = _tiny_models("triton")[name].to(DEVICE)
+    """Same parameters, same batch (train mode): logits, every parameter's gradient, no aten convolution
+    on the Triton backend, and the loss after one SGD step on each backend agree."""
+    ref, tri = _tiny(name, "torch").to(DEVICE), _tiny(name, "triton").to(DEVICE)
     tri.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 8, 8, device=DEVICE)
-    out_ref, out_tri = ref(x), tri(x)
-    assert rel_err(out_tri, out_ref) < 1e-4
+    x = torch.randn(BATCH.get(name, 4), 3, 8, 8, device=DEVICE)
+    with torch.profiler.profile() as prof:
+        out_tri = tri(x)
+        out_tri.square().sum().backward()
+    out_ref = ref(x)
     out_ref.square().sum().backward()
-    out_tri.square().sum().backward()
+    assert rel_err(out_tri, out_ref) < 1e-4
+    scale = max(p.grad.abs().max().item() for p in ref.parameters())
     for (pname, p_ref), p_tri in zip(ref.named_parameters(), tri.parameters()):
         assert p_tri.grad is not None, pname
-        assert rel_err(p_tri.grad, p_ref.grad) < 1e-3, pname
+        # relative to the parameter's own gradient, or to the model's largest one where that is ~0
+        # (a BatchNorm bias feeding another BatchNorm)
+        torch.testing.assert_close(p_tri.grad, p_ref.grad, rtol=1e-3, atol=1e-5 * scale, msg=pname)
+    convs = {e.name for e in prof.events() if e.name.startswith("aten::") and "conv" in e.name}
+    assert not convs, convs
+    losses = []
+    for model in (ref, tri):
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        with torch.no_grad():
+            losses.append(model(x).square().sum().item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4), losses
 
 
-@pytest.mark.parametrize("name", ["mgiad", "mgnet", "mgnet-A-dense", "resnet20"])
+@pytest.mark.parametrize("name", list(TINY))
 def test_model_overfits_a_few_batches(name):
-    """On the torch backend (the interpreter is too slow for 15 steps); the next test ties Triton to it."""
-    torch.manual_seed(1)
-    model = _tiny_models("torch")[name].to(DEVICE)
-    x = torch.randn(8, 3, 8, 8, device=DEVICE)
-    y = torch.randint(0, 10, (8,), device=DEVICE)
+    """On the torch backend (the interpreter is too slow for 20 steps); the test above ties Triton to it."""
+    model = _tiny(name, "torch").to(DEVICE)
+    x, y = torch.randn(8, 3, 8, 8, device=DEVICE), torch.randint(0, 10, (8,), device=DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
-    for _ in range(15):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+    for _ in range(20):
+        loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,75 +109,26 @@ def test_model_overfits_a_few_batches(name):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_training_on_triton_follows_torch_step_for_step():
-    torch.manual_seed(4)
-    ref = MgNet(10, 3, widths=(4, 8), smoothing_steps=(1, 1), backend="torch").to(DEVICE)
-    tri = MgNet(10, 3, widths=(4, 8), smoothing_steps=(1, 1), backend="triton").to(DEVICE)
+@pytest.mark.parametrize("name", ON_TRITON)
+def test_state_dict_ports_across_backends_and_eval_is_deterministic(name):
+    tri, ref = _tiny(name, "triton").to(DEVICE), _tiny(name, "torch").to(DEVICE)
+    assert list(tri.state_dict()) == list(ref.state_dict())  # parameter names do not depend on the backend
+    with torch.no_grad():
+        ref(torch.randn(4, 3, 8, 8, device=DEVICE))  # train mode: move the running statistics off their defaults
     tri.load_state_dict(ref.state_dict())
-    x = torch.randn(4, 3, 6, 6, device=DEVICE)
-    y = torch.randint(0, 10, (4,), device=DEVICE)
-    losses = {}
-    for name, model in (("torch", ref), ("triton", tri)):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        losses[name] = []
-        for _ in range(3):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses[name].append(loss.item())
-    assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-4)
-    for (pname, p_ref), p_tri in zip(ref.named_parameters(), tri.parameters()):
-        assert rel_err(p_tri, p_ref) < 1e-4, pname
-
-
-def test_eval_mode_is_deterministic_and_state_dict_ports_across_backends():
-    torch.manual_seed(2)
-    tri = _tiny_models("triton")["mgiad"].to(DEVICE)
-    tri.train()
-    tri(torch.randn(4, 3, 8, 8, device=DEVICE))  # move the running statistics off their defaults
-    tri.eval()
+    tri.eval(), ref.eval()
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
     with torch.no_grad():
         a, b = tri(x), tri(x)
         assert torch.equal(a, b)
-        ref = _tiny_models("torch")["mgiad"].to(DEVICE)
-        ref.load_state_dict(tri.state_dict())
-        ref.eval()
         assert rel_err(ref(x), a) < REL_TOL[torch.float32] * 10
-
-
-def test_same_parameter_names_on_both_backends():
-    assert list(_tiny_models("torch")["mgiad"].state_dict()) == list(_tiny_models("triton")["mgiad"].state_dict())
 
 
 def test_torch_compile_runs_a_model_on_cpu():
     torch.manual_seed(3)
-    model = _tiny_models("triton")["mgnet"].to(DEVICE)
+    model = _tiny("mgnet", "triton").to(DEVICE)
     compiled = torch.compile(model, backend="aot_eager")
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
     out = compiled(x)
     out.sum().backward()
     assert rel_err(out, model(x)) < 1e-4
-
-
-BAD_CONFIGS = [
-    pytest.param(lambda: MGiaD(widths=(12, 24), smoothing_steps=(1, 1), coarsest_channels=3, group_size=8),
-                 "group_size=8 must divide", id="mgiad-width-not-divisible"),
-    pytest.param(lambda: MGiaD(widths=(16, 32), smoothing_steps=(1, 1), coarsest_channels=32, group_size=4),
-                 "coarsest_channels=32 is larger than the level width 16", id="mgiad-coarsest-too-large"),
-    pytest.param(lambda: MGiaD(widths=(), smoothing_steps=()), "widths must be a non-empty", id="mgiad-empty-widths"),
-    pytest.param(lambda: MGiaD(smoothing_steps=(2, 2)), "one entry per level", id="mgiad-steps-length"),
-    pytest.param(lambda: MGiaD(channel_scale=0), "channel_scale must be", id="mgiad-scale-zero"),
-    pytest.param(lambda: MgNet(share="B"), "share must be one of", id="mgnet-unknown-share"),
-    pytest.param(lambda: MgNet(group_size=48), "group_size=48 must divide every width", id="mgnet-group-size"),
-    pytest.param(lambda: MgNet(widths=(64, 96), smoothing_steps=(1, 1)), "multiple of the previous", id="mgnet-width-not-multiple"),
-    pytest.param(lambda: MgNet(backend="cudnn"), "backend must be one of", id="mgnet-backend"),
-    pytest.param(lambda: resnet20(num_classes=0), "num_classes must be", id="resnet-classes"),
-]
-
-
-@pytest.mark.parametrize("build,message", BAD_CONFIGS)
-def test_bad_configuration_fails_at_construction(build, message):
-    with pytest.raises(ValueError, match=message):
-        build()

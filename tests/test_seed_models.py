@@ -1,15 +1,15 @@
-"""MGIC, Poly-MgNet and multigrid-convolution networks: counts, algorithm properties, backend
-equivalence under the interpreter, training, portability and bad configurations."""
+"""MGIC, Poly-MgNet and multigrid-convolution networks: weight counts and algorithm properties.
+
+What every family shares (backend equivalence, training, portability) is in test_models.py,
+configuration rules in test_model_rules.py."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from support import DEVICE, rel_err
 from torch import nn
 
-from mgiad import (MGICBlock, MGICResNet, MultigridConv2d, MultigridNet, MultigridResidualUnit, PolyMgNet,
-                   mgic_resnet56, multigrid_net)
+from mgiad import MGICBlock, MultigridConv2d, MultigridResidualUnit, PolyMgNet, mgic_resnet56, multigrid_net
 from mgiad.models.polymgnet import symbol_spectrum
 from mgiad.param_table import SLIDES_M, count_weights
 
@@ -114,90 +114,3 @@ def test_multigrid_residual_unit_pads_its_shortcut():
     body = unit.second(unit.first(pyramid))
     torch.testing.assert_close(out[0][:, :2], pyramid[0] + body[0][:, :2])
     torch.testing.assert_close(out[0][:, 2:], body[0][:, 2:])
-
-
-def _tiny(family, backend):
-    torch.manual_seed(5)
-    if family == "mgic":
-        return MGICResNet((8, 16), (1, 1), 10, 3, group_size=4, coarsest_channels=4, backend=backend)
-    if family == "poly-complex":
-        return PolyMgNet(10, 3, widths=(4, 8), smoothing_steps=(2, 2), degree=2, roots="complex", backend=backend)
-    if family == "poly-linear":
-        return PolyMgNet(10, 3, widths=(4, 8), smoothing_steps=(1, 2), degree=1, backend=backend)
-    depth = {"R-MG": 12, "PMG": 9, "MG": 6}[family]
-    return MultigridNet(family, depth, 10, 3, stage_widths=(4, 4, 8, 8, 8), backend=backend)
-
-
-FAMILIES = ["mgic", "poly-complex", "poly-linear", "R-MG", "PMG", "MG"]
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_triton_backend_matches_torch_backend(family):
-    ref, tri = _tiny(family, "torch").to(DEVICE), _tiny(family, "triton").to(DEVICE)
-    tri.load_state_dict(ref.state_dict())
-    x = torch.randn(4, 3, 8, 8, device=DEVICE)  # BatchNorm over 1x1 coarse grids needs a few samples
-    with torch.profiler.profile() as prof:
-        out_tri = tri(x)
-        out_tri.square().sum().backward()
-    out_ref = ref(x)
-    out_ref.square().sum().backward()
-    assert rel_err(out_tri, out_ref) < 1e-4
-    scale = max(p.grad.abs().max().item() for p in ref.parameters())
-    for (name, p_ref), p_tri in zip(ref.named_parameters(), tri.parameters()):
-        # relative to the parameter's own gradient, or to the model's largest one where that is ~0
-        # (a BatchNorm bias feeding another BatchNorm)
-        torch.testing.assert_close(p_tri.grad, p_ref.grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
-    convs = {e.name for e in prof.events() if e.name.startswith("aten::") and "conv" in e.name}
-    assert not convs, convs
-    losses = []
-    for model in (ref, tri):  # one SGD step on each backend, then the same loss
-        torch.optim.SGD(model.parameters(), lr=0.1).step()
-        with torch.no_grad():
-            losses.append(model(x).square().sum().item())
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4), losses
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_model_overfits_a_few_batches(family):
-    model = _tiny(family, "torch").to(DEVICE)
-    x, y = torch.randn(8, 3, 8, 8, device=DEVICE), torch.randint(0, 10, (8,), device=DEVICE)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(20):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_state_dict_ports_across_backends(family):
-    tri = _tiny(family, "triton")
-    ref = _tiny(family, "torch")
-    assert list(tri.state_dict()) == list(ref.state_dict())
-    ref.load_state_dict(tri.state_dict())
-    tri.eval(), ref.eval()
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert rel_err(tri.to(DEVICE)(x.to(DEVICE)), ref.to(DEVICE)(x.to(DEVICE))) < 1e-4
-
-
-BAD = [
-    pytest.param(lambda: multigrid_net("R-MG-23"), "unknown network 'R-MG-23'", id="unknown-network"),
-    pytest.param(lambda: multigrid_net("MG-6", num_classes=0), "num_classes must be", id="mg-classes"),
-    pytest.param(lambda: MultigridNet("MG", 3), "too shallow", id="mg-too-shallow"),
-    pytest.param(lambda: MultigridConv2d((2, 3), (4,)), "one entry per grid", id="mgconv-grids"),
-    pytest.param(lambda: mgic_resnet56(group_size=12), "group_size=12 must be at least 2 and divide", id="mgic-group"),
-    pytest.param(lambda: mgic_resnet56(coarsest_channels=0), "coarsest_channels must be", id="mgic-coarsest"),
-    pytest.param(lambda: PolyMgNet(degree=3), "degree must be one of", id="poly-degree"),
-    pytest.param(lambda: PolyMgNet(roots="imaginary"), "roots must be one of", id="poly-roots"),
-    pytest.param(lambda: PolyMgNet(smoothing_steps=(2, 1, 2, 2)), "must be even", id="poly-odd-steps"),
-]
-
-
-@pytest.mark.parametrize("build,message", BAD)
-def test_bad_configuration_fails_at_construction(build, message):
-    with pytest.raises(ValueError, match=message):
-        build()

@@ -1,8 +1,12 @@
-"""The training CLI: embedded digits default, dataset readers, kill-and-resume, checkpoints, DDP."""
+"""Training: the embedded digits default, dataset readers, kill-and-resume, checkpoints, DDP.
+
+Flag checks, the output folder, failed writes and optional dependencies are in test_cli.py.
+"""
 import gzip
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +17,8 @@ import pytest
 import torch
 
 from mgiad.data import DatasetError, load_dataset
-from mgiad.train import CheckpointError, load_checkpoint, main
+from mgiad.checkpoints import CheckpointError, load_checkpoint
+from mgiad.cli import main
 
 TINY = ["--model", "mgnet", "--widths", "4,8", "--smoothing-steps", "1,1", "--batch-size", "32",
         "--backend", "torch", "--device", "cpu"]
@@ -26,10 +31,16 @@ def _train_cli(out, *extra):
 
 
 def test_default_train_reaches_95_percent_on_digits(tmp_path, capsys, monkeypatch):
+    """`mgiad train` as README.md runs it, and the final accuracy README.md quotes is what it prints."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # as on a plain CPU machine: backend auto runs torch
     main(["train", "--out", str(tmp_path)])
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert len(rows) == 20 and rows[-1]["test_acc"] >= 0.95, rows[-1]
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed == f"final test accuracy {rows[-1]['test_acc']:.4f}", printed
+    quoted = re.search(r"`final test accuracy (0\.\d{4})`", open("README.md").read())
+    assert quoted, "README.md's 'Install and run' quotes the line `mgiad train` prints"
+    assert abs(float(quoted.group(1)) - rows[-1]["test_acc"]) <= 0.006, (quoted.group(0), printed)  # 2 of 360 images
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s",
                             "params"}
     for name in ("checkpoint.pt", "best.pt", "curves.png"):
@@ -81,7 +92,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
 
 def test_corrupt_checkpoint_is_a_clear_error_not_a_restart(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="is not a readable checkpoint"):
+    with pytest.raises(SystemExit, match="^mgiad train: error: .* is not a readable checkpoint"):
         main(["--out", str(tmp_path), "--resume", *TINY, "--epochs", "1"])
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))
@@ -195,11 +206,12 @@ def test_tinyimagenet_reader_errors_name_the_files(tmp_path):
         load_dataset("tinyimagenet", str(tmp_path))
 
 
-def test_missing_dataset_folder_is_one_clear_error(tmp_path):
+def test_missing_dataset_folder_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit, match="fashionmnist: expected train-images-idx3-ubyte"):
         main(["--dataset", "fashionmnist", "--data-dir", str(tmp_path), "--epochs", "1"])
-    with pytest.raises(SystemExit, match="pass --data-dir"):
+    with pytest.raises(SystemExit) as info:  # a flag error, before anything is read
         main(["--dataset", "cifar10", "--epochs", "1"])
+    assert info.value.code == 2 and "pass --data-dir" in capsys.readouterr().err
 
 
 def _ddp_worker(rank, port, x, y, result_path):

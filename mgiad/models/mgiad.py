@@ -4,18 +4,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mgiad_kernels import SmoothingStep, fas_restriction, prolongation_correction
-from mgiad_kernels.backend import check_backend
+from mgiad_kernels import SmoothingStep, check_backend, fas_restriction, prolongation_correction
 
-from .common import FASNetwork, check_model_args, conv1x1, conv3x3
+from .fas import FASNetwork
+from .layers import conv1x1, conv3x3
+from .rules import channel_levels, check_channel_levels, check_coarsest_fits, check_int, check_model_args
+
+__all__ = ["MGiaD", "SiC", "channel_levels"]
 
 
 class SiC(nn.Module):
     """Multigrid smoothing in channels, SiC(f, u) of Alg. 2, as a recursion over channel levels.
 
     Channel level kappa has grouped A-hat, B-hat (``group_size`` channels per group), shared by
-    its pre- and post-smoothing steps (each step with its own BatchNorms). Channels halve while
-    half is at least ``coarsest_channels``; the coarsest level's A-hat, B-hat are fully coupled.
+    its pre- and post-smoothing steps (each step with its own BatchNorms). The levels are
+    ``rules.channel_levels``: channels halve while even and half is at least ``coarsest_channels``;
+    the coarsest level's A-hat, B-hat are fully coupled.
     Between levels: grouped 1x1 restriction R-hat and FAS restriction Pi-hat (c -> c/2, eq. 8
     and 11) and prolongation P-hat (c/2 -> c, eq. 9), each with c / group_size groups.
     Post-smoothing (Alg. 2 lines 8-9) runs on every channel level, the coarsest included.
@@ -24,9 +28,12 @@ class SiC(nn.Module):
     def __init__(self, channels: int, coarsest_channels: int, group_size: int, pre_smoothing: int,
                  post_smoothing: int, backend: str):
         super().__init__()
+        levels = check_channel_levels(channels, coarsest_channels, group_size)
+        check_int("pre_smoothing", pre_smoothing, 0)
+        check_int("post_smoothing", post_smoothing, 0)
         self.channels = channels
-        self.backend = backend
-        self.is_coarsest = channels // 2 < coarsest_channels
+        self.backend = check_backend(backend)
+        self.is_coarsest = len(levels) == 1
         groups = 1 if self.is_coarsest else channels // group_size
         self.A = conv3x3(channels, channels, groups, backend)
         self.B = conv3x3(channels, channels, groups, backend)
@@ -51,14 +58,6 @@ class SiC(nn.Module):
         return u
 
 
-def channel_levels(width: int, coarsest_channels: int) -> list[int]:
-    """Channels of a SiC's levels: halve while half is at least coarsest_channels."""
-    levels = [width]
-    while levels[-1] // 2 >= coarsest_channels and levels[-1] % 2 == 0:
-        levels.append(levels[-1] // 2)
-    return levels
-
-
 class MGiaD(FASNetwork):
     """MGiaD (Alg. 3): a SiC on each resolution level, learnable depthwise Pi and R with FAS between.
 
@@ -73,21 +72,14 @@ class MGiaD(FASNetwork):
         super().__init__()
         widths, steps = check_model_args(num_classes, in_channels, widths, smoothing_steps)
         check_backend(backend)
-        for name, v, lo in (("coarsest_channels", coarsest_channels, 1), ("group_size", group_size, 1),
-                            ("channel_scale", channel_scale, 1), ("post_smoothing", post_smoothing, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int of at least {lo}, got {v!r}")
+        check_int("coarsest_channels", coarsest_channels)
+        check_int("group_size", group_size)
+        check_int("channel_scale", channel_scale)
+        check_int("post_smoothing", post_smoothing, 0)
         widths = tuple(channel_scale * c for c in widths)
+        check_coarsest_fits(coarsest_channels, widths)
         for c in widths:
-            if coarsest_channels > c:
-                raise ValueError(f"coarsest_channels={coarsest_channels} is larger than the level width {c} "
-                                 f"(widths x channel_scale = {widths})")
-            for level_c in channel_levels(c, coarsest_channels)[:-1]:
-                if level_c % group_size:
-                    raise ValueError(f"group_size={group_size} must divide every grouped channel level; "
-                                     f"width {c} has level {level_c} (levels {channel_levels(c, coarsest_channels)})")
-                if group_size < 2:
-                    raise ValueError("group_size must be at least 2 so that the 1x1 restriction can halve each group")
+            check_channel_levels(c, coarsest_channels, group_size)
         self.widths = widths
         self.build_skeleton(in_channels, widths, lambda: [  # Alg. 3 around a SiC per level
             SiC(c, coarsest_channels, group_size, n, post_smoothing, backend) for c, n in zip(widths, steps)],

@@ -13,16 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgiad_kernels import GroupedConv2d
-from mgiad_kernels.backend import check_backend
+from mgiad_kernels import GroupedConv2d, check_backend
 
-from .common import classifier_head, conv1x1, conv3x3, stem, to_model_layout
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+from .layers import classifier_head, conv1x1, conv3x3, stem, to_model_layout
+from .rules import check_channel_levels, check_int, check_int_tuple, check_per_level, check_width_multiples
 
 
 class ResidualBlock(nn.Module):
@@ -39,20 +33,13 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
 
 
-def mgic_levels(channels: int, coarsest_channels: int) -> list[int]:
-    """Channels of the levels: halve while half is at least coarsest_channels (and the count is even)."""
-    levels = [channels]
-    while levels[-1] % 2 == 0 and levels[-1] // 2 >= coarsest_channels:
-        levels.append(levels[-1] // 2)
-    return levels
-
-
 class MGICBlock(nn.Module):
     """Alg. 1, MGIC-block(x, CNN-block, s_g, s_c), for ``channels`` in and out.
 
     ``make_block(channels, groups, backend)`` builds the CNN block of a level (default: the
     ResNet basic block). Fine levels use ``group_size`` (s_g) channels per group; the coarsest
-    level (channels halve while half is at least s_c = ``coarsest_channels``) is fully coupled. R_j (c -> c/2)
+    level (``rules.channel_levels``: channels halve while even and half is at least s_c =
+    ``coarsest_channels``) is fully coupled. R_j (c -> c/2)
     and P_j (c/2 -> c) are grouped 1x1 convolutions with c / s_g groups, initialised to averages
     (every weight 1 / s_g; P_j = R_j^T).
     """
@@ -60,18 +47,10 @@ class MGICBlock(nn.Module):
     def __init__(self, channels: int, group_size: int, coarsest_channels: int,
                  make_block: Callable[[int, int, str], nn.Module] | None = None, backend: str = "auto"):
         super().__init__()
-        _positive_int("channels", channels)
-        _positive_int("group_size", group_size)
-        _positive_int("coarsest_channels", coarsest_channels)
+        self.levels = check_channel_levels(channels, coarsest_channels, group_size)
         check_backend(backend)
         make_block = make_block or ResidualBlock
-        self.levels = mgic_levels(channels, coarsest_channels)
         fine = self.levels[:-1]
-        for c in fine:
-            if group_size < 2 or c % group_size:
-                raise ValueError(f"group_size={group_size} must be at least 2 and divide every fine channel level; "
-                                 f"{channels} channels with coarsest_channels={coarsest_channels} have levels "
-                                 f"{self.levels}")
         self.group_size = group_size
         self.restrict = nn.ModuleList(conv1x1(c, c // 2, c // group_size, backend) for c in fine)
         self.prolong = nn.ModuleList(conv1x1(c // 2, c, c // group_size, backend) for c in fine)
@@ -103,17 +82,16 @@ class MGICResNet(nn.Module):
     def __init__(self, widths=(16, 32, 64), blocks=(9, 9, 9), num_classes: int = 10, in_channels: int = 3,
                  group_size: int = 8, coarsest_channels: int = 16, backend: str = "auto"):
         super().__init__()
-        _positive_int("num_classes", num_classes)
-        _positive_int("in_channels", in_channels)
-        if len(widths) != len(blocks) or not widths:
-            raise ValueError(f"widths and blocks must be non-empty and of equal length, got {widths} and {blocks}")
+        check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels)
+        widths = check_width_multiples(check_int_tuple("widths", widths))
+        blocks = check_per_level("blocks", check_int_tuple("blocks", blocks), widths)
+        check_backend(backend)
         self.stem = stem(in_channels, widths[0], backend)
         stages = []
         for i, (c, n) in enumerate(zip(widths, blocks)):
             layers: list[nn.Module] = []
             if i:
-                if c % widths[i - 1]:
-                    raise ValueError(f"a stage's width {c} must be a multiple of the previous one {widths[i - 1]}")
                 layers += [GroupedConv2d(widths[i - 1], c, 3, stride=2, padding=1, groups=widths[i - 1], bias=False,
                                          backend=backend), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             layers += [MGICBlock(c, group_size, coarsest_channels, backend=backend) for _ in range(n)]

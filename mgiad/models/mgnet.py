@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mgiad_kernels import SmoothingStep
-from mgiad_kernels.backend import check_backend
+from mgiad_kernels import SmoothingStep, check_backend
 
-from .common import FASNetwork, check_model_args, conv3x3
+from .fas import FASNetwork
+from .layers import conv3x3
+from .rules import check_choice, check_group_size_divides, check_model_args
 
 SHARES = ("AB", "A", None)
 
@@ -54,15 +55,10 @@ class MgNet(FASNetwork):
                  smoothing_steps=(2, 2, 2, 2), share="AB", group_size: int | None = None, backend: str = "auto"):
         super().__init__()
         widths, steps = check_model_args(num_classes, in_channels, widths, smoothing_steps)
-        if share not in SHARES:
-            raise ValueError(f"share must be one of {SHARES}, got {share!r}")
+        check_choice("share", share, SHARES)
         check_backend(backend)
         if group_size is not None:
-            if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-                raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
-            bad = [c for c in widths if c % group_size]
-            if bad:
-                raise ValueError(f"group_size={group_size} must divide every width, but not {bad}")
+            check_group_size_divides(group_size, widths)
         self.build_skeleton(in_channels, widths, lambda: [
             MgNetLevel(c, n, share, 1 if group_size is None else c // group_size, backend)
             for c, n in zip(widths, steps)], num_classes, backend)

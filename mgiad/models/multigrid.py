@@ -24,22 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgiad_kernels.backend import check_backend
+from mgiad_kernels import check_backend
 
-from .common import conv3x3, to_model_layout
+from .layers import conv3x3, to_model_layout
+from .rules import check_int, check_int_tuple
 
 STAGE_WIDTHS = (64, 128, 256, 512, 512)
 NETWORKS = ("VGG-6", "VGG-11", "VGG-16", "VGG-21", "MG-6", "MG-11", "MG-16", "MG-21", "PMG-9", "PMG-16", "PMG-30",
             "RES-12", "RES-22", "RES-32", "RES-42", "R-MG-12", "R-MG-22", "R-MG-32", "R-MG-42",
             "R-PMG-16", "R-PMG-30", "R-PMG-44")
 _NAME = re.compile(r"^(VGG|MG|PMG|RES|R-MG|R-PMG)-(\d+)$")
-
-
-def _check_channels(name: str, channels) -> tuple[int, ...]:
-    if isinstance(channels, int) or not hasattr(channels, "__len__") or not channels or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
-        raise ValueError(f"{name} must be a non-empty sequence of positive ints (one per grid), got {channels!r}")
-    return tuple(channels)
 
 
 class MultigridConv2d(nn.Module):
@@ -51,8 +45,8 @@ class MultigridConv2d(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int], backend: str = "auto"):
         super().__init__()
-        self.in_channels = _check_channels("in_channels", in_channels)
-        self.out_channels = _check_channels("out_channels", out_channels)
+        self.in_channels = check_int_tuple("in_channels", in_channels)
+        self.out_channels = check_int_tuple("out_channels", out_channels)
         if len(self.in_channels) != len(self.out_channels):
             raise ValueError(f"in_channels and out_channels must have one entry per grid, got "
                              f"{len(self.in_channels)} and {len(self.out_channels)}")
@@ -113,10 +107,12 @@ class MultigridNet(nn.Module):
                  stage_widths: Sequence[int] = STAGE_WIDTHS, backend: str = "auto"):
         super().__init__()
         check_backend(backend)
+        check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels)
         if not _NAME.match(f"{family}-{depth}"):
             raise ValueError(f"family must be one of VGG, MG, PMG, RES, R-MG, R-PMG and depth a positive int, "
                              f"got {family!r} and {depth!r}")
-        stage_widths = _check_channels("stage_widths", stage_widths)
+        stage_widths = check_int_tuple("stage_widths", stage_widths)
         residual = family in ("RES", "R-MG", "R-PMG")
         multigrid = family not in ("VGG", "RES")
         progressive = family in ("PMG", "R-PMG")
@@ -178,7 +174,4 @@ def multigrid_net(name: str, num_classes: int = 100, in_channels: int = 3, backe
     if not isinstance(name, str) or name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; the slides' CIFAR-100 table has {', '.join(NETWORKS)}")
     family, depth = _NAME.match(name).groups()
-    for arg, v in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{arg} must be a positive int, got {v!r}")
     return MultigridNet(family, int(depth), num_classes, in_channels, backend=backend)

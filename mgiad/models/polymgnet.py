@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgiad_kernels.backend import check_backend
+from mgiad_kernels import check_backend
 
-from .common import FASNetwork, check_model_args, conv3x3
+from .fas import FASNetwork
+from .layers import conv3x3
+from .rules import check_choice, check_model_args
 
 DEGREES = (1, 2)
 ROOTS = ("real", "complex")
@@ -128,10 +130,8 @@ class PolyMgNet(FASNetwork):
         super().__init__()
         widths, steps = check_model_args(num_classes, in_channels, widths, smoothing_steps)
         check_backend(backend)
-        if degree not in DEGREES or isinstance(degree, bool):
-            raise ValueError(f"degree must be one of {DEGREES} (linear steps or quadratic blocks), got {degree!r}")
-        if roots not in ROOTS:
-            raise ValueError(f"roots must be one of {ROOTS}, got {roots!r}")
+        check_choice("degree", degree, DEGREES)
+        check_choice("roots", roots, ROOTS)
         if degree == 2 and any(n % 2 for n in steps):
             raise ValueError(f"degree=2 pairs smoothing steps into quadratic blocks: smoothing_steps must be even, "
                              f"got {steps}")

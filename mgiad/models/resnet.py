@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgiad_kernels.backend import check_backend
+from mgiad_kernels import check_backend
 
-from .common import classifier_head, conv1x1, conv3x3, to_model_layout
+from .layers import classifier_head, conv1x1, conv3x3, to_model_layout
+from .rules import check_int
 
 
 class BasicBlock(nn.Module):
@@ -45,9 +46,8 @@ class CifarResNet(nn.Module):
                  backend: str):
         super().__init__()
         check_backend(backend)
-        for name, v in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_int("num_classes", num_classes)
+        check_int("in_channels", in_channels)
         self.conv1 = conv3x3(in_channels, widths[0], 1, backend)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.max_pool = max_pool

@@ -1,0 +1,14 @@
+"""pytest-benchmark suite of whole-model training steps (MGiaD, MgNet, ResNet18): `python -m mgiad.bench`
+as benchmarks. extra_info adds images per second to the kernel benchmarks' numbers."""
+import pytest
+from harness import params, run_benchmark
+
+from mgiad import bench
+
+SUITE = bench.SUITE
+
+
+@pytest.mark.parametrize("case,provider", params(SUITE))
+def test_train_step(benchmark, case, provider):
+    result = run_benchmark(benchmark, SUITE, case, provider)
+    benchmark.extra_info["images_per_s"] = bench.images_per_s(case, result.median_ms)

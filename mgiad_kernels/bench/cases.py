@@ -1,0 +1,85 @@
+"""The case grid of the kernel benchmark: ops, shapes, group sizes, dtypes and the providers timed for each."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+MODEL_SHAPES = [(64, 32), (128, 16), (256, 8), (192, 32), (384, 16), (768, 8), (768, 4)]  # (C, H = W)
+QUICK_SHAPES = [(16, 8), (32, 4)]
+GROUP_SIZES = (4, 8, 16)
+CONV_PROVIDERS = ("triton", "cudnn_nchw", "cudnn_channels_last", "torch_compile")
+OPS = ("grouped_conv3x3", "transfer1x1", "depthwise_pool", "smoothing_step")
+
+
+@dataclass
+class Case:
+    op: str
+    pass_: str
+    dtype: torch.dtype
+    N: int
+    C: int
+    H: int
+    W: int
+    group_size: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def op_name(self) -> str:
+        """The op, with the 1x1 transfer's direction where it has one."""
+        return f"{self.op}_{self.extra['direction']}" if "direction" in self.extra else self.op
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+    @property
+    def label(self) -> str:
+        return f"{self.op_name}-{self.pass_}-{self.dtype_name}-N{self.N}-C{self.C}-H{self.H}-g{self.group_size}"
+
+
+def cases(quick: bool, ops, dtypes) -> list[Case]:
+    """Every (op, pass, dtype, shape, group size) of ``ops``: the model shapes, or tiny ones when ``quick``."""
+    shapes = QUICK_SHAPES if quick else MODEL_SHAPES
+    batch = 2 if quick else 128
+    out = []
+    for dtype in dtypes:
+        for c, h in shapes:
+            for g in GROUP_SIZES:
+                if c % g:
+                    continue
+                if "grouped_conv3x3" in ops:
+                    out += [Case("grouped_conv3x3", p, dtype, batch, c, h, h, g) for p in ("fwd", "fwd+bwd")]
+                if "transfer1x1" in ops:
+                    out += [Case("transfer1x1", "fwd+bwd", dtype, batch, c, h, h, g, {"direction": d})
+                            for d in ("halving", "doubling")]
+                if "smoothing_step" in ops:
+                    out.append(Case("smoothing_step", "train", dtype, batch, c, h, h, g))
+            if "depthwise_pool" in ops:
+                out.append(Case("depthwise_pool", "fwd+bwd", dtype, batch, c, h, h, 1))
+    return out
+
+
+def providers_for(case: Case) -> tuple[str, ...]:
+    return CONV_PROVIDERS
+
+
+def skip_reason(provider: str, device: torch.device) -> str | None:
+    """Why ``provider`` is not timed on ``device`` (None: it is)."""
+    if provider == "triton" and device.type != "cuda":
+        return "Triton providers need a GPU (the CPU interpreter is for correctness, not timing)"
+    if provider == "torch_compile" and device.type != "cuda":
+        return "torch.compile max-autotune is timed on GPUs only"
+    return None
+
+
+def conv_geometry(case: Case) -> tuple[int, int, int, int, int]:
+    """(C_in, C_out, kernel, stride, groups) of an op's convolution."""
+    c, g = case.C, case.group_size
+    if case.op == "grouped_conv3x3":
+        return c, c, 3, 1, c // g
+    if case.op == "transfer1x1":
+        return (c, c // 2, 1, 1, c // g) if case.extra["direction"] == "halving" else (c // 2, c, 1, 1, c // g)
+    if case.op == "depthwise_pool":
+        return c, 2 * c, 3, 2, c
+    raise ValueError(f"{case.op} is not a single convolution")
