@@ -1,12 +1,17 @@
 """Compile every kernel variant the launchers use for a CUDA target, with no GPU present.
 
     python -m mgiad_kernels.compile_check [--arch 90] [--dtypes fp32,fp16,bf16]
+    python -m mgiad_kernels.compile_check --report [--report-quick] [--shapes C,H,G;...] [--sweep base|all|none]
 
 The Triton interpreter runs the kernels' arithmetic on CPU but not Triton's compiler, which
 rejects constructs the interpreter accepts (chained boolean operators, non-constexpr globals,
 dot tiles under 16 for 16-bit inputs, dtype mismatches). This compiles each (kernel, fusion
 flags, dtype) the launchers can launch down to a cubin for ``sm_<arch>`` and exits non-zero on
 the first failure. Must run without TRITON_INTERPRET=1.
+
+``--report`` writes the codegen report ``benchmarks/results/codegen-sm90.{json,md}`` instead (see
+``mgiad_kernels.codegen_report``): every launch of the launchers at the benchmark shapes compiled for
+sm_90, with registers, spills, occupancy, the main loop's SASS and a fixed cost model.
 """
 from __future__ import annotations
 
@@ -118,15 +123,29 @@ def jobs(dtypes, quick: bool = False):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mgiad_kernels.compile_check", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
-    parser.add_argument("--dtypes", default="fp32,fp16,bf16", help="comma-separated subset of fp32,fp16,bf16")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma-separated subset of fp32,fp16,bf16 (default: all three; fp32,bf16 for --report)")
     parser.add_argument("--quick", action="store_true", help="one tile config per gather variant (the widest)")
+    parser.add_argument("--report", action="store_true",
+                        help="write the codegen report benchmarks/results/codegen-sm90.{json,md}")
+    parser.add_argument("--report-quick", action="store_true",
+                        help="--report for one shape (C=256 H=8 g_s=8), launched configs only (--sweep none)")
+    parser.add_argument("--shapes", default=None,
+                        help="report shapes as C,H,G;C,H,G (default: the five of issue 13)")
+    parser.add_argument("--sweep", choices=("base", "all", "none"), default=None,
+                        help="report: also compile every autotune-list config for the plain conv, grad weight and "
+                             "fused-prologue variants (base, the default), every launched variant (all), or none")
+    parser.add_argument("--out", default=None, help="report directory (default benchmarks/results)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler this checks")
-    dtypes = args.dtypes.split(",")
+    report = args.report or args.report_quick
+    dtypes = (args.dtypes or ("fp32,bf16" if report else "fp32,fp16,bf16")).split(",")
     unknown = [d for d in dtypes if d not in TRITON_DTYPE]
     if unknown:
         parser.error(f"--dtypes must be a subset of {sorted(TRITON_DTYPE)}, got {unknown}")
+    if report:
+        return _report(parser, args, dtypes, argv)
     from triton.backends.compiler import GPUTarget
 
     target = GPUTarget("cuda", args.arch, 32)
@@ -141,6 +160,30 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(todo)}] ok [{dtype}] {label}: {len(compiled.asm['cubin'])} bytes of sm_{args.arch} cubin")
     print(f"all {len(todo)} kernel variants compiled for sm_{args.arch} in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _report(parser, args, dtypes, argv) -> int:
+    from . import codegen_report
+
+    if args.arch != 90:
+        parser.error("--report models an H100: --arch 90 only")
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";") if s]
+            assert shapes and all(len(s) == 3 for s in shapes)
+        except (ValueError, AssertionError):
+            parser.error(f"--shapes wants C,H,G;C,H,G..., got {args.shapes!r}")
+    else:
+        shapes = codegen_report.QUICK_SHAPES if args.report_quick else codegen_report.SHAPES
+    sweep = args.sweep or ("none" if args.report_quick else "base")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out_dir = args.out or os.path.join(root, "benchmarks", "results")
+    command = "python -m mgiad_kernels.compile_check " + " ".join(sys.argv[1:] if argv is None else argv)
+    violations = codegen_report.run_report(shapes, dtypes, sweep, out_dir, command,
+                                          log=lambda msg: print(msg, flush=True))
+    for v in violations:
+        print(f"VIOLATION {v}")
+    return 0  # the report states the violations; tests/test_codegen_report.py checks them
 
 
 if __name__ == "__main__":
