@@ -15,12 +15,15 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(tmp_path, code: str, autotune: str) -> str:
-    """Run ``code`` from a file (triton.jit reads its kernels' source) without TRITON_INTERPRET."""
+def _run(tmp_path, code: str, autotune: str, cache_dir=None) -> str:
+    """Run ``code`` from a file (triton.jit reads its kernels' source) without TRITON_INTERPRET;
+    ``cache_dir``: Triton's cache (compiled kernels and persisted autotuning), else the user's."""
     script = tmp_path / "standin_case.py"
     script.write_text(textwrap.dedent(code))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["MGIAD_KERNELS_AUTOTUNE"] = autotune
+    if cache_dir is not None:
+        env["TRITON_CACHE_DIR"] = str(cache_dir)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -57,7 +60,10 @@ def test_standin_compiles_one_conv_for_sm90_and_launches_nothing(tmp_path):
     assert out.startswith("ok")
 
 
-def test_standin_autotunes_the_conv_over_every_config(tmp_path):
+def test_standin_autotunes_the_conv_over_every_config_once(tmp_path):
+    """MGIAD_KERNELS_AUTOTUNE=1 benchmarks every config in a first process; Triton keeps the choice on
+    disk, so a second process with the same cache benchmarks nothing and launches the same config."""
+    cache = tmp_path / "triton-cache"  # empty: the first process compiles and tunes everything
     out = _run(tmp_path, _CONV + """
     from mgiad_kernels.kernels import conv
     n = len(conv.conv2d_gather_kernel.configs)
@@ -67,7 +73,15 @@ def test_standin_autotunes_the_conv_over_every_config(tmp_path):
     assert [l.bench for l in rec.launches] == [True] * n + [False]
     assert conv.conv2d_gather_kernel.best_config is conv.conv2d_gather_kernel.configs[0]  # fake ms: index 0 wins
     print("ok", n)
-    """, autotune="1")
+    """, autotune="1", cache_dir=cache)
+    assert out.startswith("ok")
+    out = _run(tmp_path, _CONV + """
+    from mgiad_kernels.kernels import conv
+    assert rec.benchmarks == [], rec.benchmarks
+    assert [l.bench for l in rec.launches] == [False]
+    assert [l.constexprs["BLOCK_P"] for l in rec.launches] == [conv.conv2d_gather_kernel.configs[0].kwargs["BLOCK_P"]]
+    print("ok")
+    """, autotune="1", cache_dir=cache)
     assert out.startswith("ok")
 
 
