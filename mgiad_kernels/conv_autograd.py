@@ -34,13 +34,18 @@ class ConvParams(NamedTuple):
     groups: int
 
 
-def _autograd_wanted(*tensors) -> bool:
-    """Whether a derivative of the op may be asked for: grad mode, a forward-AD level, a functorch transform."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return torch.is_grad_enabled()
+def forward_derivative_requested(*tensors) -> bool:
+    """A forward-AD level is open or a tensor is wrapped by a functorch transform (never while compiling)."""
+    if torch.compiler.is_compiling():
+        return False
     if fwAD._current_level >= 0:
         return True
     return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _autograd_wanted(*tensors) -> bool:
+    """Whether a derivative of the op may be asked for: grad mode, a forward-AD level, a functorch transform."""
+    return torch.is_grad_enabled() or forward_derivative_requested(*tensors)
 
 
 def _pick(plain, with_jvp):

@@ -9,11 +9,11 @@ BatchNorms into the two convolutions' epilogues (two launches).
 from __future__ import annotations
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .conv_autograd import forward_derivative_requested
 from .backend import autocast_inputs, check_backend, use_triton, warn_fallback
 from .conv_geometry import as_pair, resolve_padding
 
@@ -59,13 +59,6 @@ def check_batchnorm(name: str, bn: nn.Module, channels: int, dtype: torch.dtype)
             raise TypeError(f"{name}.{tensor_name} must be float32 or the activations' dtype {dtype}, got {t.dtype}")
 
 
-def _derivative_outside_the_kernels(*tensors) -> bool:
-    """Forward-mode AD or a functorch transform: the eager composition differentiates these."""
-    if torch.compiler.is_compiling():
-        return False
-    return fwAD._current_level >= 0 or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
-
-
 def _unfusable_reason(A, B, bn1, bn2) -> str | None:
     """Why the fused kernels cannot run this configuration (they then fall back to the eager step)."""
     if A.padding_mode != "zeros" or B.padding_mode != "zeros":
@@ -98,7 +91,7 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     activation_dtype = autocast_inputs(u)[0].dtype
     check_batchnorm("bn1", bn1, channels, activation_dtype)
     check_batchnorm("bn2", bn2, channels, activation_dtype)
-    if backend == "torch" or _derivative_outside_the_kernels(u, f):
+    if backend == "torch" or forward_derivative_requested(u, f):  # forward AD: the eager composition
         return _eager_step(u, f, A, B, bn1, bn2)
     # under torch.autocast the convolutions (and so the step) compute in the autocast dtype; the
     # BatchNorms keep their fp32 parameters and statistics, as nn.BatchNorm2d does
