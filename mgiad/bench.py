@@ -1,6 +1,7 @@
 """Whole-model training-step benchmarks: MGiaD, MgNet and ResNet18 images per second per provider.
 
     python -m mgiad.bench [--quick] [--ops train_step_mgiad,...] [--dtypes float32,bfloat16] [--out-dir DIR]
+    python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start]
 
 One SGD step (forward, backward, update; bf16 autocast for ``bfloat16``) of each model at CIFAR
 shape, on the providers ``triton`` (every conv and smoothing step on the Triton kernels), ``torch``
@@ -8,6 +9,12 @@ shape, on the providers ``triton`` (every conv and smoothing step on the Triton 
 timers, report, flags) and writes ``benchmarks/results/<device>-<date>-models.json`` and ``.md`` in
 the same format. Off-GPU it runs float32 only, at batch 4 and 16x16 (``--quick``), and times the torch
 provider.
+
+``--host`` runs the host-path benchmark instead (``mgiad.host_bench``; no GPU needed): the issue's
+MGiaD step on CPU tensors through the real Triton launch path compiled for sm_90 by the stand-in
+driver. It counts Triton launches and aten compute ops per forward+backward, times the host cost of
+one launch against a tiny aten op, and measures a cold start (compiles on an empty Triton cache); it
+writes ``benchmarks/results/host-<device>-<date>.json`` and ``.md``.
 """
 from __future__ import annotations
 
@@ -78,7 +85,13 @@ def images_per_s(case: Case, median_ms: float) -> float:
     return case.N / median_ms * 1e3
 
 
-def main(argv=None) -> str:
+def main(argv=None) -> str | None:
+    """The whole-model suite, or with ``--host`` the host-path benchmark; returns the results' stem."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--host" in argv:
+        from . import host_bench
+
+        return host_bench.main([a for a in argv if a != "--host"])
     return bench_main(argv, SUITE, __doc__, prog="python -m mgiad.bench")
 
 

@@ -22,12 +22,12 @@ Issued instructions are counted from the static SASS: every instruction is issue
 every CTA, except that an instruction inside a loop is issued (trip count) times per entry: the main
 loop KH*KW*ceil(reduced channels of the tile's groups / BLOCK_RED) times per CTA (gather), or
 ceil(split pixels / BLOCK_P) per input-channel block, itself ceil(input channels of the tile's groups /
-BLOCK_IN) times (grad weight); BatchNorm finalize loops ceil(ROWS / BLOCK_ROWS) times; loops holding no
-MMA in the MMA kernels are the cold NaN/Inf fallback and count zero times. Code skipped by forward
-branches is still counted once (a small overcount). MMA FLOPs include the zero blocks of block-diagonal
+BLOCK_IN) times (grad weight); loops holding no MMA in the MMA kernels (the cold NaN/Inf fallback, and
+the split-reduction tail that only the last program of each tile runs) count zero times; other kernels'
+loops once. Code skipped by forward branches is still counted once (a small overcount). MMA FLOPs include the zero blocks of block-diagonal
 tiles: 2*BLOCK_P*BLOCK_DST*BLOCK_RED (gather) or 2*BLOCK_OUT*BLOCK_IN*BLOCK_P (grad weight) per step.
 Minimum bytes: each tensor the op needs read once or written once (weights once, fp32 partials and
-per-channel vectors not counted, except for the BatchNorm finalize, whose input is the partials).
+per-channel vectors not counted).
 """
 from __future__ import annotations
 
@@ -234,11 +234,8 @@ def issued_instructions(analysis: dict, name: str, a: dict, cfg: dict, grid: tup
             flops += n_ctas * mma_flops
             trips_sum += n_ctas * trips
         return issued, flops, trips_sum / max(ctas, 1)
-    trips = _cdiv(a["ROWS"], cfg["BLOCK_ROWS"]) if "ROWS" in a and "BLOCK_ROWS" in cfg else 1
-    per_cta = 0
-    for addr, _, _ in sass.instructions:
-        per_cta += trips ** sum(lp[0] <= addr <= lp[1] for lp in sass.loops)
-    return ctas * per_cta * warps, 0, (trips if sass.loops else 0)
+    # elementwise kernels: straight-line code, and a merge loop only the last program of a tile runs
+    return ctas * len(sass.instructions) * warps, 0, (1 if sass.loops else 0)
 
 
 def _nbytes(t) -> int:
@@ -255,8 +252,6 @@ def min_bytes(name: str, a: dict) -> int:
     if name == "conv2d_grad_weight_kernel":
         weight = a["C_OUT"] * a["IN_PER_GROUP"] * a["KH"] * a["KW"] * a["x_ptr"].element_size()
         return _nbytes(a["x_ptr"]) + _nbytes(a["grad_y_ptr"]) + weight
-    if name == "bn_moments_finalize_kernel":
-        return _nbytes(a["partial_ptr"]) + _nbytes(a["mean_ptr"]) + _nbytes(a["var_ptr"])
     tensors = [v for v in a.values() if isinstance(v, torch.Tensor)]
     if "P" in a and "C" in a:  # elementwise BatchNorm kernels: their activation-sized tensors
         tensors = [t for t in tensors if t.numel() == a["P"] * a["C"]]
@@ -304,7 +299,7 @@ def variant_name(name: str, k: dict) -> str:
     return name.replace("_kernel", "") + (" " + ",".join(flags) if flags else "")
 
 
-_CONFIG_KEYS = ("BLOCK_P", "BLOCK_DST", "BLOCK_RED", "BLOCK_OUT", "BLOCK_IN", "BLOCK_C", "BLOCK_ROWS")
+_CONFIG_KEYS = ("BLOCK_P", "BLOCK_DST", "BLOCK_RED", "BLOCK_OUT", "BLOCK_IN", "BLOCK_C")
 
 
 def config_label(k: dict, warps: int, stages: int) -> str:
@@ -343,9 +338,10 @@ def _jit_functions():
 
 def _install_recorders(calls: list):
     """Record every kernel run (name, arguments, grid, compiled kernel); returns an uninstaller."""
-    from . import standin_driver
+    from . import launch_plans, standin_driver
 
     jits = _jit_functions()
+    plans_were_enabled = launch_plans.set_enabled(False)  # every launch through JITFunction.run, recorded
     for jit in jits:
         original = jit.run
 
@@ -366,6 +362,7 @@ def _install_recorders(calls: list):
     def uninstall():
         for jit in jits:
             jit.__dict__.pop("run", None)
+        launch_plans.set_enabled(plans_were_enabled)
     return uninstall
 
 
@@ -708,13 +705,14 @@ def markdown(meta: dict, rows: list, aggs: list, violations: list) -> str:
 COUNTING = ("Issued warp-instructions = sum over CTAs of warps x (static SASS count, an instruction in a loop "
             "counted trip-count times): main loop KH*KW*ceil(reduced channels of the tile's groups / BLOCK_RED) "
             "per CTA (gather); ceil(split pixels / BLOCK_P) per input-channel block, ceil(input channels of the "
-            "tile's groups / BLOCK_IN) blocks (grad weight); finalize loops ceil(ROWS / BLOCK_ROWS); MMA-free "
-            "loops of the MMA kernels (the cold NaN/Inf fallback) zero times; code behind forward branches once. "
+            "tile's groups / BLOCK_IN) blocks (grad weight); MMA-free loops of the MMA kernels (the cold NaN/Inf "
+            "fallback, the split-reduction tail run by the last program of a tile) zero times; other loops once; "
+            "code behind forward branches once. "
             "MMA FLOPs issued include the zero blocks of block-diagonal tiles (2*BLOCK_P*BLOCK_DST*BLOCK_RED per "
             "gather step, 2*BLOCK_OUT*BLOCK_IN*BLOCK_P per grad-weight step). Minimum bytes: each tensor once "
             "(gather: src + dst + weight (+ other); grad weight: x + grad_y + weight; BatchNorm elementwise: "
-            "their activations; finalize: the fp32 partials); the smoothing step's floor is 18 activation "
-            "passes. The host-side sum of grad-weight split partials (a torch op) is not counted.")
+            "their activations); the smoothing step's floor is 18 activation passes. Split partials are reduced "
+            "in the kernels that write them (no separate launch).")
 
 
 def run_report(shapes, dtypes, sweep: str, out_dir: str, command: str, log: Callable = print) -> list:

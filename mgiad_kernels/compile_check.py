@@ -20,10 +20,11 @@ import os
 import sys
 import time
 
-POINTER_FP32 = {"bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr", "partial_w_ptr",
-                "partial_b_ptr", "partial_ptr", "sums_ptr", "batch_stats_ptr", "mean_ptr", "var_ptr",
+POINTER_FP32 = {"bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr", "reduced_ptr",
+                "partial_w_ptr", "partial_b_ptr", "partial_ptr", "sums_ptr", "batch_stats_ptr",
                 "running_mean1_ptr", "running_var1_ptr", "running_mean2_ptr", "running_var2_ptr"}
 POINTER_I64 = {"batches1_ptr", "batches2_ptr"}
+POINTER_I32 = {"counter_ptr"}
 FLOAT_ARGS = {"alpha", "bn_eps", "momentum", "unbias", "inv_count"}
 TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
@@ -66,7 +67,8 @@ def _signature(jit_fn, constexprs: dict, dtype: str) -> dict:
         if name in constexprs or param.is_constexpr:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in POINTER_FP32 else "*i64" if name in POINTER_I64 else f"*{dtype}"
+            signature[name] = ("*fp32" if name in POINTER_FP32 else "*i64" if name in POINTER_I64
+                               else "*i32" if name in POINTER_I32 else f"*{dtype}")
         else:
             signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
     return signature
@@ -112,8 +114,6 @@ def jobs(dtypes, quick: bool = False):
             ("bn_backward fixed stats", batchnorm.bn_backward_kernel,
              dict(block, RELU_MASK=False, BATCH_STATS=False), dtype, 4, 3),
         ]
-    out += [("bn_moments_finalize", batchnorm.bn_moments_finalize_kernel, dict(BLOCK_ROWS=32, BLOCK_C=32), "fp32",
-             4, 3)]
     for cumulative in (False, True):
         out.append((f"bn_running_update cumulative={cumulative}", batchnorm.bn_running_update_kernel,
                     dict(CUMULATIVE=cumulative, BLOCK_C=1024), "fp32", 4, 3))

@@ -72,11 +72,13 @@ def conv_transpose(gy, w, x_shape, channels_last: bool, alpha: float, p: ConvPar
     return ops.conv2d_grad_input(gy, w, list(x_shape), *p, channels_last, alpha)
 
 
-def conv_weight_grad(gy, x, w_shape, with_bias: bool, alpha: float, p: ConvParams):
-    """(gw, gb) of alpha * conv2d; gb is None unless ``with_bias``."""
+def conv_weight_grad(gy, x, w_shape, w_channels_last: bool, with_bias: bool, alpha: float, p: ConvParams):
+    """(gw, gb) of alpha * conv2d; gb is None unless ``with_bias``; gw channels_last if ``w_channels_last``
+    (the weight's layout, which autograd accumulates into without a copy)."""
     if _autograd_wanted(gy, x):
-        return _pick(_ConvWeightGrad, _ConvWeightGradJvp).apply(gy, x, tuple(w_shape), with_bias, alpha, p)
-    gw, gb = ops.conv2d_grad_weight(gy, x, list(w_shape), *p, with_bias, alpha)
+        return _pick(_ConvWeightGrad, _ConvWeightGradJvp).apply(gy, x, tuple(w_shape), w_channels_last, with_bias,
+                                                                alpha, p)
+    gw, gb = ops.conv2d_grad_weight(gy, x, list(w_shape), *p, w_channels_last, with_bias, alpha)
     return gw, (gb if with_bias else None)
 
 
@@ -108,7 +110,8 @@ class _Conv(torch.autograd.Function):
         if need_x:
             gx = conv_transpose(gy, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p)
         if need_w or need_b:
-            gw, gb = conv_weight_grad(gy, x, w.shape, ctx.has_bias and need_b, ctx.alpha, ctx.p)
+            gw, gb = conv_weight_grad(gy, x, w.shape, strides_like_channels_last(w), ctx.has_bias and need_b,
+                                      ctx.alpha, ctx.p)
         return gx, gw if need_w else None, gb, gy if need_other else None, None, None
 
 
@@ -149,7 +152,9 @@ class _ConvTranspose(torch.autograd.Function):
         gy, w = ctx.saved_tensors
         need_gy, need_w = ctx.needs_input_grad[:2]
         g_gy = conv(ggx, w, None, None, ctx.alpha, ctx.p) if need_gy and ggx is not None else None
-        g_w = conv_weight_grad(gy, ggx, w.shape, False, ctx.alpha, ctx.p)[0] if need_w and ggx is not None else None
+        g_w = None
+        if need_w and ggx is not None:
+            g_w = conv_weight_grad(gy, ggx, w.shape, strides_like_channels_last(w), False, ctx.alpha, ctx.p)[0]
         return g_gy, g_w, None, None, None, None
 
 
@@ -172,13 +177,13 @@ class _ConvTransposeJvp(_ConvTranspose):
 
 class _ConvWeightGrad(torch.autograd.Function):
     @staticmethod
-    def forward(gy, x, w_shape, with_bias, alpha, p):
-        gw, gb = ops.conv2d_grad_weight(gy, x, list(w_shape), *p, with_bias, alpha)
+    def forward(gy, x, w_shape, w_channels_last, with_bias, alpha, p):
+        gw, gb = ops.conv2d_grad_weight(gy, x, list(w_shape), *p, w_channels_last, with_bias, alpha)
         return gw, (gb if with_bias else None)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        gy, x, w_shape, with_bias, alpha, p = inputs
+        gy, x, w_shape, w_channels_last, with_bias, alpha, p = inputs
         ctx.save_for_backward(gy, x)
         ctx.alpha, ctx.p = alpha, p
         ctx.channels_last = strides_like_channels_last(x)
@@ -195,7 +200,7 @@ class _ConvWeightGrad(torch.autograd.Function):
             g_gy = ctx.alpha * _bias_term(ggb, gy.shape)
         if need_x and ggw is not None:
             g_x = conv_transpose(gy, ggw, x.shape, ctx.channels_last, ctx.alpha, ctx.p)
-        return g_gy, g_x, None, None, None, None
+        return g_gy, g_x, None, None, None, None, None
 
 
 class _ConvWeightGradJvp(_ConvWeightGrad):
@@ -203,16 +208,17 @@ class _ConvWeightGradJvp(_ConvWeightGrad):
     def setup_context(ctx, inputs, output):
         _ConvWeightGrad.setup_context(ctx, inputs, output)
         ctx.save_for_forward(inputs[0], inputs[1])
-        ctx.w_shape, ctx.with_bias = inputs[2], inputs[3]
+        ctx.w_shape, ctx.w_channels_last, ctx.with_bias = inputs[2], inputs[3], inputs[4]
 
     @staticmethod
     def jvp(ctx, gy_t, x_t, *_):
         gy, x = ctx.saved_tensors
         gw_t = gb_t = None
         if gy_t is not None:
-            gw_t, gb_t = conv_weight_grad(gy_t, x, ctx.w_shape, ctx.with_bias, ctx.alpha, ctx.p)
+            gw_t, gb_t = conv_weight_grad(gy_t, x, ctx.w_shape, ctx.w_channels_last, ctx.with_bias, ctx.alpha, ctx.p)
         if x_t is not None:
-            gw_t = _add(gw_t, conv_weight_grad(gy, x_t, ctx.w_shape, False, ctx.alpha, ctx.p)[0])
+            gw_t = _add(gw_t, conv_weight_grad(gy, x_t, ctx.w_shape, ctx.w_channels_last, False, ctx.alpha,
+                                               ctx.p)[0])
         if ctx.with_bias and gb_t is None:
             gb_t = torch.zeros(ctx.w_shape[0], dtype=gy.dtype, device=gy.device)
         return gw_t, gb_t

@@ -5,15 +5,18 @@ assumes shapes that already agree.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from . import launch_plans
 from ._triton_support import parallel_programs_wanted
 from .conv_geometry import ConvGeometry
 
 _PIXEL_ALIGN = 256  # splits cover multiples of the largest BLOCK_P, so tiles stay full
+_SMALLEST_CHANNEL_TILE = 16  # of every config: bounds the channel tiles a launch has (arrival counters)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -48,6 +51,11 @@ def strides_like_channels_last(t: torch.Tensor) -> bool:
     return True
 
 
+def weight_memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """The layout a weight gradient gets: the weight's own, so autograd accumulates it without a copy."""
+    return torch.channels_last if strides_like_channels_last(weight) else torch.contiguous_format
+
+
 def conv_output_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
     """F.conv2d's rule: channels_last output when the input or the weight has channels_last strides."""
     if strides_like_channels_last(x) or strides_like_channels_last(weight):
@@ -73,17 +81,30 @@ class BatchNormArgs:
         return self.mean, self.var, self.gamma, self.beta
 
 
-def gather_stats_buffer(dst_shape: Sequence[int], device: torch.device, planes: int = 1) -> torch.Tensor:
-    """(planes, 3, rows, C) partial statistics of fused gathers, a row per GATHER_MIN_BLOCK_P pixels.
-
-    Uninitialised: the gather writes every row (rows past its last pixel tile get count 0).
-    """
+def gather_stats_buffer(dst_shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(3, rows, C) fp32 scratch for a fused gather's per-tile partial statistics, a row per
+    GATHER_MIN_BLOCK_P pixels (the most pixel tiles any config makes). Uninitialised: the gather
+    writes the rows of its tiles and reads no other."""
     n_batch, channels, h, w = dst_shape
     rows = _cdiv(n_batch * h * w, _kernels().GATHER_MIN_BLOCK_P.value)
-    return torch.empty((planes, 3, rows, channels), device=device, dtype=torch.float32)
+    return torch.empty((3, rows, channels), device=device, dtype=torch.float32)
 
 
 _SCRATCH: dict[torch.device, torch.Tensor] = {}
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+_MIN_COUNTERS = 4096
+
+
+def arrival_counters(device: torch.device, count: int) -> torch.Tensor:
+    """At least ``count`` int32 arrival counters for a split reduction finished in the kernel
+    (kernels/split_reduction.py), all zero. The kernel leaves them at zero, so one buffer per device
+    and stream serves every launch in stream order; launches on another stream get their own."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < count:
+        buf = _COUNTERS[key] = torch.zeros(max(count, _MIN_COUNTERS), device=device, dtype=torch.int32)
+    return buf
 
 
 def scratch(device: torch.device) -> torch.Tensor:
@@ -98,13 +119,15 @@ def scratch(device: torch.device) -> torch.Tensor:
 def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prologue_bn: BatchNormArgs | None = None,
             other: torch.Tensor | None = None, other_mode: str = "none", alpha: float = 1.0,
             epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
-            stats: torch.Tensor | None = None, stats_mode: str = "none") -> None:
+            stats: torch.Tensor | None = None, stats_mode: str = "none",
+            reduced: torch.Tensor | None = None) -> None:
     """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input, with optional fusions.
 
     ``prologue_bn``: src is read as relu(prologue_bn(src)). ``other_mode``: 'add' (other + alpha * y),
     'add_after_bn' (other + relu(epilogue_bn(y))), 'relu_grad' (y where epilogue_bn(other) > 0).
-    ``epilogue_bn_relu``: y = relu(epilogue_bn(y)). ``stats_mode``: 'moments' or 'bn_grad'
-    partial statistics into ``stats`` (from gather_stats_buffer).
+    ``epilogue_bn_relu``: y = relu(epilogue_bn(y)). ``stats_mode``: 'moments' (the batch mean and
+    biased variance of y into ``reduced``, contiguous (2, C) fp32) or 'bn_grad' (sum y and
+    sum y * bn_hat(other)), merged in the kernel through the scratch ``stats`` (gather_stats_buffer).
     """
     conv = _kernels()
     if prologue_bn is not None and epilogue_bn is not None:
@@ -122,46 +145,47 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     else:
         w_strides = (ws[0], 0, 0, ws[1], ws[2], ws[3])
         dst_per_group, red_per_group = geo.out_per_group, geo.in_per_group
-    # plain ints for the launch: the kernel compares them with its constexpr globals
-    other_modes = {"none": conv.OTHER_NONE.value, "add": conv.OTHER_ADD.value,
-                   "add_after_bn": conv.OTHER_ADD_AFTER_BN.value, "relu_grad": conv.OTHER_RELU_GRAD.value}
-    stats_modes = {"none": conv.STATS_NONE.value, "moments": conv.STATS_MOMENTS.value,
-                   "bn_grad": conv.STATS_BN_GRAD.value}
+    other_modes, stats_modes = _fusion_modes()
     pixels = n_batch * h_dst * w_dst
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_gather_config(dst_per_group, red_per_group)
     unused = scratch(dst.device)
-    _launch(conv.conv2d_gather_kernel, config, grid)(
-        src, weight, bias if bias is not None else unused, dst,
-        other if other is not None else unused,
-        *(bn.pointers() if bn is not None else (unused,) * 4),
-        stats if stats is not None else unused,
-        *src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()),
-        bias.stride(0) if bias is not None else 0, *w_strides,
-        n_batch, h_src, w_src, h_dst, w_dst,
-        c_dst, c_red, dst_per_group, red_per_group,
-        float(alpha), float(bn.eps) if bn is not None else 0.0, stats.shape[1] if stats is not None else 0,
+    counters = None if stats is None else arrival_counters(dst.device, _cdiv(c_dst, _SMALLEST_CHANNEL_TILE))
+    pointers = (src, weight, bias if bias is not None else unused, dst, other if other is not None else unused,
+                *(bn.pointers() if bn is not None else (unused,) * 4),
+                stats if stats is not None else unused, reduced if reduced is not None else unused,
+                counters if counters is not None else unused)
+    rest = (*src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()),
+            bias.stride(0) if bias is not None else 0, *w_strides,
+            n_batch, h_src, w_src, h_dst, w_dst, c_dst, c_red, dst_per_group, red_per_group,
+            float(alpha), float(bn.eps) if bn is not None else 0.0, stats.shape[1] if stats is not None else 0)
+    constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
         OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
-        INPUT_PRECISION=_input_precision(src.dtype), **_meta(config),
-    )
+        INPUT_PRECISION=_input_precision(src.dtype))
+    _run(conv.conv2d_gather_kernel, config, grid, pointers, rest, constexprs)
 
 
-def _launch(kernel, config, grid):
-    """The autotuner (``config`` None) or the kernel itself with ``config``'s tile: no benchmarking."""
+@functools.lru_cache(maxsize=None)
+def _fusion_modes() -> tuple[dict, dict]:
+    """OTHER_MODE and STATS by name, as the plain ints the kernel compares with its constexpr globals."""
+    conv = _kernels()
+    return ({"none": conv.OTHER_NONE.value, "add": conv.OTHER_ADD.value,
+             "add_after_bn": conv.OTHER_ADD_AFTER_BN.value, "relu_grad": conv.OTHER_RELU_GRAD.value},
+            {"none": conv.STATS_NONE.value, "moments": conv.STATS_MOMENTS.value, "bn_grad": conv.STATS_BN_GRAD.value})
+
+
+def _run(kernel, config, grid, pointers: tuple, rest: tuple, constexprs: dict) -> None:
+    """Launch an autotuned kernel: through the autotuner when ``config`` is None (MGIAD_KERNELS_AUTOTUNE=1),
+    else with ``config``'s tile through a launch plan (no benchmarking, no Triton dispatch once warm)."""
     if config is None:
-        return kernel[grid]
-    return kernel.fn[grid(config.kwargs)]
-
-
-def _meta(config) -> dict:
-    """The launch keywords of a config (none when the autotuner picks)."""
-    if config is None:
-        return {}
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+        kernel[grid](*pointers, *rest, **constexprs)
+    else:
+        launch_plans.launch(kernel.fn, grid, pointers, rest, {**constexprs, **config.kwargs},
+                            {"num_warps": config.num_warps, "num_stages": config.num_stages})
 
 
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
@@ -188,9 +212,12 @@ def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torc
 
 
 def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry, with_bias: bool, *,
-                       x_bn: BatchNormArgs | None = None,
-                       alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """grad_weight (and grad_bias) as split reductions over the N*H_out*W_out pixels.
+                       x_bn: BatchNormArgs | None = None, alpha: float = 1.0,
+                       memory_format: torch.memory_format = torch.contiguous_format,
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """grad_weight (and grad_bias) as split reductions over the N*H_out*W_out pixels, finished in the
+    kernel (one launch): grad_weight in x's dtype and ``memory_format`` (the weight's, so autograd
+    accumulates it without a copy).
 
     ``x_bn``: the convolution's input was relu(x_bn(x)), recomputed as x is loaded.
     ``alpha``: the gradients of alpha * conv (-1: a convolution that entered with a minus sign).
@@ -206,40 +233,36 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     pixels_per_split = _cdiv(_cdiv(max(pixels, 1), splits), _PIXEL_ALIGN) * _PIXEL_ALIGN
     splits = max(1, _cdiv(pixels, pixels_per_split))
 
-    alloc = torch.empty if pixels else torch.zeros  # the kernel writes every entry (none when no pixels)
-    partial_w = alloc((splits, c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w), device=x.device,
-                      dtype=torch.float32)
+    w_shape = (c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w)
+    if not pixels:  # an empty sum
+        return (torch.empty(w_shape, device=x.device, dtype=x.dtype, memory_format=memory_format).zero_(),
+                torch.zeros(c_out, device=x.device, dtype=x.dtype) if with_bias else None)
+    grad_w = torch.empty(w_shape, device=x.device, dtype=x.dtype, memory_format=memory_format)
+    grad_b = torch.empty(c_out, device=x.device, dtype=x.dtype) if with_bias else None
+    partial_w = torch.empty((splits, *w_shape), device=x.device, dtype=torch.float32)
     unused = scratch(x.device)
-    partial_b = alloc((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else unused
-    if pixels:
-        conv = _kernels()
-        grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
-        config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
-                                                                                       geo.in_per_group)
-        _launch(conv.conv2d_grad_weight_kernel, config, grid)(
-            x, grad_y, partial_w, partial_b,
-            *(x_bn.pointers() if x_bn is not None else (unused,) * 4),
-            *x.stride(), *grad_y.stride(),
-            n_batch, h, w, h_out, w_out,
-            c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
-            float(x_bn.eps) if x_bn is not None else 0.0,
-            KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
-            PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-            HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, INPUT_PRECISION=_input_precision(x.dtype),
-            **_meta(config),
-        )
-    grad_w = partial_w.sum(0)  # fixed-order reduction over splits: deterministic
-    grad_b = partial_b.sum(0) if with_bias else None
-    if alpha != 1.0:
-        grad_w = grad_w.mul_(alpha)
-        grad_b = grad_b.mul_(alpha) if grad_b is not None else None
-    return grad_w.to(x.dtype), (grad_b.to(x.dtype) if grad_b is not None else None)
+    partial_b = torch.empty((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else unused
+    conv = _kernels()
+    grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
+    config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
+                                                                                   geo.in_per_group)
+    pointers = (x, grad_y, grad_w, grad_b if grad_b is not None else unused, partial_w, partial_b,
+                arrival_counters(x.device, taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE)),
+                *(x_bn.pointers() if x_bn is not None else (unused,) * 4))
+    rest = (*x.stride(), *grad_y.stride(), *grad_w.stride(), grad_b.stride(0) if grad_b is not None else 0,
+            n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
+            float(alpha), float(x_bn.eps) if x_bn is not None else 0.0)
+    constexprs = dict(
+        KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
+        PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
+        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, INPUT_PRECISION=_input_precision(x.dtype))
+    _run(conv.conv2d_grad_weight_kernel, config, grid, pointers, rest, constexprs)
+    return grad_w, grad_b
 
 
 # ---- the fused smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3) -------------------------
 
 _ELEMENTWISE_BLOCK_P, _ELEMENTWISE_BLOCK_C = 64, 32
-_FINALIZE_BLOCK_ROWS, _FINALIZE_BLOCK_C = 32, 32
 
 
 def _elementwise_grid(pixels: int, channels: int) -> tuple[int, int]:
@@ -252,11 +275,12 @@ def _batchnorm_kernels():
     return batchnorm
 
 
-def _finalize_moments(partial: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
-    """Batch mean and biased variance per channel from a gather's STATS_MOMENTS partials."""
-    _, rows, channels = partial.shape
-    _batchnorm_kernels().bn_moments_finalize_kernel[(_cdiv(channels, _FINALIZE_BLOCK_C),)](
-        partial, mean, var, rows, channels, BLOCK_ROWS=_FINALIZE_BLOCK_ROWS, BLOCK_C=_FINALIZE_BLOCK_C)
+_ELEMENTWISE_TILE = {"BLOCK_P": _ELEMENTWISE_BLOCK_P, "BLOCK_C": _ELEMENTWISE_BLOCK_C}
+
+
+def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, **flags) -> None:
+    """Launch a BatchNorm kernel on the (pixels, channels) tile grid through a launch plan."""
+    launch_plans.launch(kernel, lambda meta: grid, pointers, rest, {**flags, **_ELEMENTWISE_TILE}, {})
 
 
 def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
@@ -271,21 +295,20 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
 
     ``running`` None: training, normalized with the batch statistics computed in the convolutions'
     epilogues. Else (running_mean1, running_var1, running_mean2, running_var2) are used.
-    Launches: A (+ residual, + bn1 moments), finalize, B (+ bn1/relu prologue, + bn2 moments),
-    finalize, update. Returns (out, r, s, stats) with stats = (mean1, var1, mean2, var2), (4, C) fp32.
+    Launches: A (+ residual, + bn1 batch statistics), B (+ bn1/relu prologue, + bn2 batch statistics),
+    the update. Returns (out, r, s, stats) with stats = (mean1, var1, mean2, var2), (4, C) fp32.
     """
     fmt = conv_output_memory_format(u, weight_a)
     n_batch, channels, h, w = u.shape
     r, s, out = (_empty_activation(u, fmt) for _ in range(3))
     if running is None:
         stats = torch.empty((4, channels), device=u.device, dtype=torch.float32)
-        partials = gather_stats_buffer(u.shape, u.device, planes=2)
+        partials = gather_stats_buffer(u.shape, u.device)  # reused by B: launches run in stream order
         _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0,
-                stats=partials[0], stats_mode="moments")
-        _finalize_moments(partials[0], stats[0], stats[1])
+                stats=partials, stats_mode="moments", reduced=stats[:2])
         bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
-        _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, stats=partials[1], stats_mode="moments")
-        _finalize_moments(partials[1], stats[2], stats[3])
+        _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, stats=partials, stats_mode="moments",
+                reduced=stats[2:])
     else:
         stats = torch.stack([t.float() for t in running])
         bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
@@ -293,9 +316,9 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
         _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1)
     bn2 = BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1])
     pixels = n_batch * h * w
-    _batchnorm_kernels().bn_relu_residual_kernel[_elementwise_grid(pixels, channels)](
-        s, u, out, *bn2.pointers(), *s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps,
-        BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+    _elementwise(_batchnorm_kernels().bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
+                 (s, u, out, *bn2.pointers()),
+                 (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps))
     return out, r, s, stats
 
 
@@ -318,9 +341,10 @@ def update_running_stats(running: tuple, num_batches: tuple, batch_stats: torch.
                          count: int) -> None:
     """Both BatchNorms' running statistics and num_batches_tracked, as nn.BatchNorm2d updates them."""
     channels = batch_stats.shape[1]
-    _batchnorm_kernels().bn_running_update_kernel[(1,)](
-        batch_stats, *running, *num_batches, channels, 0.0 if momentum is None else float(momentum),
-        count / (count - 1), CUMULATIVE=momentum is None, BLOCK_C=1 << max(0, (channels - 1).bit_length()))
+    launch_plans.launch(
+        _batchnorm_kernels().bn_running_update_kernel, lambda meta: (1,), (batch_stats, *running, *num_batches),
+        (channels, 0.0 if momentum is None else float(momentum), count / (count - 1)),
+        {"CUMULATIVE": momentum is None, "BLOCK_C": 1 << max(0, (channels - 1).bit_length())}, {})
 
 
 def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: torch.Tensor, geo_a: ConvGeometry,
@@ -344,33 +368,32 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
     grid = _elementwise_grid(pixels, channels)
 
     partial2 = torch.empty((2, grid[0], channels), device=u.device, dtype=torch.float32)
-    bnk.bn_relu_grad_sums_kernel[grid](
-        grad_out, s, partial2, *bn2.pointers(), *grad_out.stride(), *s.stride(), pixels, h * w, w, channels,
-        grid[0], bn2.eps, BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
-    sums2 = partial2.sum(1)  # (sum g, sum g * s_hat), a fixed-order reduction
+    sums2 = torch.empty((2, channels), device=u.device, dtype=torch.float32)  # sum g, sum g * s_hat
+    _elementwise(bnk.bn_relu_grad_sums_kernel, grid,
+                 (grad_out, s, partial2, sums2, arrival_counters(u.device, grid[1]), *bn2.pointers()),
+                 (*grad_out.stride(), *s.stride(), pixels, h * w, w, channels, grid[0], bn2.eps))
     grad_s = _empty_activation(u, fmt)
-    bnk.bn_backward_kernel[grid](
-        grad_out, s, grad_s, sums2, *bn2.pointers(), *grad_out.stride(), *s.stride(), *grad_s.stride(),
-        pixels, h * w, w, channels, bn2.eps, 1.0 / pixels, RELU_MASK=True, BATCH_STATS=batch_stats,
-        BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+    _elementwise(bnk.bn_backward_kernel, grid, (grad_out, s, grad_s, sums2, *bn2.pointers()),
+                 (*grad_out.stride(), *s.stride(), *grad_s.stride(), pixels, h * w, w, channels, bn2.eps,
+                  1.0 / pixels), RELU_MASK=True, BATCH_STATS=batch_stats)
 
     grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
-    partial1 = gather_stats_buffer(u.shape, u.device)[0]
+    sums1 = torch.empty((2, channels), device=u.device, dtype=torch.float32)
     _gather(grad_s, weight_b, None, grad_x1, geo_b, True, other=r, other_mode="relu_grad", epilogue_bn=bn1,
-            stats=partial1, stats_mode="bn_grad")
-    sums1 = partial1[:2].sum(1)
+            stats=gather_stats_buffer(u.shape, u.device), stats_mode="bn_grad", reduced=sums1)
     grad_weight_b = grad_bias_b = None
     if needs_weight_grads[1]:
-        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, geo_b, has_bias[1], x_bn=bn1)
+        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, geo_b, has_bias[1], x_bn=bn1,
+                                                        memory_format=weight_memory_format(weight_b))
     grad_r = _empty_activation(u, fmt)
-    bnk.bn_backward_kernel[grid](
-        grad_x1, r, grad_r, sums1, *bn1.pointers(), *grad_x1.stride(), *r.stride(), *grad_r.stride(),
-        pixels, h * w, w, channels, bn1.eps, 1.0 / pixels, RELU_MASK=False, BATCH_STATS=batch_stats,
-        BLOCK_P=_ELEMENTWISE_BLOCK_P, BLOCK_C=_ELEMENTWISE_BLOCK_C)
+    _elementwise(bnk.bn_backward_kernel, grid, (grad_x1, r, grad_r, sums1, *bn1.pointers()),
+                 (*grad_x1.stride(), *r.stride(), *grad_r.stride(), pixels, h * w, w, channels, bn1.eps,
+                  1.0 / pixels), RELU_MASK=False, BATCH_STATS=batch_stats)
 
     grad_u = _empty_activation(u, fmt)  # grad_out - A^T grad_r
     _gather(grad_r, weight_a, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0)
     grad_weight_a = grad_bias_a = None
     if needs_weight_grads[0]:
-        grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, geo_a, has_bias[0], alpha=-1.0)
+        grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, geo_a, has_bias[0], alpha=-1.0,
+                                                        memory_format=weight_memory_format(weight_a))
     return grad_u, grad_r, grad_weight_a, grad_bias_a, grad_weight_b, grad_bias_b, sums1, sums2

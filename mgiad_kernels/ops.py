@@ -40,30 +40,36 @@ def conv2d_grad_input(grad_y: Tensor, weight: Tensor, x_shape: List[int], stride
                       padding: List[int], dilation: List[int], groups: int, channels_last: bool,
                       alpha: float) -> Tensor:
     """alpha * conv_transpose2d(grad_y, weight): the gradient of alpha * conv2d with respect to its input."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     geo = conv_geometry(x_shape, weight.shape, stride, padding, dilation, groups)
-    return launchers.conv2d_grad_input(grad_y, x_shape, weight, geo, fmt, alpha)
+    return launchers.conv2d_grad_input(grad_y, x_shape, weight, geo, _format(channels_last), alpha)
 
 
 @conv2d_grad_input.register_fake
 def _conv2d_grad_input_fake(grad_y, weight, x_shape, stride, padding, dilation, groups, channels_last, alpha):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(x_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=fmt)
+    return torch.empty(x_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=_format(channels_last))
 
 
 @torch.library.custom_op("mgiad_kernels::conv2d_grad_weight", mutates_args=())
 def conv2d_grad_weight(grad_y: Tensor, x: Tensor, weight_shape: List[int], stride: List[int],
-                       padding: List[int], dilation: List[int], groups: int,
+                       padding: List[int], dilation: List[int], groups: int, weight_channels_last: bool,
                        with_bias: bool, alpha: float) -> tuple[Tensor, Tensor]:
-    """Gradients of alpha * conv2d with respect to weight and bias (an empty tensor when not with_bias)."""
+    """Gradients of alpha * conv2d with respect to weight (channels_last if ``weight_channels_last``) and
+    bias (an empty tensor when not with_bias)."""
     geo = conv_geometry(x.shape, weight_shape, stride, padding, dilation, groups)
-    grad_w, grad_b = launchers.conv2d_grad_weight(grad_y, x, geo, with_bias, alpha=alpha)
+    grad_w, grad_b = launchers.conv2d_grad_weight(grad_y, x, geo, with_bias, alpha=alpha,
+                                                  memory_format=_format(weight_channels_last))
     return grad_w, grad_b if grad_b is not None else x.new_empty(0)
 
 
 @conv2d_grad_weight.register_fake
-def _conv2d_grad_weight_fake(grad_y, x, weight_shape, stride, padding, dilation, groups, with_bias, alpha):
-    return x.new_empty(weight_shape), x.new_empty(weight_shape[0] if with_bias else 0)
+def _conv2d_grad_weight_fake(grad_y, x, weight_shape, stride, padding, dilation, groups, weight_channels_last,
+                             with_bias, alpha):
+    return (torch.empty(weight_shape, device=x.device, dtype=x.dtype, memory_format=_format(weight_channels_last)),
+            x.new_empty(weight_shape[0] if with_bias else 0))
+
+
+def _format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 # ---- the fused smoothing step (MGiaD paper eq. 3) ------------------------------------------------------------------
@@ -132,11 +138,16 @@ def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, stats, 
     channels = u.shape[1]
     empty = u.new_empty(0)
     return [_activation_fake(u, weight_a), _activation_fake(u, weight_a),
-            weight_a.new_empty(weight_a.shape) if need_weight_a else empty,
+            _weight_like(weight_a) if need_weight_a else empty,
             u.new_empty(channels) if need_weight_a and has_bias_a else empty,
-            weight_b.new_empty(weight_b.shape) if need_weight_b else empty,
+            _weight_like(weight_b) if need_weight_b else empty,
             u.new_empty(channels) if need_weight_b and has_bias_b else empty,
             u.new_empty((2, channels), dtype=torch.float32), u.new_empty((2, channels), dtype=torch.float32)]
+
+
+def _weight_like(weight: Tensor) -> Tensor:
+    return torch.empty(weight.shape, device=weight.device, dtype=weight.dtype,
+                       memory_format=launchers.weight_memory_format(weight))
 
 
 def _smoothing_step_setup_context(ctx, inputs, output):
@@ -147,6 +158,7 @@ def _smoothing_step_setup_context(ctx, inputs, output):
                           r, s, stats)
     ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
     ctx.mark_non_differentiable(r, s, stats)
+    ctx.set_materialize_grads(False)  # r, s and stats never get a gradient: no zeros for them
 
 
 def _eager_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias, stats,
@@ -173,6 +185,8 @@ def _smoothing_step_autograd(ctx, grad_out, _grad_r, _grad_s, _grad_stats):
      r, s, stats) = ctx.saved_tensors
     conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
     need = ctx.needs_input_grad
+    if grad_out is None:  # the step's output reached the loss through no differentiable path
+        return (None,) * len(need)
     inputs = (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias)
     if torch.is_grad_enabled():  # create_graph=True: differentiable gradients from the eager composition
         out = _eager_step(*inputs, stats, conv_a, conv_b, eps1, eps2, batch_stats)

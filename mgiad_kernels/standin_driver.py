@@ -27,6 +27,8 @@ from triton.backends.driver import DriverBase
 from triton.runtime import autotuner as _autotuner
 from triton.runtime.driver import driver as _driver_config
 
+from . import launch_plans
+
 # Device properties per arch (the keys of CudaUtils.get_device_properties); other archs get sm_90's.
 _PROPS = {80: (166912, 108, 1410000, 1215000, 5120), 89: (101376, 128, 2520000, 10501000, 384),
           90: (232448, 132, 1755000, 2619000, 5120), 100: (232448, 148, 1965000, 3996000, 8192)}
@@ -296,6 +298,7 @@ def standin_cuda_driver(arch: int = 90, bench_ms=None, bench_calls: int = 1, pro
     runtime.jit_cache_hook, runtime.jit_post_compile_hook = _compile_hooks(rec, *saved_hooks)
     _RECORDERS.append(rec)
     _clear_shared_mem_cache()
+    launch_plans.clear()  # plans hold compiled kernels of the driver they were made under
     try:
         yield rec
     finally:
@@ -305,6 +308,7 @@ def standin_cuda_driver(arch: int = 90, bench_ms=None, bench_calls: int = 1, pro
             tuner.do_bench = saved_do_bench
         _driver_config._active = saved_active  # reset_active() would build the default driver: fails off-GPU
         _clear_shared_mem_cache()
+        launch_plans.clear()
         for kernel in list(_KERNELS) if not _RECORDERS else []:  # unload: __del__ then asks no other driver
             if kernel.module == _MODULE:
                 kernel.module = None

@@ -78,7 +78,7 @@ def test_committed_report_covers_every_shape_dtype_and_kernel():
     assert all(set(ROW_FIELDS) <= set(r) for r in rows)
     assert all(set(AGGREGATE_FIELDS) <= set(r) for r in aggs)
     want = {"conv2d_gather_kernel", "conv2d_grad_weight_kernel", "bn_relu_residual_kernel",
-            "bn_relu_grad_sums_kernel", "bn_backward_kernel", "bn_moments_finalize_kernel"}
+            "bn_relu_grad_sums_kernel", "bn_backward_kernel"}
     for c, h, gs in SHAPES:
         for dtype in DTYPES:
             here = [r for r in rows if (r["C"], r["H"], r["group_size"], r["dtype"]) == (c, h, gs, dtype)]

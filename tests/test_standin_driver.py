@@ -116,3 +116,38 @@ def test_standin_runs_every_autotuner_hook_on_cpu_tensors(tmp_path):
     print("ok")
     """, autotune="0")
     assert out.startswith("ok")
+
+
+def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
+    """A warm launch skips Triton's dispatch (launch_plans): it must reach the same compiled kernel with the
+    same grid and arguments as JITFunction.run, and a misaligned pointer must get its own specialization."""
+    out = _run(tmp_path, """
+    import torch
+    from mgiad_kernels import launch_plans, launchers
+    from mgiad_kernels.conv_geometry import ConvGeometry
+    from mgiad_kernels.standin_driver import standin_cuda_driver
+
+    seen = []
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
+    geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+    def on_launch(record, args):
+        seen.append((record.grid, record.constexprs, tuple(a.data_ptr() if torch.is_tensor(a) else a for a in args)))
+    with standin_cuda_driver(arch=90, on_launch=on_launch) as rec:
+        y = torch.empty(2, 8, 8, 8)
+        launch_plans.set_enabled(False)  # Triton's own dispatch: the reference
+        launchers._gather(x, w, None, y, geo, transposed=False)
+        launch_plans.set_enabled(True)
+        launchers._gather(x, w, None, y, geo, transposed=False)  # cold: through Triton, makes a plan
+        launchers._gather(x, w, None, y, geo, transposed=False)  # warm: the plan
+        assert len(launch_plans._PLANS) == 1 and len(rec.compiles) == 1
+        assert seen[0] == seen[1] == seen[2], seen
+        offset = torch.randn(2 * 4 * 8 * 8 + 1)[1:].view(2, 4, 8, 8)  # 4-byte aligned, not 16
+        launchers._gather(offset, w, None, y, geo, transposed=False)
+        assert len(launch_plans._PLANS) == 2 and len(rec.compiles) == 2
+        assert rec.compiles[1].specialization["src_ptr"] == [], rec.compiles[1].specialization
+        launchers._gather(offset, w, None, y, geo, transposed=False)
+        assert len(rec.compiles) == 2 and seen[3] == seen[4] and len(rec.launches) == 5
+    assert not launch_plans._PLANS  # the stand-in's plans go with it
+    print("ok")
+    """, autotune="0")
+    assert out.startswith("ok")

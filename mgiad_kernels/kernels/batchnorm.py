@@ -1,9 +1,9 @@
 """Triton kernels for the BatchNorm parts of the fused smoothing step (MGiaD paper eq. 3).
 
-The convolutions' epilogues write per-pixel-tile partial statistics; these kernels reduce
-them in a fixed order (deterministic, no atomics), apply the elementwise parts that cannot
-ride in a convolution (they need statistics of the whole batch first), and update the
-running statistics exactly as ``nn.BatchNorm2d`` does. Every tensor is addressed through
+Batch statistics are reduced inside the kernels that produce them, in a fixed order
+(split_reduction.py: deterministic, no float atomics). These kernels apply the elementwise
+parts that cannot ride in a convolution (they need statistics of the whole batch first), and
+update the running statistics exactly as ``nn.BatchNorm2d`` does. Every tensor is addressed through
 its strides as a (pixels = N*H*W, channels) matrix, so NCHW and channels_last both work.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .bn_relu import bn_scale_shift, relu, relu_grad
+from .split_reduction import last_to_arrive, sum_rows
 
 
 @triton.jit
@@ -31,42 +32,6 @@ def _elementwise_tile(P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     return offs_p, offs_c, c_mask, (offs_p < P)[:, None] & c_mask[None, :]
-
-
-@triton.jit(do_not_specialize=["ROWS", "C"])
-def bn_moments_finalize_kernel(
-    partial_ptr,  # (3, ROWS, C) fp32: per-tile count, mean and centred sum of squares
-    mean_ptr,  # (C,) fp32 out: batch mean
-    var_ptr,  # (C,) fp32 out: biased batch variance (the one BatchNorm normalizes with)
-    ROWS, C,  # partial rows (tiles; unused rows have count 0) and channels
-    BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,  # tile sizes
-):
-    """Merge tile moments (Chan et al.'s parallel variance) in row order: mean, then M2 about it."""
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    plane = ROWS * C
-    total = tl.zeros([BLOCK_C], dtype=tl.float32)
-    weighted = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, ROWS, BLOCK_ROWS):
-        rows = r0 + tl.arange(0, BLOCK_ROWS)
-        offs = rows[:, None] * C + offs_c[None, :]
-        mask = (rows < ROWS)[:, None] & c_mask[None, :]
-        count = tl.load(partial_ptr + offs, mask=mask, other=0.0)
-        tile_mean = tl.load(partial_ptr + plane + offs, mask=mask, other=0.0)
-        total += tl.sum(count, axis=0)
-        weighted += tl.sum(count * tile_mean, axis=0)
-    mean = weighted / tl.maximum(total, 1.0)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, ROWS, BLOCK_ROWS):
-        rows = r0 + tl.arange(0, BLOCK_ROWS)
-        offs = rows[:, None] * C + offs_c[None, :]
-        mask = (rows < ROWS)[:, None] & c_mask[None, :]
-        count = tl.load(partial_ptr + offs, mask=mask, other=0.0)
-        delta = tl.load(partial_ptr + plane + offs, mask=mask, other=0.0) - mean[None, :]
-        tile_m2 = tl.load(partial_ptr + 2 * plane + offs, mask=mask, other=0.0)
-        m2 += tl.sum(tile_m2 + count * delta * delta, axis=0)
-    tl.store(mean_ptr + offs_c, mean, mask=c_mask)
-    tl.store(var_ptr + offs_c, m2 / tl.maximum(total, 1.0), mask=c_mask)
 
 
 @triton.jit
@@ -140,15 +105,18 @@ def bn_relu_residual_kernel(
 def bn_relu_grad_sums_kernel(
     grad_ptr,  # (N, C, H, W): gradient of relu(bn(x))
     x_ptr,  # (N, C, H, W): the BatchNorm's input
-    partial_ptr,  # (2, ROWS, C) fp32 out: per-tile sum g and sum g * x_hat, g = grad * (bn(x) > 0)
+    partial_ptr,  # (2, ROWS, C) fp32 scratch: per-pixel-tile sum g and sum g * x_hat, g = grad * (bn(x) > 0)
+    sums_ptr,  # (2, C) fp32 out: sum g and sum g * x_hat over the batch
+    counter_ptr,  # (cdiv(C, BLOCK_C),) int32 arrival counters, zero
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
     grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w,  # strides of grad, elements
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
-    P, HW, W, C, ROWS,  # pixels N*H*W, H*W, W, channels, rows of partial_ptr
+    P, HW, W, C, ROWS,  # pixels N*H*W, H*W, W, channels, rows of partial_ptr (pixel tiles)
     bn_eps,  # float
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """BatchNorm-backward reductions through a ReLU: d gamma = sum g x_hat, d beta = sum g."""
+    """BatchNorm-backward reductions through a ReLU: d gamma = sum g x_hat, d beta = sum g; the last pixel
+    tile of each channel tile sums the tiles' partials in tile order."""
     pid_p = tl.program_id(0)
     offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
@@ -161,6 +129,10 @@ def bn_relu_grad_sums_kernel(
     x_hat = (x - mean[None, :]) * rstd[None, :]
     tl.store(partial_ptr + pid_p * C + offs_c, tl.sum(g, axis=0), mask=c_mask)
     tl.store(partial_ptr + ROWS * C + pid_p * C + offs_c, tl.sum(g * x_hat, axis=0), mask=c_mask)
+    if last_to_arrive(counter_ptr + tl.program_id(1), ROWS):
+        tl.store(sums_ptr + offs_c, sum_rows(partial_ptr, ROWS, C, offs_c, c_mask, 32, BLOCK_C), mask=c_mask)
+        tl.store(sums_ptr + C + offs_c, sum_rows(partial_ptr + ROWS * C, ROWS, C, offs_c, c_mask, 32, BLOCK_C),
+                 mask=c_mask)
 
 
 @triton.jit(do_not_specialize=["P", "HW", "W", "C"])

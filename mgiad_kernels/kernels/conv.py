@@ -19,6 +19,7 @@ import triton.language as tl
 
 from .._triton_support import autotune_enabled, interpreter_enabled
 from .bn_relu import bn_scale_shift, relu, relu_grad
+from .split_reduction import last_to_arrive, merge_moments, sum_rows
 
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride, direction,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
@@ -34,10 +35,12 @@ OTHER_ADD = tl.constexpr(1)  # y = other + alpha * conv, before the epilogue Bat
 OTHER_ADD_AFTER_BN = tl.constexpr(2)  # y = other + relu(bn(conv)) (the smoothing step's residual update)
 OTHER_RELU_GRAD = tl.constexpr(3)  # y = conv where bn(other) > 0, else 0 (backward through relu(bn(other)))
 
-# STATS: per-tile partial statistics of the stored output, one row per pixel tile
+# STATS: statistics of the stored output over the whole batch, from per-tile partials merged in the kernel
 STATS_NONE = tl.constexpr(0)
-STATS_MOMENTS = tl.constexpr(1)  # (count, mean, centred sum of squares) per channel: BatchNorm batch statistics
-STATS_BN_GRAD = tl.constexpr(2)  # (sum y, sum y * bn_hat(other)) per channel: BatchNorm backward reductions
+STATS_MOMENTS = tl.constexpr(1)  # per channel: batch mean and biased variance (BatchNorm batch statistics)
+STATS_BN_GRAD = tl.constexpr(2)  # per channel: sum y and sum y * bn_hat(other) (BatchNorm backward reductions)
+
+_MERGE_BLOCK_ROWS: tl.constexpr = tl.constexpr(32)  # partial rows per step of the in-kernel merge
 
 
 GATHER_MIN_BLOCK_P: tl.constexpr = tl.constexpr(64)  # the smallest BLOCK_P below: sizes the statistics buffers
@@ -178,7 +181,9 @@ def conv2d_gather_kernel(
     dst_ptr,  # (N, C_DST, H_dst, W_dst): y for the forward pass, grad_x for grad input
     other_ptr,  # (N, C_DST, H_dst, W_dst) read by the epilogue at the output positions (OTHER_MODE)
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) fp32 BatchNorm of the prologue or epilogue
-    stats_ptr,  # (3, STATS_ROWS, C_DST) fp32: per-pixel-tile partial statistics (STATS), every row written
+    stats_ptr,  # (3, STATS_ROWS, C_DST) fp32 scratch: a row of partial statistics per pixel tile (STATS)
+    reduced_ptr,  # (2, C_DST) fp32 out (STATS): mean and biased variance, or sum y and sum y * bn_hat(other)
+    counter_ptr,  # (cdiv(C_DST, BLOCK_DST),) int32 arrival counters, zero (STATS)
     src_stride_n, src_stride_c, src_stride_h, src_stride_w,  # strides of src, elements
     dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
     other_stride_n, other_stride_c, other_stride_h, other_stride_w,  # strides of other, elements
@@ -211,7 +216,8 @@ def conv2d_gather_kernel(
     Forward: dst pixel (oh, ow) reads src at (oh*S - P + kh*D, ...). Grad input (the adjoint):
     dst pixel (ih, iw) reads src at oh = (ih + P - kh*D) / S where that division is exact.
     The prologue and epilogue flags fuse the smoothing step's elementwise work (MGiaD eq. 3)
-    and the FAS sums (eq. 6-7) into the convolution; at most one BatchNorm per launch.
+    and the FAS sums (eq. 6-7) into the convolution; at most one BatchNorm per launch. With
+    STATS, the last pixel tile of each channel tile merges every tile's partials in tile order.
     """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -277,19 +283,21 @@ def conv2d_gather_kernel(
                                       PROLOGUE_BN_RELU, BLOCK_P, BLOCK_DST)
 
     _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
-              n, oh, ow, p_mask, offs_c, c_mask, pid_p, dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
+              reduced_ptr, counter_ptr, n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
+              dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
-              STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS, BLOCK_P, BLOCK_DST)
+              STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS, BLOCK_DST)
 
 
 @triton.jit
 def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
-              n, oh, ow, p_mask, offs_c, c_mask, pid_p, dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
+              reduced_ptr, counter_ptr, n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
+              dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
               STATS_ROWS, HAS_BIAS: tl.constexpr, OTHER_MODE: tl.constexpr, EPILOGUE_BN_RELU: tl.constexpr,
-              EPILOGUE_NEEDS_BN: tl.constexpr, STATS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr):
+              EPILOGUE_NEEDS_BN: tl.constexpr, STATS: tl.constexpr, BLOCK_DST: tl.constexpr):
     """The gather's epilogue on the fp32 tile: bias, alpha, the sum with ``other``, the BatchNorm and ReLU
-    of the fused step (eq. 3), one cast and store, then the tile's partial statistics."""
+    of the fused step (eq. 3), one cast and store, then the batch statistics (STATS)."""
     other = acc  # placeholders for what the flags below load; read only where a flag set them
     mean_c = acc
     rstd_c = acc
@@ -320,15 +328,17 @@ def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gam
     tl.store(dst_ptr + dst_offs, out, mask=out_mask)
 
     if STATS != STATS_NONE:  # statistics of the values as stored, so they match an unfused pass
-        _store_tile_statistics(stats_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c, pid_p, C_DST, STATS_ROWS,
-                               STATS, BLOCK_P, BLOCK_DST)
+        _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c,
+                          pid_p, pid_c, C_DST, STATS_ROWS, STATS, BLOCK_DST)
 
 
 @triton.jit
-def _store_tile_statistics(stats_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c, pid_p, C_DST, STATS_ROWS,
-                           STATS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr):
-    """Row pid_p of the (3, STATS_ROWS, C_DST) partial statistics: the BatchNorm moments of the stored tile
-    (STATS_MOMENTS), or its BatchNorm-backward sums against bn_hat(other) (STATS_BN_GRAD)."""
+def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c,
+                      pid_p, pid_c, C_DST, STATS_ROWS, STATS: tl.constexpr, BLOCK_DST: tl.constexpr):
+    """Per-channel statistics of the stored output over the batch: this tile's partials go to row pid_p of
+    the (3, STATS_ROWS, C_DST) scratch, and the channel tile's last pixel tile merges the rows of all tiles
+    in order: the BatchNorm moments (STATS_MOMENTS), or the BatchNorm-backward sums against
+    bn_hat(other) (STATS_BN_GRAD), into reduced_ptr (2, C_DST)."""
     out_mask = p_mask[:, None] & c_mask[None, :]
     y = tl.where(out_mask, out.to(tl.float32), 0.0)
     if STATS == STATS_MOMENTS:
@@ -347,18 +357,18 @@ def _store_tile_statistics(stats_ptr, out, other, mean_c, rstd_c, p_mask, c_mask
     row = stats_ptr + pid_p * C_DST + offs_c
     tl.store(row, first, mask=c_mask)
     tl.store(row + plane, second, mask=c_mask)
-    tl.store(row + 2 * plane, third, mask=c_mask)
-    # The buffer has a row per GATHER_MIN_BLOCK_P pixels; with a larger BLOCK_P the rows past the
-    # last tile hold no tile: this program zeroes its share of them, so no memset is needed.
+    if STATS == STATS_MOMENTS:
+        tl.store(row + 2 * plane, third, mask=c_mask)
     tiles = tl.num_programs(0)
-    zeros = tl.zeros([BLOCK_DST], dtype=tl.float32)
-    for k in tl.static_range(1, BLOCK_P // GATHER_MIN_BLOCK_P):
-        spare = tiles * k + pid_p
-        spare_mask = c_mask & (spare < STATS_ROWS)
-        spare_row = stats_ptr + spare * C_DST + offs_c
-        tl.store(spare_row, zeros, mask=spare_mask)
-        tl.store(spare_row + plane, zeros, mask=spare_mask)
-        tl.store(spare_row + 2 * plane, zeros, mask=spare_mask)
+    if last_to_arrive(counter_ptr + pid_c, tiles):
+        if STATS == STATS_MOMENTS:
+            merge_moments(stats_ptr, tiles, plane, offs_c, c_mask, reduced_ptr, reduced_ptr + C_DST, C_DST,
+                          _MERGE_BLOCK_ROWS, BLOCK_DST)
+        else:
+            tl.store(reduced_ptr + offs_c, sum_rows(stats_ptr, tiles, C_DST, offs_c, c_mask, _MERGE_BLOCK_ROWS,
+                                                    BLOCK_DST), mask=c_mask)
+            tl.store(reduced_ptr + C_DST + offs_c, sum_rows(stats_ptr + plane, tiles, C_DST, offs_c, c_mask,
+                                                            _MERGE_BLOCK_ROWS, BLOCK_DST), mask=c_mask)
 
 
 @triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY, cache_results=True)
@@ -366,14 +376,20 @@ def _store_tile_statistics(stats_ptr, out, other, mean_c, rstd_c, p_mask, c_mask
 def conv2d_grad_weight_kernel(
     x_ptr,  # (N, C_IN, H, W) forward input
     grad_y_ptr,  # (N, C_OUT, H_out, W_out) gradient of the output
-    partial_w_ptr,  # (SPLITS, C_OUT, IN_PER_GROUP, KH, KW) fp32, contiguous: per-split sums
-    partial_b_ptr,  # (SPLITS, C_OUT) fp32, contiguous: per-split bias sums, written if HAS_BIAS
+    grad_w_ptr,  # (C_OUT, IN_PER_GROUP, KH, KW) out: alpha * the weight gradient
+    grad_b_ptr,  # (C_OUT,) out: alpha * the bias gradient, written if HAS_BIAS
+    partial_w_ptr,  # (splits, C_OUT, IN_PER_GROUP, KH, KW) fp32 scratch, contiguous: per-split sums
+    partial_b_ptr,  # (splits, C_OUT) fp32 scratch, contiguous: per-split bias sums (HAS_BIAS)
+    counter_ptr,  # (KH*KW*cdiv(C_OUT, BLOCK_OUT),) int32 arrival counters, zero
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C_IN,) BatchNorm applied to x (X_BN_RELU)
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
     gy_stride_n, gy_stride_c, gy_stride_h, gy_stride_w,  # strides of grad_y, elements
+    gw_stride_out, gw_stride_in, gw_stride_kh, gw_stride_kw,  # strides of grad_w, elements
+    gb_stride,  # stride of grad_b, elements
     N, H, W, H_out, W_out,  # batch and spatial sizes
     C_OUT, C_IN, OUT_PER_GROUP, IN_PER_GROUP,  # channels, in total and per group
     PIXELS_PER_SPLIT,  # output pixels (of N*H_out*W_out) each split reduces over
+    alpha,  # float: the gradients are those of alpha * conv (-1: a convolution entering with a minus sign)
     bn_eps,  # float: the BatchNorm's epsilon
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
@@ -384,11 +400,12 @@ def conv2d_grad_weight_kernel(
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
 ):
-    """partial_w[s, co, ci, kh, kw] = sum over split s's pixels of grad_y[co] * x[ci] at tap (kh, kw).
+    """grad_w[co, ci, kh, kw] = alpha * sum over pixels of grad_y[co] * x[ci] at tap (kh, kw).
 
     Grid (taps, output-channel tiles, splits): the taps vary fastest, so the KH*KW programs
     reading one grad_y tile run together and share it through L2. Splits give the pixel
-    reduction its parallelism; the host sums them in a fixed order (deterministic).
+    reduction its parallelism: each writes its fp32 partial, and the last split of a
+    (tap, channel tile) to finish sums them in split order (deterministic), scales and casts.
     """
     pid_tap = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -450,3 +467,27 @@ def conv2d_grad_weight_kernel(
         if HAS_BIAS:
             first = (pid_tap == 0) & (ci0 == in_start)
             tl.store(partial_b_ptr + pid_split * C_OUT + offs_co, bias_acc, mask=co_mask & first)
+
+    splits = tl.num_programs(2)
+    if last_to_arrive(counter_ptr + pid_tap * tl.num_programs(1) + pid_c, splits):
+        for ci0 in range(in_start, in_end, BLOCK_IN):
+            offs_ci = ci0 + tl.arange(0, BLOCK_IN)
+            group_ci = offs_ci // IN_PER_GROUP
+            local_ci = offs_ci - group_ci * IN_PER_GROUP
+            keep = (group_co[:, None] == group_ci[None, :]) & co_mask[:, None] & (offs_ci < in_end)[None, :]
+            tile_offs = offs_co[:, None] * (IN_PER_GROUP * taps) + local_ci[None, :] * taps + pid_tap
+            total = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
+            for split in range(0, splits):
+                total += tl.load(partial_w_ptr + split * w_split_stride + tile_offs, mask=keep, other=0.0,
+                                 cache_modifier=".cg")
+            gw_offs = offs_co[:, None] * gw_stride_out + local_ci[None, :] * gw_stride_in \
+                + kh * gw_stride_kh + kw * gw_stride_kw
+            tl.store(grad_w_ptr + gw_offs, (total * alpha).to(grad_w_ptr.dtype.element_ty), mask=keep)
+        if HAS_BIAS:
+            if pid_tap == 0:
+                total_b = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+                for split in range(0, splits):
+                    total_b += tl.load(partial_b_ptr + split * C_OUT + offs_co, mask=co_mask, other=0.0,
+                                       cache_modifier=".cg")
+                tl.store(grad_b_ptr + offs_co * gb_stride, (total_b * alpha).to(grad_b_ptr.dtype.element_ty),
+                         mask=co_mask)

@@ -1,0 +1,539 @@
+"""Host-path benchmark of the issue's MGiaD training step: runs anywhere, no GPU needed.
+
+    python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start]
+
+CPU tensors take the real Triton launch path, compiled for sm_90 by the stand-in CUDA driver
+(``mgiad_kernels.standin_driver``: launches are recorded no-ops), so what is measured is the host
+side of a GPU training step: how many kernels it launches and what each launch costs the CPU.
+
+1. Launches per MGiaD forward+backward (after a warm-up step): Triton launches (from the stand-in's
+   recorder) and aten compute ops (``AtenLaunchCounter``: the aten ops that would launch a GPU
+   kernel; views, pure allocations and ops returning no tensor are not counted; the package's
+   custom ops are opened up and the aten ops inside them counted).
+2. Host microseconds per call, medians over ``--repeats`` batches of 1000 calls, the batches of
+   (a), (b) and (c) interleaved: (a) ``torch.add(a, b, out=c)`` on 16 floats, (b) one Triton launch
+   (``launchers.conv2d_forward`` of a small grouped conv), (c) the same conv through the custom op
+   ``torch.ops.mgiad_kernels.conv2d``, and (d) the whole step's host time per Triton launch.
+3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
+   benchmarks and wall seconds of a first forward+backward; ``--no-cold-start`` skips it.
+
+Everything but the cold start runs on a warm Triton cache (the user's), with one torch thread.
+Writes ``<out-dir>/host-<device>-<date>.json`` and ``.md`` (atomically, once everything is measured)
+and prints a summary. Runs without TRITON_INTERPRET (the stand-in needs the compiler): when it is
+set, the benchmark re-runs itself in a child process without it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+PROG = "python -m mgiad.bench --host"
+ARCH = 90  # the stand-in's target: sm_90, an H100
+H100_PROGRAMS = 4 * 132  # parallel programs a launch offers on an H100 (4 per SM)
+MODEL_CONFIG = dict(num_classes=10, widths=(64, 128, 256, 256), smoothing_steps=(2, 2, 2, 2), coarsest_channels=64,
+                    group_size=8, channel_scale=3, backend="triton")
+INPUT_SHAPE = (2, 3, 32, 32)
+LABELS = (1, 7)
+CALLS_PER_BATCH = 1000
+# The small grouped conv of measurement 2: x (N, C, H, W), weight (C_out, C_in / groups, KH, KW).
+CONV_X, CONV_W, CONV_GROUPS = (2, 64, 8, 8), (64, 8, 3, 3), 8
+
+TARGETS = {  # name: (what, limit); a value meets its target when value <= limit
+    "triton_plus_aten_launches": ("Triton + aten launches per MGiaD fwd+bwd", 650),
+    "aten_launches": ("aten compute ops per MGiaD fwd+bwd", 100),
+    "launch_us_ratio": ("host us per Triton launch / us per tiny aten op", 2.5),
+    "cold_start_compiles": ("compiles of a first fwd+bwd on an empty cache", 60),
+    "cold_start_benchmarks": ("autotune benchmarks of that first step", 0),
+}
+
+# ---- counting the aten ops that would launch a GPU kernel ---------------------------------------------------------
+
+VIEW_OPS = frozenset({"as_strided", "view", "_unsafe_view", "_reshape_alias", "reshape", "t", "transpose", "permute",
+                      "expand", "alias", "slice", "select", "unsqueeze", "squeeze", "detach", "unfold", "split",
+                      "split_with_sizes", "unbind", "chunk", "narrow", "diagonal", "view_as", "lift_fresh",
+                      # in-place metadata changes: strides, shape or storage, no data touched
+                      "as_strided_", "t_", "transpose_", "squeeze_", "unsqueeze_", "detach_", "resize_", "set_"})
+ALLOCATION_OPS = frozenset({"empty", "empty_strided", "new_empty", "new_empty_strided", "empty_like"})
+NON_TENSOR_OPS = frozenset({"promote_types", "result_type", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset",
+                            "is_same_size", "_local_scalar_dense", "_has_compatible_shallow_copy_type"})
+EXCLUDED_OPS = VIEW_OPS | ALLOCATION_OPS | NON_TENSOR_OPS  # aten overload packet names never counted
+
+
+def _returns_tensor(func) -> bool:
+    return any("Tensor" in str(r.type) for r in func._schema.returns)
+
+
+def _mutates(func) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
+def is_counted(func) -> bool:
+    """Whether an aten op would launch a GPU kernel: not a view or alias, not a pure allocation, and
+    it returns a tensor or writes one (``_foreach_add_`` returns nothing but computes)."""
+    if func.namespace != "aten":
+        return False
+    name = func.overloadpacket.__name__
+    if func.is_view or name in EXCLUDED_OPS:
+        return False
+    return _returns_tensor(func) or _mutates(func)
+
+
+class AtenLaunchCounter(TorchDispatchMode):
+    """Counts the aten compute ops run under it (``counts``: op overload -> calls, e.g. 'aten.add.Tensor').
+
+    The package's custom ops (namespace ``mgiad_kernels``) are opaque to a dispatch mode; each is not
+    counted itself but runs its Python implementation under the mode, so the aten ops inside its
+    launchers (allocations excepted, zero fills counted) are. Triton launches are not aten ops.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "mgiad_kernels":
+            from mgiad_kernels import ops  # calling func again under the mode would recurse forever
+            impl = getattr(ops, func._schema.name.split("::")[1])._init_fn
+            with self:
+                return impl(*args, **kwargs)
+        if is_counted(func):
+            self.counts[str(func)] += 1
+        return func(*args, **kwargs)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+# ---- the stand-in set-up ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def triton_on_cpu(arch: int = ARCH):
+    """CPU tensors take the Triton path, with an H100's grids, under the stand-in driver; yields its
+    recorder. Everything patched is restored on exit."""
+    import mgiad_kernels.backend as backend
+    import mgiad_kernels.launchers as launchers
+    from mgiad_kernels.standin_driver import standin_cuda_driver
+
+    saved = backend.triton_unavailable_reason, launchers.parallel_programs_wanted
+    backend.triton_unavailable_reason = lambda *tensors, **kwargs: None  # CPU tensors stand in for CUDA ones
+    launchers.parallel_programs_wanted = lambda device: H100_PROGRAMS  # an H100's grids
+    try:
+        with standin_cuda_driver(arch=arch) as rec:
+            yield rec
+    finally:
+        backend.triton_unavailable_reason, launchers.parallel_programs_wanted = saved
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def build_step():
+    """The issue's model and batch; returns (forward, step): forward() zeroes the gradients (to None) and
+    returns the loss; step() runs forward().backward()."""
+    import torch.nn.functional as F
+
+    from .models import MGiaD
+
+    torch.manual_seed(0)
+    model = MGiaD(**MODEL_CONFIG).to(memory_format=torch.channels_last)
+    x = torch.randn(*INPUT_SHAPE).to(memory_format=torch.channels_last)
+    y = torch.tensor(LABELS)
+
+    def forward():
+        model.zero_grad(set_to_none=True)
+        return F.cross_entropy(model(x), y)
+
+    def step():
+        forward().backward()
+
+    return forward, step
+
+
+def _launches(rec, start: int) -> list:
+    return [launch for launch in rec.launches[start:] if not launch.bench]
+
+
+# ---- timing -------------------------------------------------------------------------------------------------------
+
+def _quantiles(samples: list[float], scale: float = 1.0) -> tuple[float, float, float]:
+    """(median, p20, p80) of the samples, times ``scale``."""
+    s = sorted(samples)
+    pick = lambda q: s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]  # noqa: E731
+    return statistics.median(s) * scale, pick(0.2) * scale, pick(0.8) * scale
+
+
+def _stats(samples: list[float], scale: float = 1.0) -> dict:
+    """Median, p20 and p80 of per-call microseconds (the samples times ``scale``)."""
+    median, p20, p80 = _quantiles(samples, scale)
+    return {"median_us": median, "p20_us": p20, "p80_us": p80, "batches": len(samples)}
+
+
+def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> dict:
+    """Per-call host microseconds of each function: ``batches`` batches of ``calls`` calls each, the
+    functions' batches interleaved (drift hits them all alike), garbage collection off meanwhile."""
+    for fn in fns.values():  # warm-up: compiles, caches
+        for _ in range(min(calls, 50)):
+            fn()
+    samples = {name: [] for name in fns}
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(batches):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / calls * 1e6)
+    finally:
+        if enabled:
+            gc.enable()
+    return {name: _stats(s) for name, s in samples.items()}
+
+
+def _small_conv_calls():
+    """(launch, custom op): the same small grouped conv as one Triton launch and through the custom op,
+    the geometry built as ``mgiad_kernels.ops`` builds it."""
+    from mgiad_kernels import launchers
+    from mgiad_kernels.ops import conv_geometry
+
+    x = torch.randn(*CONV_X).to(memory_format=torch.channels_last)
+    w = torch.randn(*CONV_W)
+    stride, padding, dilation = [1, 1], [1, 1, 1, 1], [1, 1]
+    geo = conv_geometry(x.shape, w.shape, stride, padding, dilation, CONV_GROUPS)
+    op = torch.ops.mgiad_kernels.conv2d
+    return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
+            lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS))
+
+
+def measure_warm(repeats: int, log=print) -> dict:
+    """Measurements 1 and 2, in this process, on the warm Triton cache."""
+    with _torch_threads(1), triton_on_cpu() as rec:
+        forward, step = build_step()
+        t0 = time.perf_counter()
+        step()  # warm-up: compiles (or loads from the disk cache) every kernel of the step
+        log(f"warm-up step: {time.perf_counter() - t0:.1f} s, {len(rec.compiles)} kernels compiled or loaded")
+        start = len(rec.launches)
+        with AtenLaunchCounter() as counter:
+            loss = forward()
+        forward_triton, forward_aten = len(_launches(rec, start)), counter.total
+        with counter:
+            loss.backward()
+        del loss
+        launched = _launches(rec, start)
+        per_kernel = Counter(launch.name for launch in launched)
+
+        step_ms = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            step_ms.append((time.perf_counter() - t0) * 1e3)
+
+        a, b, c = (torch.randn(16) for _ in range(3))
+        launch, custom_op = _small_conv_calls()
+        start = len(rec.launches)
+        timed = time_interleaved({"aten_add_16": lambda: torch.add(a, b, out=c),
+                                  "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op}, repeats)
+        conv_launches = Counter(launch.name for launch in _launches(rec, start))
+        del rec.launches[:]  # the recorder keeps every launch; let go of the timing runs'
+
+    n_triton = len(launched)
+    timed["mgiad_step_per_triton_launch"] = _stats(step_ms, 1e3 / max(n_triton, 1))
+    median, p20, p80 = _quantiles(step_ms)
+    base = timed["aten_add_16"]["median_us"]
+    for entry in timed.values():
+        entry["ratio_to_aten_add"] = entry["median_us"] / base
+    return {
+        "launches": {"triton": n_triton, "triton_per_kernel": dict(sorted(per_kernel.items())),
+                     "aten": counter.total, "aten_per_op": dict(sorted(counter.counts.items())),
+                     "triton_plus_aten": n_triton + counter.total,
+                     "forward": {"triton": forward_triton, "aten": forward_aten},
+                     "backward": {"triton": n_triton - forward_triton, "aten": counter.total - forward_aten}},
+        "host_us": timed,
+        "mgiad_step_ms": {"median": median, "p20": p20, "p80": p80, "repeats": len(step_ms)},
+        "small_conv": {"x": list(CONV_X), "weight": list(CONV_W), "groups": CONV_GROUPS, "stride": 1, "padding": 1,
+                       "kernels_launched": sorted(conv_launches)},
+    }
+
+
+# ---- cold start ---------------------------------------------------------------------------------------------------
+
+def cold_start_child() -> None:
+    """In a fresh process (empty TRITON_CACHE_DIR): one forward+backward; prints its record as JSON."""
+    torch.set_num_threads(1)
+    with triton_on_cpu() as rec:
+        _, step = build_step()
+        t0 = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - t0
+    per_kernel = Counter(c.name for c in rec.compiles)
+    print(json.dumps({"compiles": len(rec.compiles), "compiles_per_kernel": dict(sorted(per_kernel.items())),
+                      "benchmarks": len(rec.benchmarks), "launches": len([x for x in rec.launches if not x.bench]),
+                      "step_s": seconds}))
+
+
+def _child_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def measure_cold_start(timeout: float = 1800) -> dict:
+    """Measurement 3 in a subprocess with an empty Triton cache and autotuning off."""
+    with tempfile.TemporaryDirectory(prefix="mgiad-host-bench-cache-") as cache:
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", "from mgiad.host_bench import cold_start_child; "
+                               "cold_start_child()"], env=_child_env(TRITON_CACHE_DIR=cache),
+                              capture_output=True, text=True, timeout=timeout)
+        process_s = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"the cold-start process failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_s"] = process_s
+    return result
+
+
+# ---- report -------------------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu, /proc/cpuinfo), else platform.processor() or the machine."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.strip().lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def targets(doc: dict) -> dict:
+    """Each target of the issue: its value, limit and whether it is met (None: not measured)."""
+    launches, cold = doc["launches"], doc.get("cold_start")
+    values = {"triton_plus_aten_launches": launches["triton_plus_aten"], "aten_launches": launches["aten"],
+              "launch_us_ratio": doc["host_us"]["triton_conv2d_launch"]["ratio_to_aten_add"],
+              "cold_start_compiles": cold["compiles"] if cold else None,
+              "cold_start_benchmarks": cold["benchmarks"] if cold else None}
+    return {name: {"what": what, "value": values[name], "limit": limit,
+                   "met": None if values[name] is None else values[name] <= limit}
+            for name, (what, limit) in TARGETS.items()}
+
+
+def results_stem(out_dir: str, date: datetime.date) -> str:
+    """``out_dir/host-<device>-<date>``, named like mgiad_kernels.bench.report's results."""
+    from mgiad_kernels.bench.report import device_name
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", device_name(torch.device("cpu")))
+    return os.path.join(out_dir, f"host-{name}-{date.isoformat()}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def markdown(doc: dict) -> str:
+    host, launches, cold = doc["host_us"], doc["launches"], doc["cold_start"]
+    m = doc["model"]
+    lines = [f"# Host-path benchmark on {doc['cpu']}, {doc['date'][:10]}", "",
+             f"torch {doc['torch']}, triton {doc['triton']}, Python {doc['python']}; {doc['platform']}. "
+             f"MGiaD widths {tuple(m['widths'])}, smoothing steps {tuple(m['smoothing_steps'])}, coarsest "
+             f"{m['coarsest_channels']}, group size {m['group_size']}, channel scale {m['channel_scale']}, input "
+             f"{tuple(m['input_shape'])} channels_last, on CPU tensors through the Triton launch path compiled for "
+             f"sm_{ARCH} by the stand-in driver (launches are recorded no-ops); one torch thread. Host times are "
+             f"medians (p20-p80) of {doc['settings']['repeats']} batches of {doc['settings']['calls_per_batch']} "
+             f"calls.", "",
+             "| measurement | value | target | met |", "|---|---|---|---|"]
+    t = doc["targets"]
+
+    def row(label, value, target=None):
+        met = "" if target is None else {True: "yes", False: "**no**", None: "not measured"}[t[target]["met"]]
+        limit = "" if target is None else f"<= {_fmt(t[target]['limit'])}"
+        lines.append(f"| {label} | {value} | {limit} | {met} |")
+
+    fwd, bwd = launches["forward"], launches["backward"]
+    row("Triton launches per fwd+bwd (fwd + bwd)", f"{launches['triton']} ({fwd['triton']} + {bwd['triton']})")
+    row("aten compute ops per fwd+bwd (fwd + bwd)", f"{launches['aten']} ({fwd['aten']} + {bwd['aten']})",
+        "aten_launches")
+    row("Triton + aten per fwd+bwd", launches["triton_plus_aten"], "triton_plus_aten_launches")
+    for key, label in (("aten_add_16", "(a) torch.add, 16 floats, out="),
+                       ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
+                       ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
+                       ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches")):
+        h = host[key]
+        row(f"{label}, us", f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "
+                            f"{h['ratio_to_aten_add']:.2f}x (a)",
+            "launch_us_ratio" if key == "triton_conv2d_launch" else None)
+    s = doc["mgiad_step_ms"]
+    row("MGiaD fwd+bwd host time, ms", f"{s['median']:.1f} ({s['p20']:.1f}-{s['p80']:.1f})")
+    if cold:
+        row("cold start: compiles", cold["compiles"], "cold_start_compiles")
+        row("cold start: autotune benchmarks", cold["benchmarks"], "cold_start_benchmarks")
+        row("cold start: first fwd+bwd, s (whole process)", f"{cold['step_s']:.1f} ({cold['process_s']:.1f})")
+    else:
+        row("cold start", "skipped (--no-cold-start)", "cold_start_compiles")
+    counts = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+    lines += ["", "Triton launches per kernel: " + counts(launches["triton_per_kernel"]),
+              "", "aten ops: " + counts(launches["aten_per_op"])]
+    if cold:
+        lines += ["", "Cold-start compiles per kernel: " + counts(cold["compiles_per_kernel"])]
+    return "\n".join(lines) + "\n"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(files: dict) -> None:
+    """{path: text}: each written to a temporary file beside it, then all moved into place."""
+    tmps = {}
+    try:
+        for path, text in files.items():
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                       dir=os.path.dirname(path) or ".")
+            tmps[path] = tmp
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def summary(doc: dict) -> str:
+    launches, host, t = doc["launches"], doc["host_us"], doc["targets"]
+    mark = lambda name: {True: "met", False: "NOT MET", None: "not measured"}[t[name]["met"]]  # noqa: E731
+    lines = [f"launches per MGiaD fwd+bwd: {launches['triton']} Triton + {launches['aten']} aten = "
+             f"{launches['triton_plus_aten']} (target <= {t['triton_plus_aten_launches']['limit']}: "
+             f"{mark('triton_plus_aten_launches')}; aten <= {t['aten_launches']['limit']}: {mark('aten_launches')})"]
+    for key in ("aten_add_16", "triton_conv2d_launch", "custom_op_conv2d", "mgiad_step_per_triton_launch"):
+        h = host[key]
+        lines.append(f"host us {key:<30} {h['median_us']:8.2f}  ({h['ratio_to_aten_add']:.2f}x aten add)")
+    lines.append(f"launch / aten add target <= {t['launch_us_ratio']['limit']}x: {mark('launch_us_ratio')}")
+    cold = doc["cold_start"]
+    if cold:
+        lines.append(f"cold start: {cold['compiles']} compiles (target <= {t['cold_start_compiles']['limit']}: "
+                     f"{mark('cold_start_compiles')}), {cold['benchmarks']} autotune benchmarks, "
+                     f"{cold['step_s']:.1f} s step, {cold['process_s']:.1f} s process")
+    else:
+        lines.append("cold start: skipped")
+    return "\n".join(lines)
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``PROG: error: MESSAGE``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int of at least 1, got {value}")
+    return value
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = _OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", default=os.path.join("benchmarks", "results"),
+                   help="where host-<device>-<date>.json and .md go (default: benchmarks/results)")
+    p.add_argument("--repeats", type=_positive_int, default=20,
+                   help="timed batches of each host measurement, and timed MGiaD steps (default 20)")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess (about a minute)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> str | None:
+    """Measure, write the JSON and markdown, print a summary; returns the results' stem (None when the
+    benchmark ran in a child process because TRITON_INTERPRET was set)."""
+    a = parse_args(sys.argv[1:] if argv is None else list(argv))
+    if "TRITON_INTERPRET" in os.environ:
+        print(f"{PROG}: TRITON_INTERPRET is set; the stand-in driver needs Triton's compiler, not its "
+              "interpreter: re-running without it", file=sys.stderr, flush=True)
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        argv = sys.argv[1:] if argv is None else list(argv)
+        code = subprocess.run([sys.executable, "-m", "mgiad.bench", "--host", *[x for x in argv if x != "--host"]],
+                              env=env).returncode
+        if code:
+            raise SystemExit(code)
+        return None
+    import triton
+    from mgiad_kernels.bench.report import device_name
+
+    os.makedirs(a.out_dir, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    print(f"MGiaD host-path benchmark ({a.repeats} repeats), CPU tensors on the sm_{ARCH} stand-in", flush=True)
+    doc = {"benchmark": "host", "date": now.isoformat(timespec="seconds"),
+           "device": device_name(torch.device("cpu")), "standin_arch": ARCH,
+           "cpu": cpu_model(), "platform": platform.platform(), "processor": platform.processor(),
+           "python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+           "model": {**MODEL_CONFIG, "widths": list(MODEL_CONFIG["widths"]),
+                     "smoothing_steps": list(MODEL_CONFIG["smoothing_steps"]), "input_shape": list(INPUT_SHAPE),
+                     "labels": list(LABELS), "memory_format": "channels_last"},
+           "settings": {"repeats": a.repeats, "calls_per_batch": CALLS_PER_BATCH, "torch_threads": 1,
+                        "cold_start": not a.no_cold_start, "parallel_programs": H100_PROGRAMS,
+                        "MGIAD_KERNELS_AUTOTUNE": os.environ.get("MGIAD_KERNELS_AUTOTUNE"),
+                        "excluded_aten_ops": sorted(EXCLUDED_OPS)}}
+    doc.update(measure_warm(a.repeats))
+    if a.no_cold_start:
+        doc["cold_start"] = None
+    else:
+        print("cold start: a first fwd+bwd on an empty Triton cache in a subprocess (about a minute)", flush=True)
+        doc["cold_start"] = measure_cold_start()
+    doc["targets"] = targets(doc)
+    met = [t["met"] for t in doc["targets"].values()]  # None: not measured (cold start skipped)
+    doc["all_targets_met"] = False if False in met else None if None in met else True
+    stem = results_stem(a.out_dir, now.date())
+    _write_atomically({stem + ".json": json.dumps(doc, indent=1) + "\n", stem + ".md": markdown(doc)})
+    print(summary(doc))
+    print(f"wrote {stem}.json and {stem}.md")
+    return stem
+
+
+if __name__ == "__main__":
+    main()
