@@ -134,22 +134,19 @@ def test_no_launch_hands_a_user_tensor_as_a_placeholder(monkeypatch):
     from mgiad_kernels.kernels import conv
 
     seen = []
-    original = launchers._launch
+    original = launchers._run
 
-    def record(kernel, config, grid):
-        launch = original(kernel, config, grid)
+    def record(kernel, config, grid, pointers, rest, constexprs):
+        if kernel is conv.conv2d_gather_kernel:
+            seen.append(dict(zip(kernel.arg_names, pointers)))
+        return original(kernel, config, grid, pointers, rest, constexprs)
 
-        def call(*args, **kwargs):
-            if kernel is conv.conv2d_gather_kernel:
-                seen.append(dict(zip(kernel.arg_names, args)))
-            return launch(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(launchers, "_launch", record)
+    monkeypatch.setattr(launchers, "_run", record)
     x = torch.randn(1, 8, 4, 4, device=DEVICE)
     w = torch.randn(8, 2, 3, 3, device=DEVICE)
     grouped_conv2d(x, w, padding=1, groups=4, backend="triton")
     scratch = launchers.scratch(x.device)
     args = seen[-1]
-    for name in ("bias_ptr", "other_ptr", "bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr"):
+    for name in ("bias_ptr", "other_ptr", "bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr",
+                 "reduced_ptr", "counter_ptr"):
         assert args[name] is scratch, name
