@@ -31,7 +31,6 @@ import gc
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -354,10 +353,9 @@ def targets(doc: dict) -> dict:
 
 def results_stem(out_dir: str, date: datetime.date) -> str:
     """``out_dir/host-<device>-<date>``, named like mgiad_kernels.bench.report's results."""
-    from mgiad_kernels.bench.report import device_name
+    from mgiad_kernels.bench.report import results_stem as kernel_results_stem
 
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", device_name(torch.device("cpu")))
-    return os.path.join(out_dir, f"host-{name}-{date.isoformat()}")
+    return kernel_results_stem(out_dir, torch.device("cpu"), prefix="host-", date=date)
 
 
 def _fmt(value) -> str:

@@ -71,12 +71,12 @@ def launch(jit_fn, grid: Callable[[dict], tuple], pointers: tuple, rest: tuple, 
     plan = _PLANS.get(key)
     if plan is None:
         meta = {**constexprs, **options}
-        kernel = jit_fn.run(*pointers, *rest, grid=grid(meta), warmup=False, **meta)
-        g = tuple(grid(meta)) + (1, 1)
+        g = tuple(grid(meta))
+        kernel = jit_fn.run(*pointers, *rest, grid=g, warmup=False, **meta)
         tail = tuple(constexprs[p.name] for p in jit_fn.params[len(pointers) + len(rest):])
         if len(_PLANS) >= _MAX_PLANS:
             del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = LaunchPlan(kernel, g[:3], rest + tail)
+        _PLANS[key] = LaunchPlan(kernel, (g + (1, 1))[:3], rest + tail)
         return
     kernel = plan.kernel
     stream = active.get_current_stream(active.get_current_device())

@@ -57,10 +57,11 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{platform.machine()}"
 
 
-def results_stem(out_dir: str, device: torch.device, suffix: str = "") -> str:
-    """``out_dir/<device>-<date><suffix>``: where a run's .json, .md and plots go."""
+def results_stem(out_dir: str, device: torch.device, suffix: str = "", prefix: str = "",
+                 date: datetime.date | None = None) -> str:
+    """``out_dir/<prefix><device>-<date><suffix>``: where a run's .json, .md and plots go (date: today)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", device_name(device))
-    return os.path.join(out_dir, f"{name}-{datetime.date.today().isoformat()}{suffix}")
+    return os.path.join(out_dir, f"{prefix}{name}-{(date or datetime.date.today()).isoformat()}{suffix}")
 
 
 def _versions() -> dict:
