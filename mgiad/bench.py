@@ -5,10 +5,13 @@
 
 One SGD step (forward, backward, update; bf16 autocast for ``bfloat16``) of each model at CIFAR
 shape, on the providers ``triton`` (every conv and smoothing step on the Triton kernels), ``torch``
-(cuDNN) and ``torch_compile``. It runs on the kernel benchmark's machinery (``mgiad_kernels.bench``:
-timers, report, flags) and writes ``benchmarks/results/<device>-<date>-models.json`` and ``.md`` in
-the same format. Off-GPU it runs float32 only, at batch 4 and 16x16 (``--quick``), and times the torch
-provider.
+(cuDNN) and ``torch_compile``, and ``triton_graphs`` and ``torch_graphs``: the same steps captured in
+a CUDA graph and replayed (``mgiad.graphs.CapturedStep``, as ``mgiad train --cuda-graphs``; warm-up
+and capture happen before timing, each timed call copies the batch in and replays). It runs on the
+kernel benchmark's machinery (``mgiad_kernels.bench``: timers, report, flags) and writes
+``benchmarks/results/<device>-<date>-models.json`` and ``.md`` in the same format, each row with its
+images per second. Off-GPU it runs float32 only, at batch 4 and 16x16 (``--quick``), and times the
+torch provider; the others are skipped with their reason.
 
 ``--host`` runs the host-path benchmark instead (``mgiad.host_bench``; no GPU needed): the issue's
 MGiaD step on CPU tensors through the real Triton launch path compiled for sm_90 by the stand-in
@@ -18,18 +21,23 @@ writes ``benchmarks/results/host-<device>-<date>.json`` and ``.md``.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from mgiad_kernels.bench import Case, Suite
 from mgiad_kernels.bench import main as bench_main
+from mgiad_kernels.bench import skip_reason as kernel_skip_reason
 
+from .graphs import CapturedStep, sgd_step
 from .models import MGiaD, MgNet, resnet18_cifar
 
 OPS = ("train_step_mgiad", "train_step_mgnet", "train_step_resnet18")
-PROVIDERS = ("triton", "torch", "torch_compile")
+GRAPH_PROVIDERS = {"triton_graphs": "triton", "torch_graphs": "torch"}  # the eager provider each one captures
+PROVIDERS = ("triton", "torch", "torch_compile", *GRAPH_PROVIDERS)
 
 
 def cases(quick: bool, ops, dtypes) -> list[Case]:
@@ -47,6 +55,14 @@ def runs_on(case: Case, device: torch.device) -> bool:
     return device.type == "cuda" or case.dtype == torch.float32
 
 
+def skip_reason(provider: str, device: torch.device) -> str | None:
+    """Why ``provider`` is not timed on ``device`` (None: it is): the kernel benchmark's reasons, and the
+    CUDA-graph providers need a GPU."""
+    if provider in GRAPH_PROVIDERS and device.type != "cuda":
+        return "CUDA-graph providers capture GPU work: timed on GPUs only"
+    return kernel_skip_reason(provider, device)
+
+
 def build_model(op: str, backend: str) -> torch.nn.Module:
     if op == "train_step_mgiad":
         return MGiaD(coarsest_channels=64, group_size=8, channel_scale=3, backend=backend)
@@ -58,31 +74,53 @@ def build_model(op: str, backend: str) -> torch.nn.Module:
 
 
 def train_step_fn(case: Case, provider: str, device: torch.device):
-    """One SGD step of the case's model on ``provider``; no minimum bytes or FLOPs (whole models)."""
-    model = build_model(case.op, "triton" if provider == "triton" else "torch")
+    """One SGD step of the case's model on ``provider``; no minimum bytes or FLOPs (whole models). A graph
+    provider's step is warmed up and captured here, so that every timed call is a replay."""
+    eager_provider = GRAPH_PROVIDERS.get(provider, provider)
+    model = build_model(case.op, "triton" if eager_provider == "triton" else "torch")
     model = model.to(device).to(memory_format=torch.channels_last)
     module = torch.compile(model) if provider == "torch_compile" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(case.N, 3, case.H, case.W, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (case.N,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.dtype == torch.bfloat16)
-
-    def run():
-        with autocast:
-            loss = F.cross_entropy(module(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return run, 0.0, 0.0
+    amp_dtype = torch.bfloat16 if case.dtype == torch.bfloat16 else None
+    if provider in GRAPH_PROVIDERS:
+        step = CapturedStep(model, opt, amp_dtype=amp_dtype)
+        while step.replays == 0:  # warm-up steps, then the capture
+            step(x, y)
+        return lambda: step(x, y), 0.0, 0.0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_dtype is not None)
+    return lambda: sgd_step(module, opt, x, y, autocast), 0.0, 0.0
 
 
 SUITE = Suite(OPS, cases, providers_for, train_step_fn, stem_suffix="-models", runs_on=runs_on)
 
 
-def images_per_s(case: Case, median_ms: float) -> float:
-    """Training throughput of a timed step."""
-    return case.N / median_ms * 1e3
+def images_per_s(batch: int, median_ms: float) -> float:
+    """Training throughput of a timed step of ``batch`` images."""
+    return batch / median_ms * 1e3
+
+
+def add_images_per_s(stem: str) -> list[str]:
+    """Each row of ``<stem>.json`` gets ``images_per_s``, and ``<stem>.md`` a table of them per model and
+    dtype, a graph provider beside the eager one it captures; returns that table's lines."""
+    with open(stem + ".json") as fh:
+        doc = json.load(fh)
+    rows = doc["results"]
+    for row in rows:
+        row["images_per_s"] = images_per_s(row["N"], row["median_ms"])
+    eager = {(r["op"], r["dtype"], r["N"], r["provider"]): r["images_per_s"] for r in rows}
+    lines = ["", "## Images per second", "", "| op | dtype | N | provider | images/s | vs eager |", "|---" * 6 + "|"]
+    for r in rows:
+        base = eager.get((r["op"], r["dtype"], r["N"], GRAPH_PROVIDERS.get(r["provider"])))
+        lines.append(f"| {r['op']} | {r['dtype']} | {r['N']} | {r['provider']} | {r['images_per_s']:.1f} | "
+                     + (f"{r['images_per_s'] / base:.2f}x |" if base else " |"))
+    with open(stem + ".json.tmp", "w") as fh:
+        json.dump(doc, fh, indent=1)
+    os.replace(stem + ".json.tmp", stem + ".json")
+    with open(stem + ".md", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> str | None:
@@ -92,7 +130,15 @@ def main(argv=None) -> str | None:
         from . import host_bench
 
         return host_bench.main([a for a in argv if a != "--host"])
-    return bench_main(argv, SUITE, __doc__, prog="python -m mgiad.bench")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as mgiad_kernels.bench.main picks it
+    skipped = {p: skip_reason(p, device) for p in PROVIDERS if skip_reason(p, device)}
+    suite = dataclasses.replace(SUITE, providers_for=lambda case: tuple(p for p in providers_for(case)
+                                                                        if p not in skipped))
+    stem = bench_main(argv, suite, __doc__, prog="python -m mgiad.bench")
+    print("\n".join(add_images_per_s(stem)[2:]))
+    for provider, reason in skipped.items():
+        print(f"{provider} skipped: {reason}")
+    return stem
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--autoaugment", action="store_true", help="AutoAugment (CIFAR-10 policy) before crop / flip")
     p.add_argument("--seed", type=_flag(check_int, "seed", minimum=0, maximum=SEED_MAX), default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="GPU, one process: capture the whole training step in a CUDA graph and replay it")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda or cuda:N; default: cuda if available")
     _add_model_flags(p)
     p.add_argument("--max-steps-per-epoch", type=_flag(check_int, "max_steps_per_epoch"), default=None,
@@ -144,6 +146,22 @@ def _missing_modules(args) -> list[str]:
             f"(pip install {package})" for module, package in needs if importlib.util.find_spec(module) is None]
 
 
+def cuda_graphs_conflict(args, world: int) -> str | None:
+    """Why --cuda-graphs cannot run with these flags (None: it can): it needs a CUDA device, and
+    captures the plain model in one process (torch.compile and DDP are not captured)."""
+    if args.compile:
+        return ("--cuda-graphs and --compile are exclusive: pass one of them (--cuda-graphs captures the "
+                "eager step; torch.compile(mode='reduce-overhead') makes its own graphs)")
+    if world > 1:
+        return (f"--cuda-graphs runs in one process, got WORLD_SIZE={world} (DistributedDataParallel steps are "
+                "not captured): drop --cuda-graphs or run a single process")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type != "cuda":
+        where = f"got --device {args.device}" if args.device else "no CUDA GPU is available here"
+        return f"--cuda-graphs needs a CUDA device (--device cuda or cuda:N), {where}"
+    return None
+
+
 def check_train_args(p: argparse.ArgumentParser, args) -> None:
     """What the flags' types cannot check alone, before anything is read or trained (p.error exits)."""
     missing = _missing_modules(args)
@@ -154,6 +172,10 @@ def check_train_args(p: argparse.ArgumentParser, args) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size < world:
         p.error(f"batch_size={args.batch_size} must be at least the number of processes ({world})")
+    if args.cuda_graphs:
+        message = cuda_graphs_conflict(args, world)
+        if message:
+            p.error(message)
     try:
         check_model_config(args)
     except ValueError as exc:

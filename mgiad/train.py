@@ -22,6 +22,7 @@ from torch import nn
 
 from .checkpoints import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .data import Dataset, load_dataset, prepare_batch
+from .graphs import CapturedStep, sgd_step
 from .metrics import append_metrics, to_json
 from .models.factory import MODELS, build_model
 
@@ -103,6 +104,7 @@ class TrainingRun:
     start_epoch: int = 0
     best_acc: float = 0.0
     autoaugment: object = None
+    captured_step: CapturedStep | None = None  # --cuda-graphs: the step replayed from a CUDA graph
     history: list = field(default_factory=list)
 
     @property
@@ -143,7 +145,8 @@ def _autoaugment(enabled: bool):
 
 def setup_run(args) -> TrainingRun:
     """Device and processes, the checkpoint to resume (read first: a bad one fails before the data
-    loads), the dataset, the seeded model, SGD with cosine annealing, restored state, the wrappers."""
+    loads), the dataset, the seeded model, SGD with cosine annealing, restored state, the wrappers, and
+    with --cuda-graphs the step captured in a CUDA graph (mgiad.graphs)."""
     device, dist_env = _device_and_processes(args)
     if args.resume and not args.out:
         raise CheckpointError("--resume needs --out, the run folder holding checkpoint.pt")
@@ -168,6 +171,9 @@ def setup_run(args) -> TrainingRun:
         set_rng_state(ckpt["rng"])
         run.start_epoch, run.best_acc = ckpt["epoch"], ckpt["best_acc"]
     run.train_model = _wrap(model, device, dist_env, args.compile)
+    if args.cuda_graphs:
+        torch.cuda.set_device(device)  # capture and replay use the current device's streams
+        run.captured_step = CapturedStep(model, optimizer, amp_dtype=torch.bfloat16)
     run.autoaugment = _autoaugment(args.autoaugment)
     if run.writes and run.start_epoch == 0 and os.path.exists(run.metrics_path):
         os.remove(run.metrics_path)
@@ -175,7 +181,8 @@ def setup_run(args) -> TrainingRun:
 
 
 def train_epoch(run: TrainingRun, epoch: int) -> dict:
-    """One pass over this process's batches; the epoch's training loss, accuracy, images and seconds."""
+    """One pass over this process's batches, each an eager ``sgd_step`` or, with --cuda-graphs, a replay of
+    the captured step; the epoch's training loss, accuracy, images and seconds."""
     args, ds, device, dist_env = run.args, run.ds, run.device, run.dist_env
     run.train_model.train()
     batches = _epoch_order(len(ds.train.labels), args.seed, epoch, dist_env, args.batch_size)
@@ -189,17 +196,18 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
             images = torch.stack([run.autoaugment(img) for img in images])
         x = prepare_batch(images, ds, not args.no_augment, aug_gen, device)
         y = ds.train.labels[idx].to(device)
-        with _autocast(device):
-            logits = run.train_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        if run.captured_step is not None:  # the sums stay on the GPU: no sync per step
+            loss, logits = run.captured_step(x, y)
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        else:
+            loss, logits = sgd_step(run.train_model, run.optimizer, x, y, _autocast(device))
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    loss_sum, correct = float(loss_sum), int(correct)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seen": seen,
             "seconds": time.perf_counter() - t0}
 

@@ -402,8 +402,10 @@ def _shape_ops(c: int, h: int, gs: int, dtype):
     state = {}
 
     def smoothing_forward():
+        updates = tuple(launchers.RunningStatsUpdate(vec(), vec(), torch.zeros((), dtype=torch.int64), 0.1,
+                                                     N_BATCH * h * h) for _ in range(2))
         state["fwd"] = launchers.smoothing_step_forward(u, f, w_a, None, geo, w_b, None, geo, bn1_affine, bn2_affine,
-                                                        eps, None)
+                                                        eps, None, updates)
 
     def smoothing_backward():
         _, r, s, stats = state["fwd"]
@@ -414,11 +416,6 @@ def _shape_ops(c: int, h: int, gs: int, dtype):
         bn = launchers.BatchNormArgs(vec(), vec(), vec(), vec(), 1e-5)
         launchers.smoothing_step_inference(u, f, w_a, None, geo, w_b, None, geo, bn, bn)
 
-    def running_update():
-        running = tuple(vec() for _ in range(4))
-        batches = (torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.int64))
-        launchers.update_running_stats(running, batches, torch.ones((4, c)), 0.1, N_BATCH * h * h)
-
     return [
         ("conv forward", lambda: launchers.conv2d_forward(x, w_a, None, None, 1.0, geo)),
         ("conv grad input", lambda: launchers.conv2d_grad_input(gy, x.shape, w_a, geo, cl)),
@@ -426,7 +423,6 @@ def _shape_ops(c: int, h: int, gs: int, dtype):
         ("smoothing step forward (training)", smoothing_forward),
         ("smoothing step backward", smoothing_backward),
         ("smoothing step eval", smoothing_eval),
-        ("running-stats update", running_update),
     ]
 
 

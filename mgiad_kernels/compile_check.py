@@ -21,41 +21,49 @@ import sys
 import time
 
 POINTER_FP32 = {"bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr", "reduced_ptr",
-                "partial_w_ptr", "partial_b_ptr", "partial_ptr", "sums_ptr", "batch_stats_ptr",
-                "running_mean1_ptr", "running_var1_ptr", "running_mean2_ptr", "running_var2_ptr"}
-POINTER_I64 = {"batches1_ptr", "batches2_ptr"}
+                "partial_w_ptr", "partial_b_ptr", "partial_ptr", "sums_ptr", "running_mean_ptr", "running_var_ptr"}
+POINTER_I64 = {"batches_ptr", "batches1_ptr", "batches2_ptr"}
 POINTER_I32 = {"counter_ptr"}
 FLOAT_ARGS = {"alpha", "bn_eps", "momentum", "unbias", "inv_count"}
 TRITON_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 def _gather_variants():
-    """(description, constexprs) of every conv2d_gather_kernel launch the launchers make."""
+    """(description, constexprs) of every conv2d_gather_kernel launch the launchers make; the fusion
+    modes by the names the launchers use (launchers._fusion_modes), not as raw integers."""
+    from .launchers import _fusion_modes
+
+    other, stats, running = _fusion_modes()
     conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
     pool = dict(conv3x3, STRIDE_H=2, STRIDE_W=2)
     conv1x1 = dict(KH=1, KW=1, STRIDE_H=1, STRIDE_W=1, PAD_H=0, PAD_W=0, DIL_H=1, DIL_W=1)
-    plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=0, EPILOGUE_BN_RELU=False, STATS=0)
+    plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=other["none"], EPILOGUE_BN_RELU=False,
+                 STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8)
 
     def variant(geometry, transposed, **flags):
-        needs_bn = flags.get("EPILOGUE_BN_RELU", False) or flags.get("OTHER_MODE") in (2, 3) or flags.get("STATS") == 2
+        needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]
+                    or flags.get("OTHER_MODE") in (other["add_after_bn"], other["relu_grad"]))
         return {**geometry, **plain, "TRANSPOSED": transposed, "EPILOGUE_NEEDS_BN": needs_bn, **flags}
 
     return [
         ("conv3x3 forward + bias", variant(conv3x3, False, HAS_BIAS=True)),
         ("conv3x3 grad input", variant(conv3x3, True)),
         ("stride-2 pool grad input", variant(pool, True)),
-        ("1x1 + residual (FAS)", variant(conv1x1, False, OTHER_MODE=1)),
-        ("smoothing A: f - A u, bn1 moments", variant(conv3x3, False, OTHER_MODE=1, STATS=1)),
-        ("smoothing B: bn1/relu prologue, bn2 moments", variant(conv3x3, False, PROLOGUE_BN_RELU=True, STATS=1)),
-        ("eval A: relu(bn1(f - A u))", variant(conv3x3, False, OTHER_MODE=1, EPILOGUE_BN_RELU=True)),
-        ("eval B: u + relu(bn2(B t))", variant(conv3x3, False, OTHER_MODE=2)),
-        ("backward B^T: relu mask, bn1 grad sums", variant(conv3x3, True, OTHER_MODE=3, STATS=2)),
-        ("backward A^T: grad_out - A^T g", variant(conv3x3, True, OTHER_MODE=1)),
+        ("1x1 + residual (FAS)", variant(conv1x1, False, OTHER_MODE=other["add"])),
+        ("smoothing A: f - A u, bn1 moments, running update",
+         variant(conv3x3, False, OTHER_MODE=other["add"], STATS=stats["moments"], RUNNING_UPDATE=running["momentum"])),
+        ("smoothing B: bn1/relu prologue, bn2 moments, cumulative running update",
+         variant(conv3x3, False, PROLOGUE_BN_RELU=True, STATS=stats["moments"], RUNNING_UPDATE=running["cumulative"])),
+        ("eval A: relu(bn1(f - A u))", variant(conv3x3, False, OTHER_MODE=other["add"], EPILOGUE_BN_RELU=True)),
+        ("eval B: u + relu(bn2(B t))", variant(conv3x3, False, OTHER_MODE=other["add_after_bn"])),
+        ("backward B^T: relu mask, bn1 grad sums",
+         variant(conv3x3, True, OTHER_MODE=other["relu_grad"], STATS=stats["bn_grad"])),
+        ("backward A^T: grad_out - A^T g", variant(conv3x3, True, OTHER_MODE=other["add"])),
     ]
 
 
 def _grad_weight_variants():
-    conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1)
+    conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, OUT_ALIGN=8, IN_ALIGN=8)
     return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False}),
             ("grad weight of B, relu(bn1(r)) recomputed", {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True})]
 
@@ -87,7 +95,7 @@ def _compile(kernel, constexprs: dict, dtype: str, target, num_warps: int = 4, n
 def jobs(dtypes, quick: bool = False):
     """Every (label, kernel, constexprs, dtype, num_warps, num_stages) to compile.
 
-    Gather variants compile with the first and the widest tile config, or the widest only if ``quick``.
+    Gather variants compile with the first and the last config of the autotune list, or the last only if ``quick``.
     """
     from .kernels import batchnorm, conv
 
@@ -107,16 +115,14 @@ def jobs(dtypes, quick: bool = False):
                         {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}, dtype, cfg.num_warps, cfg.num_stages))
         block = dict(BLOCK_P=64, BLOCK_C=32)
         out += [
-            ("bn_relu_residual", batchnorm.bn_relu_residual_kernel, block, dtype, 4, 3),
+            ("bn_relu_residual, batch counted", batchnorm.bn_relu_residual_kernel, dict(block, COUNT_BATCH=True),
+             dtype, 4, 3),
             ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, block, dtype, 4, 3),
             ("bn_backward relu, batch stats", batchnorm.bn_backward_kernel,
              dict(block, RELU_MASK=True, BATCH_STATS=True), dtype, 4, 3),
             ("bn_backward fixed stats", batchnorm.bn_backward_kernel,
              dict(block, RELU_MASK=False, BATCH_STATS=False), dtype, 4, 3),
         ]
-    for cumulative in (False, True):
-        out.append((f"bn_running_update cumulative={cumulative}", batchnorm.bn_running_update_kernel,
-                    dict(CUMULATIVE=cumulative, BLOCK_C=1024), "fp32", 4, 3))
     return out
 
 

@@ -81,6 +81,20 @@ class BatchNormArgs:
         return self.mean, self.var, self.gamma, self.beta
 
 
+@dataclass(frozen=True)
+class RunningStatsUpdate:
+    """A BatchNorm's running statistics to update from the batch moments a gather merges, as
+    nn.BatchNorm2d does in training: ``num_batches`` is its num_batches_tracked (read, not
+    incremented: the step's last kernel counts the batch), ``momentum`` None the cumulative average,
+    ``count`` the values per channel (N*H*W, > 1)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    num_batches: torch.Tensor
+    momentum: float | None
+    count: int
+
+
 def gather_stats_buffer(dst_shape: Sequence[int], device: torch.device) -> torch.Tensor:
     """(3, rows, C) fp32 scratch for a fused gather's per-tile partial statistics, a row per
     GATHER_MIN_BLOCK_P pixels (the most pixel tiles any config makes). Uninitialised: the gather
@@ -116,11 +130,18 @@ def scratch(device: torch.device) -> torch.Tensor:
     return buf
 
 
+def channel_alignment(per_group: int) -> int:
+    """The largest power of two, at most 16, dividing ``per_group``: a group's channel range starts
+    and ends on it, which the kernels assert so loads along channels vectorize (16 B at g_s >= 4 fp32,
+    g_s >= 8 16-bit)."""
+    return min(16, per_group & -per_group)
+
+
 def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prologue_bn: BatchNormArgs | None = None,
             other: torch.Tensor | None = None, other_mode: str = "none", alpha: float = 1.0,
             epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
             stats: torch.Tensor | None = None, stats_mode: str = "none",
-            reduced: torch.Tensor | None = None) -> None:
+            reduced: torch.Tensor | None = None, running_update: RunningStatsUpdate | None = None) -> None:
     """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input, with optional fusions.
 
     ``prologue_bn``: src is read as relu(prologue_bn(src)). ``other_mode``: 'add' (other + alpha * y),
@@ -128,6 +149,7 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     ``epilogue_bn_relu``: y = relu(epilogue_bn(y)). ``stats_mode``: 'moments' (the batch mean and
     biased variance of y into ``reduced``, contiguous (2, C) fp32) or 'bn_grad' (sum y and
     sum y * bn_hat(other)), merged in the kernel through the scratch ``stats`` (gather_stats_buffer).
+    ``running_update`` (with 'moments'): the merge also updates those running statistics.
     """
     conv = _kernels()
     if prologue_bn is not None and epilogue_bn is not None:
@@ -135,6 +157,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     if (epilogue_bn_relu or other_mode in ("add_after_bn", "relu_grad") or stats_mode == "bn_grad") \
             and epilogue_bn is None:
         raise AssertionError("this epilogue needs epilogue_bn")
+    if running_update is not None and stats_mode != "moments":
+        raise AssertionError("running statistics are updated from merged moments only")
     bn = prologue_bn or epilogue_bn
     n_batch, c_dst, h_dst, w_dst = dst.shape
     _, c_red, h_src, w_src = src.shape
@@ -145,7 +169,10 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     else:
         w_strides = (ws[0], 0, 0, ws[1], ws[2], ws[3])
         dst_per_group, red_per_group = geo.out_per_group, geo.in_per_group
-    other_modes, stats_modes = _fusion_modes()
+    if c_red * red_per_group >= 2 ** 31:  # the kernel finds a channel's group by a 31-bit multiply-shift
+        raise ValueError(f"the Triton convolution supports reduced channels x channels per group below 2^31, "
+                         f"got {c_red} x {red_per_group}")
+    other_modes, stats_modes, running_modes = _fusion_modes()
     pixels = n_batch * h_dst * w_dst
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_gather_config(dst_per_group, red_per_group)
@@ -154,28 +181,42 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     pointers = (src, weight, bias if bias is not None else unused, dst, other if other is not None else unused,
                 *(bn.pointers() if bn is not None else (unused,) * 4),
                 stats if stats is not None else unused, reduced if reduced is not None else unused,
-                counters if counters is not None else unused)
+                counters if counters is not None else unused,
+                *((running_update.mean, running_update.var, running_update.num_batches) if running_update is not None
+                  else (unused,) * 3))
+    if running_update is None:
+        running_mode, momentum, unbias = "none", 0.0, 1.0
+    else:
+        cumulative = running_update.momentum is None
+        running_mode = "cumulative" if cumulative else "momentum"
+        momentum = 0.0 if cumulative else float(running_update.momentum)
+        unbias = running_update.count / (running_update.count - 1)
     rest = (*src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()),
             bias.stride(0) if bias is not None else 0, *w_strides,
             n_batch, h_src, w_src, h_dst, w_dst, c_dst, c_red, dst_per_group, red_per_group,
-            float(alpha), float(bn.eps) if bn is not None else 0.0, stats.shape[1] if stats is not None else 0)
+            float(alpha), float(bn.eps) if bn is not None else 0.0, momentum, unbias,
+            stats.shape[1] if stats is not None else 0)
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
         OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
+        RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
         INPUT_PRECISION=_input_precision(src.dtype))
     _run(conv.conv2d_gather_kernel, config, grid, pointers, rest, constexprs)
 
 
 @functools.lru_cache(maxsize=None)
-def _fusion_modes() -> tuple[dict, dict]:
-    """OTHER_MODE and STATS by name, as the plain ints the kernel compares with its constexpr globals."""
+def _fusion_modes() -> tuple[dict, dict, dict]:
+    """OTHER_MODE, STATS and RUNNING_UPDATE by name, as the plain ints the kernel compares with its
+    constexpr globals."""
     conv = _kernels()
     return ({"none": conv.OTHER_NONE.value, "add": conv.OTHER_ADD.value,
              "add_after_bn": conv.OTHER_ADD_AFTER_BN.value, "relu_grad": conv.OTHER_RELU_GRAD.value},
-            {"none": conv.STATS_NONE.value, "moments": conv.STATS_MOMENTS.value, "bn_grad": conv.STATS_BN_GRAD.value})
+            {"none": conv.STATS_NONE.value, "moments": conv.STATS_MOMENTS.value, "bn_grad": conv.STATS_BN_GRAD.value},
+            {"none": conv.RUNNING_NONE.value, "momentum": conv.RUNNING_MOMENTUM.value,
+             "cumulative": conv.RUNNING_CUMULATIVE.value})
 
 
 def _run(kernel, config, grid, pointers: tuple, rest: tuple, constexprs: dict) -> None:
@@ -247,7 +288,8 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
                                                                                    geo.in_per_group)
     pointers = (x, grad_y, grad_w, grad_b if grad_b is not None else unused, partial_w, partial_b,
-                arrival_counters(x.device, taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE)),
+                arrival_counters(x.device, taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE)
+                                 * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)),
                 *(x_bn.pointers() if x_bn is not None else (unused,) * 4))
     rest = (*x.stride(), *grad_y.stride(), *grad_w.stride(), grad_b.stride(0) if grad_b is not None else 0,
             n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
@@ -255,7 +297,8 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, INPUT_PRECISION=_input_precision(x.dtype))
+        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, OUT_ALIGN=channel_alignment(geo.out_per_group),
+        IN_ALIGN=channel_alignment(geo.in_per_group), INPUT_PRECISION=_input_precision(x.dtype))
     _run(conv.conv2d_grad_weight_kernel, config, grid, pointers, rest, constexprs)
     return grad_w, grad_b
 
@@ -290,25 +333,31 @@ def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) ->
 def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
                            geo_a: ConvGeometry, weight_b: torch.Tensor, bias_b: torch.Tensor | None,
                            geo_b: ConvGeometry, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
-                           running: tuple | None) -> tuple[torch.Tensor, ...]:
+                           running: tuple | None,
+                           running_updates: tuple[RunningStatsUpdate, RunningStatsUpdate] | None = None
+                           ) -> tuple[torch.Tensor, ...]:
     """One smoothing step that keeps r = f - A u and s = B(relu(bn1(r))) for the backward pass.
 
     ``running`` None: training, normalized with the batch statistics computed in the convolutions'
-    epilogues. Else (running_mean1, running_var1, running_mean2, running_var2) are used.
-    Launches: A (+ residual, + bn1 batch statistics), B (+ bn1/relu prologue, + bn2 batch statistics),
-    the update. Returns (out, r, s, stats) with stats = (mean1, var1, mean2, var2), (4, C) fp32.
+    epilogues, which also update ``running_updates`` (bn1's, bn2's) if given. Else (running_mean1,
+    running_var1, running_mean2, running_var2) are used. Launches: A (+ residual, + bn1 batch
+    statistics and running update), B (+ bn1/relu prologue, + bn2's), the update u + relu(bn2(s))
+    (+ num_batches_tracked). Returns (out, r, s, stats) with stats = (mean1, var1, mean2, var2), (4, C) fp32.
     """
+    if running is not None and running_updates is not None:
+        raise AssertionError("running statistics are updated in training (batch statistics) only")
     fmt = conv_output_memory_format(u, weight_a)
     n_batch, channels, h, w = u.shape
     r, s, out = (_empty_activation(u, fmt) for _ in range(3))
     if running is None:
         stats = torch.empty((4, channels), device=u.device, dtype=torch.float32)
         partials = gather_stats_buffer(u.shape, u.device)  # reused by B: launches run in stream order
+        update1, update2 = running_updates if running_updates is not None else (None, None)
         _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0,
-                stats=partials, stats_mode="moments", reduced=stats[:2])
+                stats=partials, stats_mode="moments", reduced=stats[:2], running_update=update1)
         bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
         _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, stats=partials, stats_mode="moments",
-                reduced=stats[2:])
+                reduced=stats[2:], running_update=update2)
     else:
         stats = torch.stack([t.float() for t in running])
         bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
@@ -316,9 +365,12 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
         _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1)
     bn2 = BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1])
     pixels = n_batch * h * w
+    batches = ((running_updates[0].num_batches, running_updates[1].num_batches) if running_updates is not None
+               else (scratch(u.device),) * 2)
     _elementwise(_batchnorm_kernels().bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
-                 (s, u, out, *bn2.pointers()),
-                 (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps))
+                 (s, u, out, *bn2.pointers(), *batches),
+                 (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps),
+                 COUNT_BATCH=running_updates is not None)
     return out, r, s, stats
 
 
@@ -335,16 +387,6 @@ def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.T
             epilogue_bn_relu=True)
     _gather(t, weight_b, bias_b, out, geo_b, False, other=u, other_mode="add_after_bn", epilogue_bn=bn2)
     return out
-
-
-def update_running_stats(running: tuple, num_batches: tuple, batch_stats: torch.Tensor, momentum: float | None,
-                         count: int) -> None:
-    """Both BatchNorms' running statistics and num_batches_tracked, as nn.BatchNorm2d updates them."""
-    channels = batch_stats.shape[1]
-    launch_plans.launch(
-        _batchnorm_kernels().bn_running_update_kernel, lambda meta: (1,), (batch_stats, *running, *num_batches),
-        (channels, 0.0 if momentum is None else float(momentum), count / (count - 1)),
-        {"CUMULATIVE": momentum is None, "BLOCK_C": 1 << max(0, (channels - 1).bit_length())}, {})
 
 
 def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: torch.Tensor, geo_a: ConvGeometry,

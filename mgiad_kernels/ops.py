@@ -1,6 +1,6 @@
 """PyTorch custom ops over the Triton launchers, with fake (meta) registrations so that
 ``torch.compile`` traces through them without graph breaks. The convolution ops are
-differentiated in conv_autograd.py; the fused smoothing step's autograd is registered here."""
+differentiated in conv_autograd.py; the fused smoothing step's autograd is SmoothingStepFunction here."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -88,27 +88,39 @@ def _activation_fake(u: Tensor, weight_a: Tensor) -> Tensor:
                        memory_format=launchers.conv_output_memory_format(u, weight_a))
 
 
-@torch.library.custom_op("mgiad_kernels::smoothing_step", mutates_args=())
+@torch.library.custom_op("mgiad_kernels::smoothing_step",
+                         mutates_args=("running_mean1", "running_var1", "running_mean2", "running_var2",
+                                       "num_batches1", "num_batches2"))
 def smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
                    bias_b: Optional[Tensor], bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                    bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,
-                   running_var2: Tensor, conv_a: List[int], conv_b: List[int], eps1: float, eps2: float,
-                   batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """u + relu(bn2(B(relu(bn1(f - A u))))), differentiable; also returns r, s and the statistics used.
+                   running_var2: Tensor, num_batches1: Tensor, num_batches2: Tensor, conv_a: List[int],
+                   conv_b: List[int], eps1: float, eps2: float, batch_stats: bool,
+                   momentum: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """u + relu(bn2(B(relu(bn1(f - A u))))); also returns r, s and the statistics used, which
+    smoothing_step_backward reads (SmoothingStepFunction differentiates the pair).
 
-    ``batch_stats``: normalize with the batch's statistics (training); the running ones are then
-    not read (update them with update_running_stats_). Else normalize with the running ones.
+    ``batch_stats``: normalize with the batch's statistics (training) and update both BatchNorms'
+    running statistics and num_batches_tracked with ``momentum`` as nn.BatchNorm2d does (in the
+    kernels that merge the moments). Else normalize with the running ones, and mutate nothing.
     """
-    running = None if batch_stats else (running_mean1, running_var1, running_mean2, running_var2)
-    return launchers.smoothing_step_forward(
-        u, f, weight_a, bias_a, _geometry(u.shape, weight_a, conv_a), weight_b, bias_b,
-        _geometry(u.shape, weight_b, conv_b), (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2), running)
+    geo_a, geo_b = _geometry(u.shape, weight_a, conv_a), _geometry(u.shape, weight_b, conv_b)
+    if batch_stats:
+        count = u.shape[0] * u.shape[2] * u.shape[3]
+        updates = (launchers.RunningStatsUpdate(running_mean1, running_var1, num_batches1, momentum, count),
+                   launchers.RunningStatsUpdate(running_mean2, running_var2, num_batches2, momentum, count))
+        return launchers.smoothing_step_forward(u, f, weight_a, bias_a, geo_a, weight_b, bias_b, geo_b,
+                                                (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2),
+                                                None, updates)
+    return launchers.smoothing_step_forward(u, f, weight_a, bias_a, geo_a, weight_b, bias_b, geo_b,
+                                            (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2),
+                                            (running_mean1, running_var1, running_mean2, running_var2))
 
 
 @smoothing_step.register_fake
 def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-                         running_mean1, running_var1, running_mean2, running_var2, conv_a, conv_b, eps1, eps2,
-                         batch_stats):
+                         running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
+                         conv_a, conv_b, eps1, eps2, batch_stats, momentum):
     stats = u.new_empty((4, u.shape[1]), dtype=torch.float32)
     return _activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats
 
@@ -150,17 +162,6 @@ def _weight_like(weight: Tensor) -> Tensor:
                        memory_format=launchers.weight_memory_format(weight))
 
 
-def _smoothing_step_setup_context(ctx, inputs, output):
-    (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-     _, _, _, _, conv_a, conv_b, eps1, eps2, batch_stats) = inputs
-    _, r, s, stats = output
-    ctx.save_for_backward(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-                          r, s, stats)
-    ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
-    ctx.mark_non_differentiable(r, s, stats)
-    ctx.set_materialize_grads(False)  # r, s and stats never get a gradient: no zeros for them
-
-
 def _eager_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias, stats,
                 conv_a, conv_b, eps1, eps2, batch_stats):
     """The step composed of differentiable aten ops, from the statistics the fused forward used."""
@@ -180,36 +181,53 @@ def _eager_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, 
     return u + F.relu(bn(conv(t, weight_b, bias_b, conv_b), stats[2], stats[3], bn2_weight, bn2_bias, eps2))
 
 
-def _smoothing_step_autograd(ctx, grad_out, _grad_r, _grad_s, _grad_stats):
-    (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-     r, s, stats) = ctx.saved_tensors
-    conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
-    need = ctx.needs_input_grad
-    if grad_out is None:  # the step's output reached the loss through no differentiable path
-        return (None,) * len(need)
-    inputs = (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias)
-    if torch.is_grad_enabled():  # create_graph=True: differentiable gradients from the eager composition
-        out = _eager_step(*inputs, stats, conv_a, conv_b, eps1, eps2, batch_stats)
-        wanted = [i for i, t in enumerate(inputs) if need[i] and t is not None]
-        grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True, allow_unused=True)
-        result = [None] * len(ctx.needs_input_grad)
-        for i, g in zip(wanted, grads):
-            result[i] = g
-        return tuple(result)
-    grads = smoothing_step_backward(
-        grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
-        eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5])
-    grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads
-    return (grad_u if need[0] else None, grad_f if need[1] else None,
-            grad_wa if need[2] else None, grad_ba if bias_a is not None and need[3] else None,
-            grad_wb if need[4] else None, grad_bb if bias_b is not None and need[5] else None,
-            grad_bn1[1].to(bn1_weight.dtype), grad_bn1[0].to(bn1_bias.dtype),
-            grad_bn2[1].to(bn2_weight.dtype), grad_bn2[0].to(bn2_bias.dtype),
-            None, None, None, None, None, None, None, None, None)
+class SmoothingStepFunction(torch.autograd.Function):
+    """Autograd of the fused step: smoothing_step forward (in training it also updates the running
+    statistics, which take no part in autograd), smoothing_step_backward backward, or the eager
+    composition's gradients when they must be differentiable (``create_graph=True``). Returns out."""
 
+    @staticmethod
+    def forward(ctx, u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
+                running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
+                conv_a, conv_b, eps1, eps2, batch_stats, momentum):
+        out, r, s, stats = smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
+                                          bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
+                                          running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1, eps2,
+                                          batch_stats, momentum)
+        ctx.save_for_backward(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
+                              r, s, stats)
+        ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
+        ctx.set_materialize_grads(False)
+        return out
 
-torch.library.register_autograd("mgiad_kernels::smoothing_step", _smoothing_step_autograd,
-                                setup_context=_smoothing_step_setup_context)
+    @staticmethod
+    def backward(ctx, grad_out):
+        (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
+         r, s, stats) = ctx.saved_tensors
+        conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
+        need = ctx.needs_input_grad
+        if grad_out is None:  # the step's output reached the loss through no differentiable path
+            return (None,) * len(need)
+        inputs = (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients from the eager composition
+            out = _eager_step(*inputs, stats, conv_a, conv_b, eps1, eps2, batch_stats)
+            wanted = [i for i, t in enumerate(inputs) if need[i] and t is not None]
+            grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True,
+                                        allow_unused=True)
+            result = [None] * len(need)
+            for i, g in zip(wanted, grads):
+                result[i] = g
+            return tuple(result)
+        grads = smoothing_step_backward(
+            grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
+            eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5])
+        grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads
+        return (grad_u if need[0] else None, grad_f if need[1] else None,
+                grad_wa if need[2] else None, grad_ba if bias_a is not None and need[3] else None,
+                grad_wb if need[4] else None, grad_bb if bias_b is not None and need[5] else None,
+                grad_bn1[1].to(bn1_weight.dtype), grad_bn1[0].to(bn1_bias.dtype),
+                grad_bn2[1].to(bn2_weight.dtype), grad_bn2[0].to(bn2_bias.dtype),
+                *(None,) * 12)
 
 
 @torch.library.custom_op("mgiad_kernels::smoothing_step_inference", mutates_args=())
@@ -229,14 +247,3 @@ def smoothing_step_inference(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Opt
 @smoothing_step_inference.register_fake
 def _smoothing_step_inference_fake(u, f, weight_a, bias_a, weight_b, bias_b, *args):
     return _activation_fake(u, weight_a)
-
-
-@torch.library.custom_op("mgiad_kernels::update_running_stats_",
-                         mutates_args=("running_mean1", "running_var1", "running_mean2", "running_var2",
-                                       "num_batches1", "num_batches2"))
-def update_running_stats_(running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor, running_var2: Tensor,
-                          num_batches1: Tensor, num_batches2: Tensor, batch_stats: Tensor, momentum: Optional[float],
-                          count: int) -> None:
-    """Both BatchNorms' running statistics from smoothing_step's batch statistics, as nn.BatchNorm2d does."""
-    launchers.update_running_stats((running_mean1, running_var1, running_mean2, running_var2),
-                                   (num_batches1, num_batches2), batch_stats, momentum, count)

@@ -1,10 +1,11 @@
 """The MgNet smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3, Alg. 1-3).
 
 backend="torch" is the eager composition (F.conv2d, F.batch_norm, relu and adds); "triton"
-fuses it: training is five launches forward (A with the residual and bn1's batch moments in
-its epilogue, B with bn1 + relu in its prologue and bn2's moments in its epilogue, two
-statistics merges, the residual update) and seven kernels backward; eval mode folds both
-BatchNorms into the two convolutions' epilogues (two launches).
+fuses it: training is three launches forward (A with the residual and bn1's batch moments,
+merged and applied to the running statistics in its epilogue; B with bn1 + relu in its
+prologue and bn2's moments and running statistics in its epilogue; the residual update, which
+counts the batch) and seven kernels backward; eval mode folds both BatchNorms into the two
+convolutions' epilogues (two launches).
 """
 from __future__ import annotations
 
@@ -120,13 +121,9 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     count = u.shape[0] * u.shape[2] * u.shape[3]
     if bn1.training and count < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(u.shape)}")
-    out, _, _, stats = ops.smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, *bn_args, conv_a, conv_b,
-                                          bn1.eps, bn2.eps, bn1.training)
-    if bn1.training:
-        with torch.no_grad():
-            ops.update_running_stats_(bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var,
-                                      bn1.num_batches_tracked, bn2.num_batches_tracked, stats.detach(),
-                                      bn1.momentum, count)
+    out = ops.SmoothingStepFunction.apply(u, f, weight_a, bias_a, weight_b, bias_b, *bn_args, bn1.num_batches_tracked,
+                                          bn2.num_batches_tracked, conv_a, conv_b, bn1.eps, bn2.eps, bn1.training,
+                                          bn1.momentum)
     return out.to(out_dtype)
 
 

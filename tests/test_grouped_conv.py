@@ -21,7 +21,7 @@ CASES = [
     pytest.param(2, 16, 8, 5, 6, 1, 1, 0, 4, False, id="restrict1x1-halving"),
     pytest.param(2, 8, 16, 5, 6, 1, 1, 0, 4, True, id="prolong1x1-doubling"),
     pytest.param(2, 12, 6, 5, 5, 3, 1, 1, 2, False, id="odd-group-size-3-out"),
-    pytest.param(1, 48, 48, 4, 4, 3, 1, 1, 1, False, id="dense-wider-than-tile"),
+    pytest.param(1, 48, 48, 4, 4, 3, 1, 1, 1, True, id="dense-wider-than-tile-bias"),
     pytest.param(1, 3, 8, 6, 6, 3, 1, 1, 1, True, id="stem-3-channels"),
 ]
 

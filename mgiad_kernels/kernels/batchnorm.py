@@ -2,9 +2,10 @@
 
 Batch statistics are reduced inside the kernels that produce them, in a fixed order
 (split_reduction.py: deterministic, no float atomics). These kernels apply the elementwise
-parts that cannot ride in a convolution (they need statistics of the whole batch first), and
-update the running statistics exactly as ``nn.BatchNorm2d`` does. Every tensor is addressed through
-its strides as a (pixels = N*H*W, channels) matrix, so NCHW and channels_last both work.
+parts that cannot ride in a convolution (they need statistics of the whole batch first); the
+running statistics are updated where the gathers merge the moments (conv.py, RUNNING_UPDATE).
+Every tensor is addressed through its strides as a (pixels = N*H*W, channels) matrix, so NCHW
+and channels_last both work.
 """
 from __future__ import annotations
 
@@ -34,62 +35,29 @@ def _elementwise_tile(P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     return offs_p, offs_c, c_mask, (offs_p < P)[:, None] & c_mask[None, :]
 
 
-@triton.jit
-def _exponential_average(ptr, offs, mask, value, momentum):
-    old = tl.load(ptr + offs, mask=mask).to(tl.float32)
-    tl.store(ptr + offs, ((1.0 - momentum) * old + momentum * value).to(ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit(do_not_specialize=["C"])
-def bn_running_update_kernel(
-    batch_stats_ptr,  # (4, C) fp32: mean1, var1, mean2, var2 of the batch (biased variances)
-    running_mean1_ptr, running_var1_ptr,  # (C,) first BatchNorm's buffers, updated in place
-    running_mean2_ptr, running_var2_ptr,  # (C,) second BatchNorm's buffers, updated in place
-    batches1_ptr, batches2_ptr,  # () int64 num_batches_tracked of each BatchNorm, incremented
-    C,  # channels
-    momentum,  # float: nn.BatchNorm2d's exponential average factor (unused when CUMULATIVE)
-    unbias,  # float: count / (count - 1), the running variance is unbiased
-    CUMULATIVE: tl.constexpr,  # momentum=None: the factor is 1 / num_batches_tracked (cumulative average)
-    BLOCK_C: tl.constexpr,
-):
-    """running = (1 - momentum) * running + momentum * batch, as nn.BatchNorm2d updates it.
-
-    One program (BLOCK_C >= C), so num_batches_tracked is read once and written once.
-    """
-    offs = tl.arange(0, BLOCK_C)
-    mask = offs < C
-    batches1 = tl.load(batches1_ptr) + 1
-    batches2 = tl.load(batches2_ptr) + 1
-    tl.store(batches1_ptr, batches1)
-    tl.store(batches2_ptr, batches2)
-    momentum1 = momentum
-    momentum2 = momentum
-    if CUMULATIVE:
-        momentum1 = 1.0 / batches1.to(tl.float32)
-        momentum2 = 1.0 / batches2.to(tl.float32)
-    _exponential_average(running_mean1_ptr, offs, mask, tl.load(batch_stats_ptr + offs, mask=mask), momentum1)
-    _exponential_average(running_var1_ptr, offs, mask, tl.load(batch_stats_ptr + C + offs, mask=mask) * unbias,
-                         momentum1)
-    _exponential_average(running_mean2_ptr, offs, mask, tl.load(batch_stats_ptr + 2 * C + offs, mask=mask),
-                         momentum2)
-    _exponential_average(running_var2_ptr, offs, mask,
-                         tl.load(batch_stats_ptr + 3 * C + offs, mask=mask) * unbias, momentum2)
-
-
 @triton.jit(do_not_specialize=["P", "HW", "W", "C"])
 def bn_relu_residual_kernel(
     x_ptr,  # (N, C, H, W): s = B(t)
     residual_ptr,  # (N, C, H, W): u
     out_ptr,  # (N, C, H, W) out: u + relu(bn(s))
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
+    batches1_ptr, batches2_ptr,  # () int64 num_batches_tracked of the step's two BatchNorms (COUNT_BATCH)
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
     res_stride_n, res_stride_c, res_stride_h, res_stride_w,  # strides of residual, elements
     out_stride_n, out_stride_c, out_stride_h, out_stride_w,  # strides of out, elements
     P, HW, W, C,  # pixels N*H*W, H*W, W, channels
     bn_eps,  # float
+    COUNT_BATCH: tl.constexpr,  # training: add one to both num_batches_tracked, as nn.BatchNorm2d does
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known."""
+    """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known.
+
+    The gathers before it updated the running statistics from num_batches_tracked as it was before
+    this batch; the count goes up here, after them in stream order."""
+    if COUNT_BATCH:
+        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+            tl.store(batches1_ptr, tl.load(batches1_ptr) + 1)
+            tl.store(batches2_ptr, tl.load(batches2_ptr) + 1)
     offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     _, _, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps, offs_c, c_mask)
     x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),

@@ -19,15 +19,15 @@ import triton.language as tl
 
 from .._triton_support import autotune_enabled, interpreter_enabled
 from .bn_relu import bn_scale_shift, relu, relu_grad
-from .split_reduction import last_to_arrive, merge_moments, sum_rows
+from .split_reduction import exponential_average, last_to_arrive, merge_moments, sum_rows
 
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride, direction,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
                "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
-               "INPUT_PRECISION"]
+               "RUNNING_UPDATE", "RED_ALIGN", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-                    "HAS_BIAS", "X_BN_RELU", "INPUT_PRECISION"]
+                    "HAS_BIAS", "X_BN_RELU", "OUT_ALIGN", "IN_ALIGN", "INPUT_PRECISION"]
 
 # OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
 OTHER_NONE = tl.constexpr(0)  # nothing
@@ -40,6 +40,12 @@ STATS_NONE = tl.constexpr(0)
 STATS_MOMENTS = tl.constexpr(1)  # per channel: batch mean and biased variance (BatchNorm batch statistics)
 STATS_BN_GRAD = tl.constexpr(2)  # per channel: sum y and sum y * bn_hat(other) (BatchNorm backward reductions)
 
+# RUNNING_UPDATE: with STATS_MOMENTS, the merge also updates a BatchNorm's running statistics as
+# nn.BatchNorm2d does: running = (1 - factor) * running + factor * batch (variance unbiased)
+RUNNING_NONE = tl.constexpr(0)
+RUNNING_MOMENTUM = tl.constexpr(1)  # factor = momentum
+RUNNING_CUMULATIVE = tl.constexpr(2)  # momentum=None: factor = 1 / (num_batches_tracked + 1)
+
 _MERGE_BLOCK_ROWS: tl.constexpr = tl.constexpr(32)  # partial rows per step of the in-kernel merge
 
 
@@ -47,28 +53,28 @@ GATHER_MIN_BLOCK_P: tl.constexpr = tl.constexpr(64)  # the smallest BLOCK_P belo
 
 
 def _gather_configs():
-    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter)."""
+    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter): the default tile and the
+    others that spill at no shape of the codegen report (benchmarks/results/codegen-sm90.md; 64-128 wide
+    channel tiles spilled 0.1-4 KB per thread on sm_90 and are not listed)."""
     if interpreter_enabled():  # large blocks keep the interpreter fast
         return [_INTERPRETER_GATHER]
     return [
         triton.Config({"BLOCK_P": bp, "BLOCK_DST": bd, "BLOCK_RED": br}, num_warps=w, num_stages=s)
         for bp, bd, br, w, s in [
-            (128, 32, 32, 4, 3), (128, 16, 16, 4, 3), (64, 32, 32, 4, 3), (128, 64, 32, 4, 3),
-            (256, 32, 32, 8, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4), (256, 16, 16, 4, 2),
-            (128, 128, 32, 8, 3), (64, 128, 64, 4, 3),
+            (128, 32, 32, 4, 3), (64, 16, 16, 4, 3), (128, 16, 16, 4, 3), (256, 32, 32, 8, 3), (256, 16, 16, 4, 2),
         ]
     ]
 
 
 def _grad_weight_configs():
-    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter)."""
+    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter): the default tile and the
+    others that spill at no shape of the codegen report (64 wide channel tiles spilled up to 352 B)."""
     if interpreter_enabled():
         return [_INTERPRETER_GRAD_WEIGHT]
     return [
         triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi, "BLOCK_P": bp}, num_warps=w, num_stages=s)
         for bo, bi, bp, w, s in [
-            (32, 32, 64, 4, 3), (16, 16, 128, 4, 3), (32, 32, 128, 4, 3), (64, 32, 64, 4, 3),
-            (64, 64, 64, 4, 3), (16, 16, 256, 4, 2), (128, 64, 32, 8, 3),
+            (32, 32, 128, 4, 3), (16, 16, 64, 4, 3), (16, 16, 128, 4, 3), (16, 16, 256, 4, 2),
         ]
     ]
 
@@ -99,8 +105,9 @@ def default_gather_config(dst_per_group: int, red_per_group: int) -> triton.Conf
 @functools.lru_cache(maxsize=None)
 def default_grad_weight_config(out_per_group: int, in_per_group: int) -> triton.Config:
     """The grad-weight tile launched when autotuning is off (the default), chosen from the group sizes.
-    64 pixels per step: on sm_90 the 16x16 tile with 128 pixels spills 384 B per thread in fp32, with 64
-    none (240 registers; bf16 154)."""
+    64 pixels per step: on sm_90 (compile_check's compiler path, 16x16 tile, g_s = 8) it takes 95 registers
+    in fp32 and 56 in bf16 with no spills, and 128 or 256 pixels issue as many instructions per pixel
+    (the loop is bound by per-pixel index arithmetic) on 1.7-3x the registers."""
     if interpreter_enabled():
         return _INTERPRETER_GRAD_WEIGHT
     return triton.Config({"BLOCK_OUT": _channel_tile(out_per_group), "BLOCK_IN": _channel_tile(in_per_group),
@@ -172,7 +179,9 @@ def _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_
 _SIZES_NOT_SPECIALIZED = ["N", "H_src", "W_src", "H_dst", "W_dst", "C_DST", "C_RED", "STATS_ROWS"]
 
 
-@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY, cache_results=True)
+# benchmarking a config runs the kernel: the running statistics it updates in place are restored after
+@triton.autotune(configs=_gather_configs(), key=_GATHER_KEY, cache_results=True,
+                 restore_value=["running_mean_ptr", "running_var_ptr"])
 @triton.jit(do_not_specialize=_SIZES_NOT_SPECIALIZED)
 def conv2d_gather_kernel(
     src_ptr,  # (N, C_RED, H_src, W_src): x for the forward pass, grad_y for grad input
@@ -184,6 +193,8 @@ def conv2d_gather_kernel(
     stats_ptr,  # (3, STATS_ROWS, C_DST) fp32 scratch: a row of partial statistics per pixel tile (STATS)
     reduced_ptr,  # (2, C_DST) fp32 out (STATS): mean and biased variance, or sum y and sum y * bn_hat(other)
     counter_ptr,  # (cdiv(C_DST, BLOCK_DST),) int32 arrival counters, zero (STATS)
+    running_mean_ptr, running_var_ptr,  # (C_DST,) a BatchNorm's running statistics, updated (RUNNING_UPDATE)
+    batches_ptr,  # () int64 its num_batches_tracked before this batch, read (RUNNING_CUMULATIVE)
     src_stride_n, src_stride_c, src_stride_h, src_stride_w,  # strides of src, elements
     dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
     other_stride_n, other_stride_c, other_stride_h, other_stride_w,  # strides of other, elements
@@ -196,6 +207,8 @@ def conv2d_gather_kernel(
     DST_PER_GROUP, RED_PER_GROUP,  # the same per group
     alpha,  # float: the convolution is scaled by alpha before the epilogue (-1: other - conv)
     bn_eps,  # float: the BatchNorm's epsilon
+    momentum,  # float: the running statistics' factor (RUNNING_MOMENTUM)
+    unbias,  # float: N*H_dst*W_dst / (N*H_dst*W_dst - 1), the running variance is unbiased (RUNNING_UPDATE)
     STATS_ROWS,  # rows of stats_ptr: cdiv(N*H_dst*W_dst, GATHER_MIN_BLOCK_P)
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
@@ -208,6 +221,8 @@ def conv2d_gather_kernel(
     EPILOGUE_BN_RELU: tl.constexpr,  # y = relu(bn(y)) after OTHER_ADD (BatchNorm folded, eval mode)
     EPILOGUE_NEEDS_BN: tl.constexpr,  # the epilogue reads the BatchNorm (any of the three flags above use it)
     STATS: tl.constexpr,  # one of STATS_* above
+    RUNNING_UPDATE: tl.constexpr,  # one of RUNNING_* above (with STATS_MOMENTS)
+    RED_ALIGN: tl.constexpr,  # the largest power of two (at most 16) dividing RED_PER_GROUP
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
 ):
@@ -236,19 +251,24 @@ def conv2d_gather_kernel(
     group_c = offs_c // DST_PER_GROUP
     local_c = offs_c - group_c * DST_PER_GROUP
     # the reduced channels this tile needs: all channels of the groups it touches
-    red_start = (c0 // DST_PER_GROUP) * RED_PER_GROUP
-    red_end = ((tl.minimum(c0 + BLOCK_DST, C_DST) - 1) // DST_PER_GROUP + 1) * RED_PER_GROUP
+    # (both multiples of RED_PER_GROUP, so of RED_ALIGN: the operand loads along channels vectorize)
+    red_start = tl.multiple_of((c0 // DST_PER_GROUP) * RED_PER_GROUP, RED_ALIGN)
+    red_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_DST, C_DST) - 1) // DST_PER_GROUP + 1) * RED_PER_GROUP,
+                             RED_ALIGN)
 
     src_base = src_ptr + n * src_stride_n
     acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
     # One loop over (tap, reduced-channel block): with small groups a tap has one or two channel
     # blocks, so a flat loop lets the pipeliner overlap loads across taps and keeps the code small.
+    # The tap and the block are carried from step to step, and the group of a reduced channel is a
+    # multiply-shift by ceil(2^31 / RED_PER_GROUP), exact while C_RED * RED_PER_GROUP < 2^31 (the
+    # launcher checks): no division in the loop.
+    red_group_magic = (tl.full([], 2 ** 31 - 1, tl.int64) + RED_PER_GROUP) // RED_PER_GROUP
     red_blocks = tl.cdiv(red_end - red_start, BLOCK_RED)
+    kh = 0
+    kw = 0
+    r0 = red_start
     for step in range(0, KH * KW * red_blocks):
-        tap = step // red_blocks
-        kh = tap // KW
-        kw = tap - kh * KW
-        r0 = red_start + (step - tap * red_blocks) * BLOCK_RED
         ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
                                     DIL_H, DIL_W, TRANSPOSED)
         offs_r = r0 + tl.arange(0, BLOCK_RED)
@@ -261,7 +281,7 @@ def conv2d_gather_kernel(
                                                     bn_eps, offs_r, r_mask)
             t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
             a = tl.where(a_mask, t, 0.0).to(a.dtype)
-        group_r = offs_r // RED_PER_GROUP
+        group_r = ((offs_r.to(tl.int64) * red_group_magic) >> 31).to(tl.int32)  # offs_r // RED_PER_GROUP
         local_r = offs_r - group_r * RED_PER_GROUP
         w_offs = (offs_c[None, :] * w_stride_dst + local_c[None, :] * w_stride_dst_local
                   + offs_r[:, None] * w_stride_red + local_r[:, None] * w_stride_red_local
@@ -269,6 +289,13 @@ def conv2d_gather_kernel(
         w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
         b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
         acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
+        r0 += BLOCK_RED
+        next_tap = r0 >= red_end
+        r0 = tl.where(next_tap, red_start, r0)
+        kw = tl.where(next_tap, kw + 1, kw)
+        next_row = kw == KW
+        kw = tl.where(next_row, 0, kw)
+        kh = tl.where(next_row, kh + 1, kh)
 
     # A tile spanning several groups multiplied every group's inputs by the others' zero weights:
     # exact unless a NaN or Inf went in, which leaves its mark on the accumulator; then redo it.
@@ -283,19 +310,23 @@ def conv2d_gather_kernel(
                                       PROLOGUE_BN_RELU, BLOCK_P, BLOCK_DST)
 
     _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
-              reduced_ptr, counter_ptr, n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
+              reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+              n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
               dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
-              STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS, BLOCK_DST)
+              momentum, unbias, STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS,
+              RUNNING_UPDATE, BLOCK_DST)
 
 
 @triton.jit
 def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
-              reduced_ptr, counter_ptr, n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
+              reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+              n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
               dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
-              STATS_ROWS, HAS_BIAS: tl.constexpr, OTHER_MODE: tl.constexpr, EPILOGUE_BN_RELU: tl.constexpr,
-              EPILOGUE_NEEDS_BN: tl.constexpr, STATS: tl.constexpr, BLOCK_DST: tl.constexpr):
+              momentum, unbias, STATS_ROWS, HAS_BIAS: tl.constexpr, OTHER_MODE: tl.constexpr,
+              EPILOGUE_BN_RELU: tl.constexpr, EPILOGUE_NEEDS_BN: tl.constexpr, STATS: tl.constexpr,
+              RUNNING_UPDATE: tl.constexpr, BLOCK_DST: tl.constexpr):
     """The gather's epilogue on the fp32 tile: bias, alpha, the sum with ``other``, the BatchNorm and ReLU
     of the fused step (eq. 3), one cast and store, then the batch statistics (STATS)."""
     other = acc  # placeholders for what the flags below load; read only where a flag set them
@@ -328,17 +359,20 @@ def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gam
     tl.store(dst_ptr + dst_offs, out, mask=out_mask)
 
     if STATS != STATS_NONE:  # statistics of the values as stored, so they match an unfused pass
-        _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c,
-                          pid_p, pid_c, C_DST, STATS_ROWS, STATS, BLOCK_DST)
+        _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+                          out, other, mean_c, rstd_c, p_mask, c_mask, offs_c, pid_p, pid_c, C_DST, momentum, unbias,
+                          STATS_ROWS, STATS, RUNNING_UPDATE, BLOCK_DST)
 
 
 @triton.jit
-def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, out, other, mean_c, rstd_c, p_mask, c_mask, offs_c,
-                      pid_p, pid_c, C_DST, STATS_ROWS, STATS: tl.constexpr, BLOCK_DST: tl.constexpr):
+def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
+                      out, other, mean_c, rstd_c, p_mask, c_mask, offs_c, pid_p, pid_c, C_DST, momentum, unbias,
+                      STATS_ROWS, STATS: tl.constexpr, RUNNING_UPDATE: tl.constexpr, BLOCK_DST: tl.constexpr):
     """Per-channel statistics of the stored output over the batch: this tile's partials go to row pid_p of
     the (3, STATS_ROWS, C_DST) scratch, and the channel tile's last pixel tile merges the rows of all tiles
     in order: the BatchNorm moments (STATS_MOMENTS), or the BatchNorm-backward sums against
-    bn_hat(other) (STATS_BN_GRAD), into reduced_ptr (2, C_DST)."""
+    bn_hat(other) (STATS_BN_GRAD), into reduced_ptr (2, C_DST). With RUNNING_UPDATE the merged moments
+    also update the running statistics, so a training step needs no separate update launch."""
     out_mask = p_mask[:, None] & c_mask[None, :]
     y = tl.where(out_mask, out.to(tl.float32), 0.0)
     if STATS == STATS_MOMENTS:
@@ -362,8 +396,14 @@ def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, out, other, mean_c, r
     tiles = tl.num_programs(0)
     if last_to_arrive(counter_ptr + pid_c, tiles):
         if STATS == STATS_MOMENTS:
-            merge_moments(stats_ptr, tiles, plane, offs_c, c_mask, reduced_ptr, reduced_ptr + C_DST, C_DST,
-                          _MERGE_BLOCK_ROWS, BLOCK_DST)
+            mean, var = merge_moments(stats_ptr, tiles, plane, offs_c, c_mask, reduced_ptr, reduced_ptr + C_DST,
+                                      C_DST, _MERGE_BLOCK_ROWS, BLOCK_DST)
+            if RUNNING_UPDATE != RUNNING_NONE:
+                factor = momentum
+                if RUNNING_UPDATE == RUNNING_CUMULATIVE:
+                    factor = 1.0 / (tl.load(batches_ptr) + 1).to(tl.float32)
+                exponential_average(running_mean_ptr, offs_c, c_mask, mean, factor)
+                exponential_average(running_var_ptr, offs_c, c_mask, var * unbias, factor)
         else:
             tl.store(reduced_ptr + offs_c, sum_rows(stats_ptr, tiles, C_DST, offs_c, c_mask, _MERGE_BLOCK_ROWS,
                                                     BLOCK_DST), mask=c_mask)
@@ -380,7 +420,7 @@ def conv2d_grad_weight_kernel(
     grad_b_ptr,  # (C_OUT,) out: alpha * the bias gradient, written if HAS_BIAS
     partial_w_ptr,  # (splits, C_OUT, IN_PER_GROUP, KH, KW) fp32 scratch, contiguous: per-split sums
     partial_b_ptr,  # (splits, C_OUT) fp32 scratch, contiguous: per-split bias sums (HAS_BIAS)
-    counter_ptr,  # (KH*KW*cdiv(C_OUT, BLOCK_OUT),) int32 arrival counters, zero
+    counter_ptr,  # (KH*KW*cdiv(C_OUT, BLOCK_OUT)*cdiv(C_IN, BLOCK_IN),) int32 arrival counters, zero
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C_IN,) BatchNorm applied to x (X_BN_RELU)
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
     gy_stride_n, gy_stride_c, gy_stride_h, gy_stride_w,  # strides of grad_y, elements
@@ -397,6 +437,7 @@ def conv2d_grad_weight_kernel(
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
     HAS_BIAS: tl.constexpr,  # also write the bias gradient's partial sums
     X_BN_RELU: tl.constexpr,  # x is loaded as relu(bn(x)) (zero padding stays zero)
+    OUT_ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr,  # largest powers of two (at most 16) dividing the group sizes
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
 ):
@@ -405,7 +446,8 @@ def conv2d_grad_weight_kernel(
     Grid (taps, output-channel tiles, splits): the taps vary fastest, so the KH*KW programs
     reading one grad_y tile run together and share it through L2. Splits give the pixel
     reduction its parallelism: each writes its fp32 partial, and the last split of a
-    (tap, channel tile) to finish sums them in split order (deterministic), scales and casts.
+    (tap, channel tile, input-channel block) to finish sums them in split order (deterministic),
+    scales, casts and stores them in grad_w's layout.
     """
     pid_tap = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -415,10 +457,12 @@ def conv2d_grad_weight_kernel(
 
     c0 = pid_c * BLOCK_OUT
     offs_co = c0 + tl.arange(0, BLOCK_OUT)
-    co_mask = offs_co < C_OUT
+    # C_OUT and the input-channel range are multiples of the group sizes, so of OUT_ALIGN and IN_ALIGN:
+    # the grad_y and x loads along channels vectorize
+    co_mask = offs_co < tl.multiple_of((C_OUT // OUT_PER_GROUP) * OUT_PER_GROUP, OUT_ALIGN)  # (a hint needs an op)
     group_co = offs_co // OUT_PER_GROUP
-    in_start = (c0 // OUT_PER_GROUP) * IN_PER_GROUP
-    in_end = ((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP
+    in_start = tl.multiple_of((c0 // OUT_PER_GROUP) * IN_PER_GROUP, IN_ALIGN)
+    in_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP, IN_ALIGN)
 
     hw_out = H_out * W_out
     p_total = N * hw_out
@@ -426,6 +470,7 @@ def conv2d_grad_weight_kernel(
     p_end = tl.minimum(p_start + PIXELS_PER_SPLIT, p_total)
     taps = KH * KW
     w_split_stride = C_OUT * IN_PER_GROUP * taps
+    splits = tl.num_programs(2)
 
     for ci0 in range(in_start, in_end, BLOCK_IN):
         offs_ci = ci0 + tl.arange(0, BLOCK_IN)
@@ -460,22 +505,16 @@ def conv2d_grad_weight_kernel(
             if HAS_BIAS:
                 bias_acc += tl.sum(gy_t.to(tl.float32), axis=1)
         local_ci = offs_ci - group_ci * IN_PER_GROUP
-        w_offs = pid_split * w_split_stride + offs_co[:, None] * (IN_PER_GROUP * taps) \
-            + local_ci[None, :] * taps + pid_tap
+        tile_offs = offs_co[:, None] * (IN_PER_GROUP * taps) + local_ci[None, :] * taps + pid_tap
         keep = (group_co[:, None] == group_ci[None, :]) & co_mask[:, None] & ci_mask[None, :]
-        tl.store(partial_w_ptr + w_offs, acc, mask=keep)
+        tl.store(partial_w_ptr + pid_split * w_split_stride + tile_offs, acc, mask=keep)
+        bias_block = (pid_tap == 0) & (ci0 + BLOCK_IN >= in_end)  # one block of one tap carries the bias
         if HAS_BIAS:
-            first = (pid_tap == 0) & (ci0 == in_start)
-            tl.store(partial_b_ptr + pid_split * C_OUT + offs_co, bias_acc, mask=co_mask & first)
-
-    splits = tl.num_programs(2)
-    if last_to_arrive(counter_ptr + pid_tap * tl.num_programs(1) + pid_c, splits):
-        for ci0 in range(in_start, in_end, BLOCK_IN):
-            offs_ci = ci0 + tl.arange(0, BLOCK_IN)
-            group_ci = offs_ci // IN_PER_GROUP
-            local_ci = offs_ci - group_ci * IN_PER_GROUP
-            keep = (group_co[:, None] == group_ci[None, :]) & co_mask[:, None] & (offs_ci < in_end)[None, :]
-            tile_offs = offs_co[:, None] * (IN_PER_GROUP * taps) + local_ci[None, :] * taps + pid_tap
+            tl.store(partial_b_ptr + pid_split * C_OUT + offs_co, bias_acc, mask=co_mask & bias_block)
+        # this block's last split to finish sums the splits (a counter per tap, channel tile and block:
+        # reducing here, not after the loop, keeps no tile bounds alive across it)
+        counter = (pid_tap * tl.num_programs(1) + pid_c) * tl.cdiv(C_IN, BLOCK_IN) + ci0 // BLOCK_IN
+        if last_to_arrive(counter_ptr + counter, splits):
             total = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
             for split in range(0, splits):
                 total += tl.load(partial_w_ptr + split * w_split_stride + tile_offs, mask=keep, other=0.0,
@@ -483,11 +522,11 @@ def conv2d_grad_weight_kernel(
             gw_offs = offs_co[:, None] * gw_stride_out + local_ci[None, :] * gw_stride_in \
                 + kh * gw_stride_kh + kw * gw_stride_kw
             tl.store(grad_w_ptr + gw_offs, (total * alpha).to(grad_w_ptr.dtype.element_ty), mask=keep)
-        if HAS_BIAS:
-            if pid_tap == 0:
-                total_b = tl.zeros([BLOCK_OUT], dtype=tl.float32)
-                for split in range(0, splits):
-                    total_b += tl.load(partial_b_ptr + split * C_OUT + offs_co, mask=co_mask, other=0.0,
-                                       cache_modifier=".cg")
-                tl.store(grad_b_ptr + offs_co * gb_stride, (total_b * alpha).to(grad_b_ptr.dtype.element_ty),
-                         mask=co_mask)
+            if HAS_BIAS:
+                if bias_block:
+                    total_b = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+                    for split in range(0, splits):
+                        total_b += tl.load(partial_b_ptr + split * C_OUT + offs_co, mask=co_mask, other=0.0,
+                                           cache_modifier=".cg")
+                    tl.store(grad_b_ptr + offs_co * gb_stride, (total_b * alpha).to(grad_b_ptr.dtype.element_ty),
+                             mask=co_mask)

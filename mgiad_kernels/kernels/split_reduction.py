@@ -41,7 +41,7 @@ def sum_rows(partial_ptr, rows, row_stride, offs_c, c_mask, BLOCK_ROWS: tl.const
 @triton.jit
 def merge_moments(partial_ptr, rows, plane, offs_c, c_mask, mean_ptr, var_ptr, C,
                   BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Batch mean and biased variance from per-tile (count, mean, centred sum of squares) rows
+    """Batch mean and biased variance (stored and returned) from per-tile (count, mean, centred sum of squares) rows
     (Chan et al.'s parallel variance, merged in row order): the BatchNorm statistics of MGiaD eq. 3.
 
     partial_ptr: (3, ., C) fp32 planes ``plane`` elements apart, a row of C per tile."""
@@ -65,5 +65,14 @@ def merge_moments(partial_ptr, rows, plane, offs_c, c_mask, mean_ptr, var_ptr, C
         delta = tl.load(partial_ptr + plane + offs, mask=mask, other=0.0, cache_modifier=".cg") - mean[None, :]
         tile_m2 = tl.load(partial_ptr + 2 * plane + offs, mask=mask, other=0.0, cache_modifier=".cg")
         m2 += tl.sum(tile_m2 + count * delta * delta, axis=0)
+    var = m2 / tl.maximum(total, 1.0)
     tl.store(mean_ptr + offs_c, mean, mask=c_mask)
-    tl.store(var_ptr + offs_c, m2 / tl.maximum(total, 1.0), mask=c_mask)
+    tl.store(var_ptr + offs_c, var, mask=c_mask)
+    return mean, var
+
+
+@triton.jit
+def exponential_average(ptr, offs, mask, value, factor):
+    """ptr[offs] = (1 - factor) * ptr[offs] + factor * value: nn.BatchNorm2d's running-statistics update."""
+    old = tl.load(ptr + offs, mask=mask).to(tl.float32)
+    tl.store(ptr + offs, ((1.0 - factor) * old + factor * value).to(ptr.dtype.element_ty), mask=mask)
