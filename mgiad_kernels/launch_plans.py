@@ -5,7 +5,7 @@ pointers, divisibility of ints), hashes a cache key, re-checks the kernel's glob
 the compiled launcher: ~100 us of Python per launch, against ~3 us for a tiny aten op. A launcher here
 names a *plan key* that fixes all of that (the non-pointer arguments, the constexprs and options, the
 pointers' dtypes, the device and driver); the first launch under a key goes through Triton (compiling if
-needed) and keeps the CompiledKernel and its grid, later ones only check the pointers' alignment and call
+needed) and keeps the CompiledKernel and its grid, later ones only check each pointer's alignment and call
 the compiled launcher. Under the interpreter every launch goes through Triton.
 """
 from __future__ import annotations
@@ -62,11 +62,14 @@ def launch(jit_fn, grid: Callable[[dict], tuple], pointers: tuple, rest: tuple, 
         return
     knobs, driver = _triton_runtime()
     active = driver.active
-    misaligned = 0
+    misaligned = 0  # a bit per pointer not 16-byte aligned: Triton specializes each pointer on it
+    bit = 1
     for t in pointers:
-        misaligned |= t.data_ptr()
+        if t.data_ptr() & 15:
+            misaligned |= bit
+        bit <<= 1
     # ids: a JITFunction hashes its source and a torch.dtype hashes slowly; both live as long as the process
-    key = (id(jit_fn), id(active), pointers[0].device, *[id(t.dtype) for t in pointers], misaligned & 15 == 0,
+    key = (id(jit_fn), id(active), pointers[0].device, *[id(t.dtype) for t in pointers], misaligned,
            rest, *constexprs.values(), *options.values())
     plan = _PLANS.get(key)
     if plan is None:

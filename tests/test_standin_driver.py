@@ -147,6 +147,10 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
         assert rec.compiles[1].specialization["src_ptr"] == [], rec.compiles[1].specialization
         launchers._gather(offset, w, None, y, geo, transposed=False)
         assert len(rec.compiles) == 2 and seen[3] == seen[4] and len(rec.launches) == 5
+        y_offset = torch.empty(2 * 8 * 8 * 8 + 1)[1:].view(2, 8, 8, 8)  # another pointer misaligned instead
+        launchers._gather(x, w, None, y_offset, geo, transposed=False)
+        assert len(launch_plans._PLANS) == 3 and len(rec.compiles) == 3
+        assert rec.compiles[2].specialization["dst_ptr"] == [] and rec.compiles[2].specialization["src_ptr"]
     assert not launch_plans._PLANS  # the stand-in's plans go with it
     print("ok")
     """, autotune="0")
