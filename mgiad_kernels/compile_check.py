@@ -64,8 +64,11 @@ def _gather_variants():
 
 def _grad_weight_variants():
     conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, OUT_ALIGN=8, IN_ALIGN=8)
-    return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False}),
-            ("grad weight of B, relu(bn1(r)) recomputed", {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True})]
+    return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 0}),
+            ("grad weight of B, relu(bn1(r)) recomputed",
+             {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True, "CARRIES": 0}),
+            ("grad weight + bias of a run's step, two carried gradients added",
+             {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 2})]
 
 
 def _signature(jit_fn, constexprs: dict, dtype: str) -> dict:
@@ -119,9 +122,11 @@ def jobs(dtypes, quick: bool = False):
              dtype, 4, 3),
             ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, block, dtype, 4, 3),
             ("bn_backward relu, batch stats", batchnorm.bn_backward_kernel,
-             dict(block, RELU_MASK=True, BATCH_STATS=True), dtype, 4, 3),
+             dict(block, RELU_MASK=True, BATCH_STATS=True, CARRIES=0), dtype, 4, 3),
             ("bn_backward fixed stats", batchnorm.bn_backward_kernel,
-             dict(block, RELU_MASK=False, BATCH_STATS=False), dtype, 4, 3),
+             dict(block, RELU_MASK=False, BATCH_STATS=False, CARRIES=0), dtype, 4, 3),
+            ("bn_backward batch stats, a run's two carried f gradients added", batchnorm.bn_backward_kernel,
+             dict(block, RELU_MASK=False, BATCH_STATS=True, CARRIES=2), dtype, 4, 3),
         ]
     return out
 

@@ -255,6 +255,7 @@ def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torc
 def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry, with_bias: bool, *,
                        x_bn: BatchNormArgs | None = None, alpha: float = 1.0,
                        memory_format: torch.memory_format = torch.contiguous_format,
+                       carries: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]] = (),
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """grad_weight (and grad_bias) as split reductions over the N*H_out*W_out pixels, finished in the
     kernel (one launch): grad_weight in x's dtype and ``memory_format`` (the weight's, so autograd
@@ -262,6 +263,8 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
 
     ``x_bn``: the convolution's input was relu(x_bn(x)), recomputed as x is loaded.
     ``alpha``: the gradients of alpha * conv (-1: a convolution that entered with a minus sign).
+    ``carries``: up to two (weight, bias) gradients of other uses of the same parameters, any strides,
+    added to the results in the kernel's final store (None for a gradient that use did not have).
     """
     n_batch, c_in, h, w = x.shape
     c_out = geo.out_channels
@@ -275,9 +278,15 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     splits = max(1, _cdiv(pixels, pixels_per_split))
 
     w_shape = (c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w)
-    if not pixels:  # an empty sum
-        return (torch.empty(w_shape, device=x.device, dtype=x.dtype, memory_format=memory_format).zero_(),
-                torch.zeros(c_out, device=x.device, dtype=x.dtype) if with_bias else None)
+    carries = _weight_carries(carries, w_shape, with_bias, x)
+    if not pixels:  # an empty sum: the carried gradients alone
+        grad_w = torch.zeros(w_shape, device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)
+        grad_b = torch.zeros(c_out, device=x.device, dtype=x.dtype) if with_bias else None
+        for carry_w, carry_b in carries:
+            grad_w += carry_w
+            if grad_b is not None:
+                grad_b += carry_b
+        return grad_w, grad_b
     grad_w = torch.empty(w_shape, device=x.device, dtype=x.dtype, memory_format=memory_format)
     grad_b = torch.empty(c_out, device=x.device, dtype=x.dtype) if with_bias else None
     partial_w = torch.empty((splits, *w_shape), device=x.device, dtype=torch.float32)
@@ -290,17 +299,44 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     pointers = (x, grad_y, grad_w, grad_b if grad_b is not None else unused, partial_w, partial_b,
                 arrival_counters(x.device, taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE)
                                  * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)),
+                *(carries[i][0] if i < len(carries) else unused for i in range(2)),
+                *(carries[i][1] if i < len(carries) and with_bias else unused for i in range(2)),
                 *(x_bn.pointers() if x_bn is not None else (unused,) * 4))
     rest = (*x.stride(), *grad_y.stride(), *grad_w.stride(), grad_b.stride(0) if grad_b is not None else 0,
+            *(stride for i in range(2) for stride in (carries[i][0].stride() if i < len(carries) else (0,) * 4)),
+            *(carries[i][1].stride(0) if i < len(carries) and with_bias else 0 for i in range(2)),
             n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
             float(alpha), float(x_bn.eps) if x_bn is not None else 0.0)
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, OUT_ALIGN=channel_alignment(geo.out_per_group),
+        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries), OUT_ALIGN=channel_alignment(geo.out_per_group),
         IN_ALIGN=channel_alignment(geo.in_per_group), INPUT_PRECISION=_input_precision(x.dtype))
     _run(conv.conv2d_grad_weight_kernel, config, grid, pointers, rest, constexprs)
     return grad_w, grad_b
+
+
+def _weight_carries(carries, w_shape, with_bias: bool, x: torch.Tensor) -> list:
+    """The (weight, bias) gradient pairs to add, at most two, each complete: a use that differentiated
+    only one of the two gets zeros for the other; pairs with neither are dropped."""
+    out = []
+    for carry_w, carry_b in carries:
+        if carry_b is not None and not with_bias:
+            raise AssertionError("a carried bias gradient needs with_bias")
+        if carry_w is None and carry_b is None:
+            continue
+        if carry_w is None:
+            carry_w = torch.zeros(w_shape, device=x.device, dtype=x.dtype)
+        if with_bias and carry_b is None:
+            carry_b = torch.zeros(w_shape[0], device=x.device, dtype=x.dtype)
+        for name, t, shape in (("weight", carry_w, w_shape), ("bias", carry_b, (w_shape[0],))):
+            if t is not None and (tuple(t.shape) != tuple(shape) or t.dtype != x.dtype or t.device != x.device):
+                raise AssertionError(f"carried {name} gradient {tuple(t.shape)} {t.dtype} on {t.device}, expected "
+                                     f"{tuple(shape)} {x.dtype} on {x.device}")
+        out.append((carry_w, carry_b))
+    if len(out) > 2:
+        raise AssertionError(f"the grad-weight kernel adds at most two carried gradients, got {len(out)}")
+    return out
 
 
 # ---- the fused smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3) -------------------------
@@ -393,14 +429,26 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
                             weight_b: torch.Tensor, geo_b: ConvGeometry, r: torch.Tensor, s: torch.Tensor,
                             stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
                             batch_stats: bool, has_bias: tuple[bool, bool],
-                            needs_weight_grads: tuple[bool, bool]) -> tuple:
+                            needs_weight_grads: tuple[bool, bool],
+                            carries: Sequence[tuple] = ()) -> tuple:
     """Gradients of the smoothing step, recomputing t = relu(bn1(r)) and the relu masks from r and s.
 
     Launches: bn2-backward sums, grad s, B^T (+ relu mask of bn1, + bn1-backward sums),
     grad B, grad r, A^T (+ grad_out), grad A. Returns (grad_u, grad_f, grad_weight_a,
     grad_bias_a, grad_weight_b, grad_bias_b, grad_bn1, grad_bn2), grad_bn* (2, C) fp32 holding the
     gradients of beta (row 0) and gamma (row 1).
+
+    ``carries``: up to two gradients of (f, weight_a, bias_a, weight_b, bias_b) from other uses, None
+    where a use had none, added to the step's own in the kernels that write them (bn1's backward, the
+    grad-weight reductions).
     """
+    if len(carries) > 2:
+        raise AssertionError(f"a step adds at most two carried gradients per input, got {len(carries)}")
+    carry_fs = [c[0] for c in carries if c[0] is not None]
+    for t in carry_fs:
+        if t.shape != u.shape or t.dtype != u.dtype or t.device != u.device:
+            raise AssertionError(f"carried f gradient {tuple(t.shape)} {t.dtype}, expected u's {tuple(u.shape)} "
+                                 f"{u.dtype}")
     bnk = _batchnorm_kernels()
     fmt = conv_output_memory_format(u, weight_a)
     n_batch, channels, h, w = u.shape
@@ -415,9 +463,10 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
                  (grad_out, s, partial2, sums2, arrival_counters(u.device, grid[1]), *bn2.pointers()),
                  (*grad_out.stride(), *s.stride(), pixels, h * w, w, channels, grid[0], bn2.eps))
     grad_s = _empty_activation(u, fmt)
-    _elementwise(bnk.bn_backward_kernel, grid, (grad_out, s, grad_s, sums2, *bn2.pointers()),
-                 (*grad_out.stride(), *s.stride(), *grad_s.stride(), pixels, h * w, w, channels, bn2.eps,
-                  1.0 / pixels), RELU_MASK=True, BATCH_STATS=batch_stats)
+    unused = scratch(u.device)
+    _elementwise(bnk.bn_backward_kernel, grid, (grad_out, s, grad_s, unused, unused, unused, sums2, *bn2.pointers()),
+                 (*grad_out.stride(), *s.stride(), *grad_s.stride(), *(0,) * 8, pixels, h * w, w, channels,
+                  bn2.eps, 1.0 / pixels), RELU_MASK=True, BATCH_STATS=batch_stats, CARRIES=0)
 
     grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
     sums1 = torch.empty((2, channels), device=u.device, dtype=torch.float32)
@@ -426,16 +475,23 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
     grad_weight_b = grad_bias_b = None
     if needs_weight_grads[1]:
         grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, geo_b, has_bias[1], x_bn=bn1,
-                                                        memory_format=weight_memory_format(weight_b))
+                                                        memory_format=weight_memory_format(weight_b),
+                                                        carries=[c[3:5] for c in carries])
     grad_r = _empty_activation(u, fmt)
-    _elementwise(bnk.bn_backward_kernel, grid, (grad_x1, r, grad_r, sums1, *bn1.pointers()),
-                 (*grad_x1.stride(), *r.stride(), *grad_r.stride(), pixels, h * w, w, channels, bn1.eps,
-                  1.0 / pixels), RELU_MASK=False, BATCH_STATS=batch_stats)
+    grad_f = _empty_activation(u, fmt) if carry_fs else grad_r  # grad r + f's gradients from other uses
+    _elementwise(bnk.bn_backward_kernel, grid,
+                 (grad_x1, r, grad_r, *(carry_fs[i] if i < len(carry_fs) else unused for i in range(2)),
+                  grad_f if carry_fs else unused, sums1, *bn1.pointers()),
+                 (*grad_x1.stride(), *r.stride(), *grad_r.stride(),
+                  *(stride for i in range(2) for stride in (carry_fs[i].stride() if i < len(carry_fs) else (0,) * 4)),
+                  pixels, h * w, w, channels, bn1.eps, 1.0 / pixels),
+                 RELU_MASK=False, BATCH_STATS=batch_stats, CARRIES=len(carry_fs))
 
     grad_u = _empty_activation(u, fmt)  # grad_out - A^T grad_r
     _gather(grad_r, weight_a, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0)
     grad_weight_a = grad_bias_a = None
     if needs_weight_grads[0]:
         grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, geo_a, has_bias[0], alpha=-1.0,
-                                                        memory_format=weight_memory_format(weight_a))
-    return grad_u, grad_r, grad_weight_a, grad_bias_a, grad_weight_b, grad_bias_b, sums1, sums2
+                                                        memory_format=weight_memory_format(weight_a),
+                                                        carries=[c[1:3] for c in carries])
+    return grad_u, grad_f, grad_weight_a, grad_bias_a, grad_weight_b, grad_bias_b, sums1, sums2

@@ -130,23 +130,26 @@ def smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weigh
                             stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                             bn2_bias: Tensor, conv_a: List[int], conv_b: List[int], eps1: float, eps2: float,
                             batch_stats: bool, has_bias_a: bool, has_bias_b: bool, need_weight_a: bool,
-                            need_weight_b: bool) -> List[Tensor]:
+                            need_weight_b: bool, carried: List[Optional[Tensor]]) -> List[Tensor]:
     """Gradients of smoothing_step: [u, f, weight_a, bias_a, weight_b, bias_b, bn1, bn2].
 
     bn1, bn2: (2, C) fp32, the gradients of beta (row 0) and gamma (row 1). A gradient that was
-    not asked for (a missing bias, a weight not requiring grad) is an empty tensor.
+    not asked for (a missing bias, a weight not requiring grad) is an empty tensor. ``carried``: the
+    gradients of (f, weight_a, bias_a, weight_b, bias_b) from up to two other uses (5 entries each, None
+    where a use had none), added to the step's own in the kernels.
     """
     grads = launchers.smoothing_step_backward(
         grad_out, u, weight_a, _geometry(u.shape, weight_a, conv_a), weight_b, _geometry(u.shape, weight_b, conv_b),
         r, s, stats, (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2), batch_stats,
-        (has_bias_a, has_bias_b), (need_weight_a, need_weight_b))
+        (has_bias_a, has_bias_b), (need_weight_a, need_weight_b),
+        [carried[i:i + 5] for i in range(0, len(carried), 5)])
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 @smoothing_step_backward.register_fake
 def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight,
                                   bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, has_bias_a, has_bias_b,
-                                  need_weight_a, need_weight_b):
+                                  need_weight_a, need_weight_b, carried):
     channels = u.shape[1]
     empty = u.new_empty(0)
     return [_activation_fake(u, weight_a), _activation_fake(u, weight_a),
@@ -181,15 +184,27 @@ def _eager_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, 
     return u + F.relu(bn(conv(t, weight_b, bias_b, conv_b), stats[2], stats[3], bn2_weight, bn2_bias, eps2))
 
 
+def _sum_present(grads):
+    """The sum of the gradients that are not None (None if none is): the rare paths that add on the host."""
+    present = [g for g in grads if g is not None]
+    return None if not present else present[0] if len(present) == 1 else sum(present[1:], present[0])
+
+
 class SmoothingStepFunction(torch.autograd.Function):
     """Autograd of the fused step: smoothing_step forward (in training it also updates the running
     statistics, which take no part in autograd), smoothing_step_backward backward, or the eager
-    composition's gradients when they must be differentiable (``create_graph=True``). Returns out."""
+    composition's gradients when they must be differentiable (``create_graph=True``).
+
+    Returns out, followed by ``copies`` (0-2) times (f, weight_a, bias_a, weight_b, bias_b): the
+    step's shared inputs handed on as outputs of this node, each copy for one later use in their
+    place. Their gradients then come back here and are added to this step's own in its kernels (bn1's
+    backward, the grad-weight reductions), where autograd would add each shared use with an aten op.
+    """
 
     @staticmethod
     def forward(ctx, u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                 running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
-                conv_a, conv_b, eps1, eps2, batch_stats, momentum):
+                conv_a, conv_b, eps1, eps2, batch_stats, momentum, copies=0):
         out, r, s, stats = smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
                                           bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
                                           running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1, eps2,
@@ -198,16 +213,21 @@ class SmoothingStepFunction(torch.autograd.Function):
                               r, s, stats)
         ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
         ctx.set_materialize_grads(False)
+        if copies:
+            return (out, *(f, weight_a, bias_a, weight_b, bias_b) * copies)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *carried):
         (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
          r, s, stats) = ctx.saved_tensors
         conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
         need = ctx.needs_input_grad
+        # a carried gradient only reaches an input that requires grad, whose alias required it
+        carried = [g if need[1 + i % 5] else None for i, g in enumerate(carried)]
         if grad_out is None:  # the step's output reached the loss through no differentiable path
-            return (None,) * len(need)
+            summed = [_sum_present(carried[i::5]) for i in range(5)]
+            return (None, *summed) + (None,) * (len(need) - 6)
         inputs = (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias)
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients from the eager composition
             out = _eager_step(*inputs, stats, conv_a, conv_b, eps1, eps2, batch_stats)
@@ -217,17 +237,20 @@ class SmoothingStepFunction(torch.autograd.Function):
             result = [None] * len(need)
             for i, g in zip(wanted, grads):
                 result[i] = g
+            for i, g in enumerate(carried):
+                result[1 + i % 5] = _sum_present([result[1 + i % 5], g])
             return tuple(result)
         grads = smoothing_step_backward(
             grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
-            eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5])
+            eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5],
+            carried)
         grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads
         return (grad_u if need[0] else None, grad_f if need[1] else None,
                 grad_wa if need[2] else None, grad_ba if bias_a is not None and need[3] else None,
                 grad_wb if need[4] else None, grad_bb if bias_b is not None and need[5] else None,
                 grad_bn1[1].to(bn1_weight.dtype), grad_bn1[0].to(bn1_bias.dtype),
                 grad_bn2[1].to(bn2_weight.dtype), grad_bn2[0].to(bn2_bias.dtype),
-                *(None,) * 12)
+                *(None,) * 13)
 
 
 @torch.library.custom_op("mgiad_kernels::smoothing_step_inference", mutates_args=())

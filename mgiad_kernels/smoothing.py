@@ -9,6 +9,8 @@ convolutions' epilogues (two launches).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,6 +74,20 @@ def _unfusable_reason(A, B, bn1, bn2) -> str | None:
     return None
 
 
+class SmoothingCarry(NamedTuple):
+    """What a fused training step hands on to a later use of its f, A and B (``smoothing_steps``).
+
+    ``tensors``: (f, weight_a, bias_a, weight_b, bias_b) as outputs of that step's autograd node
+    (the autocast dtype's copies under autocast); ``sources``: the tensors they stand for. A later
+    step uses a carried tensor only in place of its own source, so its gradient goes back to that
+    node, which adds it to its own gradient in its kernels instead of autograd adding the two with
+    an aten op.
+    """
+
+    sources: tuple
+    tensors: tuple
+
+
 def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module, bn1: nn.Module, bn2: nn.Module,
                    backend: str = "auto") -> torch.Tensor:
     """One step of eq. (3) in the MgNet^{A,B} convention: r = f - A(u), u + relu(bn2(B(relu(bn1(r))))).
@@ -80,6 +96,56 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     In training mode the BatchNorms use the batch statistics and update their running ones, as
     nn.BatchNorm2d does; in eval mode they use the running ones.
     """
+    return _step(u, f, A, B, bn1, bn2, backend, None, 0)[0]
+
+
+def smoothing_steps(u: torch.Tensor, f: torch.Tensor, steps, carry: SmoothingCarry | None = None,
+                    hand_on: int = 1) -> tuple[torch.Tensor, tuple]:
+    """A run of smoothing steps on one right-hand side f (MgNet Alg. 1; MGiaD Alg. 2 lines 1-2 and 8-9):
+    u = step(u, f) for each ``SmoothingStep`` in ``steps``, the same values as calling them in turn.
+
+    On the fused training path each step hands f and its A's and B's parameters to the next as
+    outputs of its autograd node (``SmoothingCarry``), so the gradients of f and of a shared A and B
+    are summed in the backward kernels, not by autograd. Returns (u, carries): ``hand_on`` (1 or 2)
+    carries from the last step, one for each later use of f and A (a run after a coarse-grid
+    correction, ``fas_restriction``); each is used once. A carry is only used for the tensors it
+    was made from, so any carry gives the same values.
+    """
+    if hand_on not in (1, 2):
+        raise ValueError(f"hand_on must be 1 or 2, got {hand_on!r}")
+    steps = list(steps)
+    for i, step in enumerate(steps):
+        if not isinstance(step, SmoothingStep):
+            raise TypeError(f"steps[{i}] must be a SmoothingStep, got {type(step).__name__}")
+    if not steps:
+        return u, (carry,) + (None,) * (hand_on - 1)
+    carries = (carry,)
+    for i, step in enumerate(steps):
+        u, carries = _step(u, f, step.A, step.B, step.bn1, step.bn2, step.backend, carries[0],
+                           hand_on if i == len(steps) - 1 else 1)
+    return u, carries
+
+
+def carried(carry: SmoothingCarry | None, sources: tuple) -> tuple:
+    """``sources`` with each tensor a carry was made from replaced by its carried stand-in."""
+    if carry is None:
+        return sources
+    out = []
+    for t in sources:
+        stand_in = t
+        for source, tensor in zip(carry.sources, carry.tensors):
+            if t is not None and source is t:
+                stand_in = tensor
+                break
+        out.append(stand_in)
+    return tuple(out)
+
+
+def _step(u, f, A, B, bn1, bn2, backend: str, carry: SmoothingCarry | None, copies: int):
+    """smoothing_step taking a SmoothingCarry and returning (u, ``copies`` carries): new ones from the
+    fused training path, whose autograd nodes sum carried gradients; elsewhere the given carry and
+    Nones (off that path a step adds nothing to sum)."""
+    unchanged = (carry,) + (None,) * (copies - 1)
     check_backend(backend)
     if not isinstance(u, torch.Tensor) or not isinstance(f, torch.Tensor):
         raise TypeError(f"u and f must be tensors, got {type(u).__name__} and {type(f).__name__}")
@@ -93,38 +159,41 @@ def smoothing_step(u: torch.Tensor, f: torch.Tensor, A: nn.Module, B: nn.Module,
     check_batchnorm("bn1", bn1, channels, activation_dtype)
     check_batchnorm("bn2", bn2, channels, activation_dtype)
     if backend == "torch" or forward_derivative_requested(u, f):  # forward AD: the eager composition
-        return _eager_step(u, f, A, B, bn1, bn2)
+        return _eager_step(u, f, A, B, bn1, bn2), unchanged
+    sources = (f, A.weight, A.bias, B.weight, B.bias)
     # under torch.autocast the convolutions (and so the step) compute in the autocast dtype; the
     # BatchNorms keep their fp32 parameters and statistics, as nn.BatchNorm2d does
-    u_c, f_c, weight_a, bias_a, weight_b, bias_b = autocast_inputs(u, f, A.weight, A.bias, B.weight, B.bias)
+    u_c, f_c, weight_a, bias_a, weight_b, bias_b = autocast_inputs(u, *carried(carry, sources))
     if not use_triton(backend, u_c, f_c, weight_a, weight_b):
-        return _eager_step(u, f, A, B, bn1, bn2)
+        return _eager_step(u, f, A, B, bn1, bn2), unchanged
     reason = _unfusable_reason(A, B, bn1, bn2)
     if reason is not None:
         if backend == "triton":
             warn_fallback(reason)
-        return _eager_step(u, f, A, B, bn1, bn2)
+        return _eager_step(u, f, A, B, bn1, bn2), unchanged
     if len({u_c.dtype, f_c.dtype, weight_a.dtype, weight_b.dtype}) != 1:
         raise ValueError(f"u, f, A.weight and B.weight must share a dtype, got {u.dtype}, {f.dtype}, "
                          f"{A.weight.dtype} and {B.weight.dtype}")
     out_dtype = u.dtype  # eager: u + relu(bn2(.)) promotes to u's dtype when u is wider than the autocast dtype
-    u, f = u_c, f_c
 
     bn_args = (bn1.weight, bn1.bias, bn2.weight, bn2.bias,
                bn1.running_mean, bn1.running_var, bn2.running_mean, bn2.running_var)
     if not bn1.training:
         needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (u, f, weight_a, bias_a, weight_b, bias_b, *bn_args[:4]))
+            t is not None and t.requires_grad for t in (u_c, f_c, weight_a, bias_a, weight_b, bias_b, *bn_args[:4]))
         if not needs_grad:
-            return ops.smoothing_step_inference(u, f, weight_a, bias_a, weight_b, bias_b, *bn_args, conv_a, conv_b,
-                                                bn1.eps, bn2.eps).to(out_dtype)
+            return ops.smoothing_step_inference(u_c, f_c, weight_a, bias_a, weight_b, bias_b, *bn_args, conv_a,
+                                                conv_b, bn1.eps, bn2.eps).to(out_dtype), unchanged
     count = u.shape[0] * u.shape[2] * u.shape[3]
     if bn1.training and count < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(u.shape)}")
-    out = ops.SmoothingStepFunction.apply(u, f, weight_a, bias_a, weight_b, bias_b, *bn_args, bn1.num_batches_tracked,
-                                          bn2.num_batches_tracked, conv_a, conv_b, bn1.eps, bn2.eps, bn1.training,
-                                          bn1.momentum)
-    return out.to(out_dtype)
+    outputs = ops.SmoothingStepFunction.apply(u_c, f_c, weight_a, bias_a, weight_b, bias_b, *bn_args,
+                                              bn1.num_batches_tracked, bn2.num_batches_tracked, conv_a, conv_b,
+                                              bn1.eps, bn2.eps, bn1.training, bn1.momentum, copies)
+    if not copies:
+        return outputs.to(out_dtype), ()
+    return outputs[0].to(out_dtype), tuple(SmoothingCarry(sources, tuple(outputs[1 + 5 * i:6 + 5 * i]))
+                                           for i in range(copies))
 
 
 class SmoothingStep(nn.Module):

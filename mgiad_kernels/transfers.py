@@ -13,36 +13,43 @@ from torch import nn
 
 from .backend import check_backend
 from .functional import grouped_conv2d, residual_conv2d
+from .smoothing import SmoothingCarry, carried
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, backend: str, other: torch.Tensor | None = None,
-          subtract: bool = False) -> torch.Tensor:
-    """A conv module's convolution on ``backend``, optionally summed with ``other`` in its epilogue.
+          subtract: bool = False, params: tuple | None = None) -> torch.Tensor:
+    """A conv module's convolution on ``backend``, optionally summed with ``other`` in its epilogue;
+    ``params``: (weight, bias) standing in for the module's own (a smoothing run's carried ones).
 
     Every backend checks ``other``'s shape the same way (no broadcasting on one and not the other).
     """
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"transfer convolutions must be nn.Conv2d (or GroupedConv2d), got {type(conv).__name__}")
+    weight, bias = params if params is not None else (conv.weight, conv.bias)
     padding = conv.padding
     if conv.padding_mode != "zeros":
         x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
         padding = 0
     if other is None:
-        return grouped_conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
-                              backend=backend)
-    return residual_conv2d(x, conv.weight, other, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
+        return grouped_conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups, backend=backend)
+    return residual_conv2d(x, weight, other, bias, conv.stride, padding, conv.dilation, conv.groups,
                            subtract=subtract, backend=backend)
 
 
 def fas_restriction(u: torch.Tensor, f: torch.Tensor, A: nn.Conv2d, Pi: nn.Conv2d, R: nn.Conv2d, A_coarse: nn.Conv2d,
-                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    backend: str = "auto", carry: SmoothingCarry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """FAS restriction (eq. 6-7; Alg. 2 lines 4-5): ``u_c = Pi(u)``, ``f_c = R(f - A(u)) + A_coarse(u_c)``.
 
     Four launches on the Triton backend: A with the residual in its epilogue, Pi, A_coarse,
-    and R with the sum in its epilogue. Returns (u_c, f_c).
+    and R with the sum in its epilogue. Returns (u_c, f_c). ``carry``: one of the carries of the
+    smoothing run before it on the same f and A (``smoothing_steps``); f's and A's gradients from the
+    residual then go back to that run's last step, which sums them in its kernels.
     """
     check_backend(backend)
-    residual = _conv(A, u, backend, other=f, subtract=True)
+    if carry is not None and not isinstance(carry, SmoothingCarry):
+        raise TypeError(f"carry must be a SmoothingCarry or None, got {type(carry).__name__}")
+    f, weight_a, bias_a = carried(carry, (f, A.weight, A.bias))
+    residual = _conv(A, u, backend, other=f, subtract=True, params=(weight_a, bias_a))
     u_coarse = _conv(Pi, u, backend)
     return u_coarse, _conv(R, residual, backend, other=_conv(A_coarse, u_coarse, backend))
 

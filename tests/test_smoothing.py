@@ -13,7 +13,8 @@ from support import DEVICE, ON_GPU, REL_TOL, TRITON_DTYPES, rel_err
 from torch import nn
 
 from mgiad_kernels import (FASRestriction, GroupedConv2d, ProlongationCorrection, SmoothingStep, fas_restriction,
-                           prolongation_correction, residual_conv2d, smoothing_step)
+                           prolongation_correction, residual_conv2d, smoothing_step, smoothing_steps)
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # (N, C, H, W, channels per group, kernel, dilation, bias, channels_last), named after what makes them awkward
 STEP_CASES = [
@@ -82,6 +83,9 @@ def _compare(fused, eager_same_dtype, reference, dtype):
     """fp32: within REL_TOL of float64. Half types: no worse than twice the eager path's own error."""
     for name, expect in reference.items():
         got = fused[name]
+        if expect is None:  # no gradient reaches it
+            assert got is None, f"{name}: a gradient where the reference has none"
+            continue
         assert got is not None, f"{name} is missing"
         assert got.shape == expect.shape, f"{name}: shape {tuple(got.shape)} != {tuple(expect.shape)}"
         if name.endswith("num_batches_tracked"):
@@ -145,6 +149,113 @@ class TwoSteps(nn.Module):
 
     def forward(self, u, f):
         return self.second(self.first(u, f), f)
+
+
+class EveryBackend(nn.Module):
+    """A model whose ``backend`` attribute sets every submodule's (steps, convolutions, transfers)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def backend(self):
+        return next(m.backend for m in self.model.modules() if hasattr(m, "backend"))
+
+    @backend.setter
+    def backend(self, value):
+        for module in self.model.modules():
+            if hasattr(module, "backend"):
+                module.backend = value
+
+    def forward(self, u, f):
+        return self.model(u, f)
+
+
+class TwoRuns(nn.Module):
+    """Two runs of smoothing steps on one f, the second taking the first's carry (MGiaD's pre- and
+    post-smoothing around a coarse-grid correction); ``detach``: u leaves the graph between them, so
+    the first run's last node gets gradients only through what it carried."""
+
+    def __init__(self, pre: list, post: list, detach: bool = False):
+        super().__init__()
+        self.pre, self.post, self.detach = nn.ModuleList(pre), nn.ModuleList(post), detach
+
+    def forward(self, u, f):
+        u, (carry,) = smoothing_steps(u, f, self.pre)
+        if self.detach:
+            u = u.detach()
+        return smoothing_steps(u, f, self.post, carry)[0]
+
+
+def _runs(share: str, bias: bool, detach: bool) -> TwoRuns:
+    """Three steps (two, then one with the carry): A and B shared by all ('AB'), A shared and a B per
+    step ('A'), or each step its own ('none')."""
+    first = _make_step(16, 4, 3, 1, bias, "triton")
+    steps = [first]
+    for seed in (1, 2):
+        other = _make_step(16, 4, 3, 1, bias, "triton", seed=seed)
+        steps.append(SmoothingStep(first.A if share != "none" else other.A, first.B if share == "AB" else other.B,
+                                   16, backend="triton").to(DEVICE))
+    return TwoRuns(steps[:2], steps[2:], detach)
+
+
+class _CountAdds(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.adds = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.adds += func.__name__ in ("add.Tensor", "add_.Tensor")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("share,bias,detach,channels_last", [
+    pytest.param("AB", True, False, True, id="shared-AB-bias-channels_last"),
+    pytest.param("A", True, False, False, id="shared-A-bias"),
+    pytest.param("none", False, False, False, id="f-only"),
+    pytest.param("AB", True, True, False, id="u-detached-between-runs"),
+])
+def test_smoothing_runs_sum_shared_gradients_in_the_kernels(share, bias, detach, channels_last):
+    runs = _runs(share, bias, detach)
+    u, f, grad = _inputs(2, 16, 5, 3, torch.float32, channels_last)
+    _check_step(EveryBackend(copy.deepcopy(runs)), u, f, grad, torch.float32, train=True)
+    # the fused backward sums f's, A's and B's gradients in its kernels: autograd adds nothing
+    u, f = u.clone().requires_grad_(), f.clone().requires_grad_()
+    out = runs(u, f)
+    with _CountAdds() as counted:
+        out.backward(grad)
+    assert counted.adds == 0
+
+
+def test_channel_multigrid_level_hands_its_carries_to_the_restriction_and_post_smoothing():
+    """MGiaD's SiC: pre-smoothing hands one carry to the FAS restriction and one to post-smoothing,
+    so f's, A-hat's and B-hat's gradients from all five uses are summed in the step kernels. What autograd
+    still adds: u (read by Pi-hat, A-hat and the correction: 2), u_c (A-hat_c and the coarse level: 1)
+    and the coarse A-hat (the restriction's A-hat_c(u_c) and its own steps: 1)."""
+    from mgiad.models.mgiad import SiC
+
+    torch.manual_seed(3)
+    level = EveryBackend(SiC(16, 8, 4, pre_smoothing=2, post_smoothing=1, backend="triton")).to(DEVICE)
+    u, f, grad = _inputs(2, 16, 4, 3, torch.float32, False)
+    _check_step(copy.deepcopy(level), u, f, grad, torch.float32, train=True)
+    u, f = u.clone().requires_grad_(), f.clone().requires_grad_()
+    out = level(u, f)
+    with _CountAdds() as counted:
+        out.backward(grad)
+    assert counted.adds == 4
+
+
+def test_smoothing_steps_takes_only_smoothing_steps_and_ignores_a_foreign_carry():
+    runs = _runs("AB", False, False)
+    u, f, grad = _inputs(2, 16, 4, 4, torch.float32, False)
+    with pytest.raises(TypeError, match=r"steps\[0\] must be a SmoothingStep"):
+        smoothing_steps(u, f, [nn.Identity()])
+    with pytest.raises(ValueError, match="hand_on must be 1 or 2"):
+        smoothing_steps(u, f, runs.pre, hand_on=3)
+    _, (carry,) = smoothing_steps(u, f.clone(), runs.pre)  # made from another f: used for f by nothing here
+    expect = copy.deepcopy(runs.post)
+    assert torch.equal(smoothing_steps(u, f, runs.post, carry)[0], smoothing_steps(u, f, expect)[0])
 
 
 def test_running_statistics_over_several_batches_and_cumulative_momentum():

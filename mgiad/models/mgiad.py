@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mgiad_kernels import SmoothingStep, check_backend, fas_restriction, prolongation_correction
+from mgiad_kernels import (SmoothingStep, check_backend, fas_restriction, prolongation_correction,
+                           smoothing_steps)
 
 from .fas import FASNetwork
 from .layers import conv1x1, conv3x3
@@ -47,15 +48,15 @@ class SiC(nn.Module):
             self.coarse = SiC(half, coarsest_channels, group_size, pre_smoothing, post_smoothing, backend)
 
     def forward(self, u: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        for step in self.pre:  # Alg. 2 lines 1-2
-            u = step(u, f)
+        # the restriction and the post-smoothing run take the pre-smoothing run's carries: f's, A-hat's
+        # and B-hat's gradients from all their uses on this level are summed in the step kernels
+        u, carries = smoothing_steps(u, f, self.pre, hand_on=1 if self.is_coarsest else 2)  # Alg. 2 lines 1-2
         if not self.is_coarsest:
             # lines 4-5: u_c = Pi-hat(u), f_c = R-hat(f - A-hat(u)) + A-hat_c(u_c), fused
-            u_coarse, f_coarse = fas_restriction(u, f, self.A, self.Pi_hat, self.R_hat, self.coarse.A, self.backend)
+            u_coarse, f_coarse = fas_restriction(u, f, self.A, self.Pi_hat, self.R_hat, self.coarse.A, self.backend,
+                                                 carries[1])
             u = prolongation_correction(u, self.coarse(u_coarse, f_coarse), self.P_hat, self.backend)  # lines 6-7
-        for step in self.post:  # lines 8-9
-            u = step(u, f)
-        return u
+        return smoothing_steps(u, f, self.post, carries[0])[0]  # lines 8-9
 
 
 class MGiaD(FASNetwork):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mgiad_kernels import SmoothingStep, check_backend
+from mgiad_kernels import SmoothingStep, check_backend, smoothing_steps
 
 from .fas import FASNetwork
 from .layers import conv3x3
@@ -39,9 +39,7 @@ class MgNetLevel(nn.Module):
         return self.steps[0].A
 
     def forward(self, u: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        for step in self.steps:
-            u = step(u, f)
-        return u
+        return smoothing_steps(u, f, self.steps)[0]  # f (and a shared A, B): gradients summed in the kernels
 
 
 class MgNet(FASNetwork):

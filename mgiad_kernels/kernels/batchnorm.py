@@ -108,16 +108,21 @@ def bn_backward_kernel(
     grad_ptr,  # (N, C, H, W): gradient of bn(x), or of relu(bn(x)) when RELU_MASK
     x_ptr,  # (N, C, H, W): the BatchNorm's input
     out_ptr,  # (N, C, H, W) out: gradient of x
+    carry_ptr, carry2_ptr,  # (N, C, H, W): gradients added to dx in total_ptr (CARRIES)
+    total_ptr,  # (N, C, H, W) out, out's strides: dx + carry (+ carry2) (CARRIES)
     sums_ptr,  # (2, C) fp32: sum g and sum g * x_hat over the batch
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
     grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w,  # strides of grad, elements
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
-    out_stride_n, out_stride_c, out_stride_h, out_stride_w,  # strides of out, elements
+    out_stride_n, out_stride_c, out_stride_h, out_stride_w,  # strides of out (and total), elements
+    carry_stride_n, carry_stride_c, carry_stride_h, carry_stride_w,  # strides of carry, elements
+    carry2_stride_n, carry2_stride_c, carry2_stride_h, carry2_stride_w,  # strides of carry2, elements
     P, HW, W, C,  # pixels N*H*W, H*W, W, channels
     bn_eps,  # float
     inv_count,  # float: 1 / (N*H*W)
     RELU_MASK: tl.constexpr,  # g = grad * (bn(x) > 0): backward through relu(bn(x))
     BATCH_STATS: tl.constexpr,  # normalized with batch statistics (training) or fixed ones (eval)
+    CARRIES: tl.constexpr,  # 0-2: also store dx + the carries, x's gradient summed with other uses', in one pass
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx = gamma * rstd * (g - mean(g) - x_hat * mean(g x_hat)) with batch statistics, else gamma * rstd * g."""
@@ -137,5 +142,14 @@ def bn_backward_kernel(
         x_hat = (x - mean[None, :]) * rstd[None, :]
         g = g - mean_g[None, :] - x_hat * mean_gx[None, :]
     dx = g * scale[None, :]
-    tl.store(out_ptr + _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w),
-             dx.to(out_ptr.dtype.element_ty), mask=mask)
+    out_offs = _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w)
+    tl.store(out_ptr + out_offs, dx.to(out_ptr.dtype.element_ty), mask=mask)
+    if CARRIES >= 1:
+        carry_offs = _tile_offsets(offs_p, offs_c, HW, W, carry_stride_n, carry_stride_c, carry_stride_h,
+                                   carry_stride_w)
+        total = dx + tl.load(carry_ptr + carry_offs, mask=mask, other=0.0).to(tl.float32)
+        if CARRIES >= 2:
+            carry2_offs = _tile_offsets(offs_p, offs_c, HW, W, carry2_stride_n, carry2_stride_c, carry2_stride_h,
+                                        carry2_stride_w)
+            total += tl.load(carry2_ptr + carry2_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(total_ptr + out_offs, total.to(total_ptr.dtype.element_ty), mask=mask)

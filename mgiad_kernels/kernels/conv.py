@@ -421,11 +421,16 @@ def conv2d_grad_weight_kernel(
     partial_w_ptr,  # (splits, C_OUT, IN_PER_GROUP, KH, KW) fp32 scratch, contiguous: per-split sums
     partial_b_ptr,  # (splits, C_OUT) fp32 scratch, contiguous: per-split bias sums (HAS_BIAS)
     counter_ptr,  # (KH*KW*cdiv(C_OUT, BLOCK_OUT)*cdiv(C_IN, BLOCK_IN),) int32 arrival counters, zero
+    carry_w_ptr, carry2_w_ptr,  # (C_OUT, IN_PER_GROUP, KH, KW): weight gradients added to grad_w (CARRIES)
+    carry_b_ptr, carry2_b_ptr,  # (C_OUT,): bias gradients added to grad_b (CARRIES and HAS_BIAS)
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C_IN,) BatchNorm applied to x (X_BN_RELU)
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
     gy_stride_n, gy_stride_c, gy_stride_h, gy_stride_w,  # strides of grad_y, elements
     gw_stride_out, gw_stride_in, gw_stride_kh, gw_stride_kw,  # strides of grad_w, elements
     gb_stride,  # stride of grad_b, elements
+    cw_stride_out, cw_stride_in, cw_stride_kh, cw_stride_kw,  # strides of carry_w, elements
+    c2w_stride_out, c2w_stride_in, c2w_stride_kh, c2w_stride_kw,  # strides of carry2_w, elements
+    cb_stride, c2b_stride,  # strides of carry_b and carry2_b, elements
     N, H, W, H_out, W_out,  # batch and spatial sizes
     C_OUT, C_IN, OUT_PER_GROUP, IN_PER_GROUP,  # channels, in total and per group
     PIXELS_PER_SPLIT,  # output pixels (of N*H_out*W_out) each split reduces over
@@ -437,6 +442,7 @@ def conv2d_grad_weight_kernel(
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
     HAS_BIAS: tl.constexpr,  # also write the bias gradient's partial sums
     X_BN_RELU: tl.constexpr,  # x is loaded as relu(bn(x)) (zero padding stays zero)
+    CARRIES: tl.constexpr,  # 0-2: grad_w (grad_b) = alpha * the sums + carry_w (+ carry2_w), added before the cast
     OUT_ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr,  # largest powers of two (at most 16) dividing the group sizes
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
@@ -521,12 +527,26 @@ def conv2d_grad_weight_kernel(
                                  cache_modifier=".cg")
             gw_offs = offs_co[:, None] * gw_stride_out + local_ci[None, :] * gw_stride_in \
                 + kh * gw_stride_kh + kw * gw_stride_kw
-            tl.store(grad_w_ptr + gw_offs, (total * alpha).to(grad_w_ptr.dtype.element_ty), mask=keep)
+            total = total * alpha
+            if CARRIES >= 1:
+                cw_offs = offs_co[:, None] * cw_stride_out + local_ci[None, :] * cw_stride_in \
+                    + kh * cw_stride_kh + kw * cw_stride_kw
+                total += tl.load(carry_w_ptr + cw_offs, mask=keep, other=0.0).to(tl.float32)
+            if CARRIES >= 2:
+                c2w_offs = offs_co[:, None] * c2w_stride_out + local_ci[None, :] * c2w_stride_in \
+                    + kh * c2w_stride_kh + kw * c2w_stride_kw
+                total += tl.load(carry2_w_ptr + c2w_offs, mask=keep, other=0.0).to(tl.float32)
+            tl.store(grad_w_ptr + gw_offs, total.to(grad_w_ptr.dtype.element_ty), mask=keep)
             if HAS_BIAS:
                 if bias_block:
                     total_b = tl.zeros([BLOCK_OUT], dtype=tl.float32)
                     for split in range(0, splits):
                         total_b += tl.load(partial_b_ptr + split * C_OUT + offs_co, mask=co_mask, other=0.0,
                                            cache_modifier=".cg")
-                    tl.store(grad_b_ptr + offs_co * gb_stride, (total_b * alpha).to(grad_b_ptr.dtype.element_ty),
-                             mask=co_mask)
+                    total_b = total_b * alpha
+                    if CARRIES >= 1:
+                        total_b += tl.load(carry_b_ptr + offs_co * cb_stride, mask=co_mask, other=0.0).to(tl.float32)
+                    if CARRIES >= 2:
+                        total_b += tl.load(carry2_b_ptr + offs_co * c2b_stride, mask=co_mask,
+                                           other=0.0).to(tl.float32)
+                    tl.store(grad_b_ptr + offs_co * gb_stride, total_b.to(grad_b_ptr.dtype.element_ty), mask=co_mask)
