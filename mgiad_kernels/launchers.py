@@ -292,6 +292,8 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     partial_w = torch.empty((splits, *w_shape), device=x.device, dtype=torch.float32)
     unused = scratch(x.device)
     partial_b = torch.empty((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else unused
+    carry_w_ptrs, carry_w_strides = _carry_arguments([w for w, _ in carries], unused, 4)
+    carry_b_ptrs, carry_b_strides = _carry_arguments([b for _, b in carries] if with_bias else [], unused, 1)
     conv = _kernels()
     grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
@@ -299,21 +301,27 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     pointers = (x, grad_y, grad_w, grad_b if grad_b is not None else unused, partial_w, partial_b,
                 arrival_counters(x.device, taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE)
                                  * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)),
-                *(carries[i][0] if i < len(carries) else unused for i in range(2)),
-                *(carries[i][1] if i < len(carries) and with_bias else unused for i in range(2)),
-                *(x_bn.pointers() if x_bn is not None else (unused,) * 4))
+                *carry_w_ptrs, *carry_b_ptrs, *(x_bn.pointers() if x_bn is not None else (unused,) * 4))
     rest = (*x.stride(), *grad_y.stride(), *grad_w.stride(), grad_b.stride(0) if grad_b is not None else 0,
-            *(stride for i in range(2) for stride in (carries[i][0].stride() if i < len(carries) else (0,) * 4)),
-            *(carries[i][1].stride(0) if i < len(carries) and with_bias else 0 for i in range(2)),
+            *carry_w_strides, *carry_b_strides,
             n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
             float(alpha), float(x_bn.eps) if x_bn is not None else 0.0)
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries), OUT_ALIGN=channel_alignment(geo.out_per_group),
+        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
+        OUT_ALIGN=channel_alignment(geo.out_per_group),
         IN_ALIGN=channel_alignment(geo.in_per_group), INPUT_PRECISION=_input_precision(x.dtype))
     _run(conv.conv2d_grad_weight_kernel, config, grid, pointers, rest, constexprs)
     return grad_w, grad_b
+
+
+def _carry_arguments(tensors: list, unused: torch.Tensor, rank: int) -> tuple[tuple, tuple]:
+    """The kernels' two carried-gradient pointer slots and their strides: ``tensors`` (at most two),
+    then the placeholder with zero strides."""
+    pointers = tuple(tensors[i] if i < len(tensors) else unused for i in range(2))
+    strides = tuple(s for i in range(2) for s in (tensors[i].stride() if i < len(tensors) else (0,) * rank))
+    return pointers, strides
 
 
 def _weight_carries(carries, w_shape, with_bias: bool, x: torch.Tensor) -> list:
@@ -479,11 +487,10 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
                                                         carries=[c[3:5] for c in carries])
     grad_r = _empty_activation(u, fmt)
     grad_f = _empty_activation(u, fmt) if carry_fs else grad_r  # grad r + f's gradients from other uses
+    carry_ptrs, carry_strides = _carry_arguments(carry_fs, unused, 4)
     _elementwise(bnk.bn_backward_kernel, grid,
-                 (grad_x1, r, grad_r, *(carry_fs[i] if i < len(carry_fs) else unused for i in range(2)),
-                  grad_f if carry_fs else unused, sums1, *bn1.pointers()),
-                 (*grad_x1.stride(), *r.stride(), *grad_r.stride(),
-                  *(stride for i in range(2) for stride in (carry_fs[i].stride() if i < len(carry_fs) else (0,) * 4)),
+                 (grad_x1, r, grad_r, *carry_ptrs, grad_f if carry_fs else unused, sums1, *bn1.pointers()),
+                 (*grad_x1.stride(), *r.stride(), *grad_r.stride(), *carry_strides,
                   pixels, h * w, w, channels, bn1.eps, 1.0 / pixels),
                  RELU_MASK=False, BATCH_STATS=batch_stats, CARRIES=len(carry_fs))
 
