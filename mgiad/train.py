@@ -36,8 +36,17 @@ class Distributed:
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
+        self.owns_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_group:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def close(self) -> None:
+        """Wait for every rank, then destroy the process group this object created: a process left to
+        tear gloo down at interpreter exit can abort (SIGABRT) on its worker threads."""
+        if self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
 
     @property
     def is_main(self) -> bool:
@@ -259,8 +268,7 @@ def train(args) -> dict:
         run.history.append(end_epoch(run, epoch, train_epoch(run, epoch)))
     if run.writes:
         write_curves(run)
-    if run.dist_env.world > 1:
-        dist.barrier()
+    run.dist_env.close()
     return {"history": run.history, "model": run.model}
 
 
