@@ -11,9 +11,12 @@ side of a GPU training step: how many kernels it launches and what each launch c
    kernel; views, pure allocations and ops returning no tensor are not counted; the package's
    custom ops are opened up and the aten ops inside them counted).
 2. Host microseconds per call, medians over ``--repeats`` batches of 1000 calls, the batches of
-   (a), (b) and (c) interleaved: (a) ``torch.add(a, b, out=c)`` on 16 floats, (b) one Triton launch
-   (``launchers.conv2d_forward`` of a small grouped conv), (c) the same conv through the custom op
-   ``torch.ops.mgiad_kernels.conv2d``, and (d) the whole step's host time per Triton launch.
+   (a)-(c) interleaved: (a) ``torch.add(a, b, out=c)`` on 16 floats, (a2) ``torch.add(a, b)``, which
+   allocates its output as a conv does, (b) one Triton launch (``launchers.conv2d_forward`` of a small
+   grouped conv), with the two parts of it that are not the package's Python timed alone: (b1) the
+   output's allocation and (b2) the call of the compiled kernel's launcher (the stand-in's no-op, in
+   place of CUDA's), (c) the same conv through the custom op ``torch.ops.mgiad_kernels.conv2d``, and
+   (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
    benchmarks and wall seconds of a first forward+backward; ``--no-cold-start`` skips it.
 
@@ -215,8 +218,10 @@ def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> d
 
 
 def _small_conv_calls():
-    """(launch, custom op): the same small grouped conv as one Triton launch and through the custom op,
-    the geometry built as ``mgiad_kernels.ops`` builds it."""
+    """(launch, custom op, parts): the same small grouped conv as one Triton launch and through the custom op,
+    the geometry built as ``mgiad_kernels.ops`` builds it; ``parts()`` (after a warm launch) gives the two
+    pieces of a warm launch that are not the package's own Python, to time alone: the output's allocation
+    and the call of the compiled kernel's launcher (the stand-in's, in place of CUDA's)."""
     from mgiad_kernels import launchers
     from mgiad_kernels.ops import conv_geometry
 
@@ -225,8 +230,20 @@ def _small_conv_calls():
     stride, padding, dilation = [1, 1], [1, 1, 1, 1], [1, 1]
     geo = conv_geometry(x.shape, w.shape, stride, padding, dilation, CONV_GROUPS)
     op = torch.ops.mgiad_kernels.conv2d
+
+    def parts():
+        y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
+        site = next(gather for shape, strides, _, gather, _ in launchers._FORWARD_SITES.values()
+                    if shape == y.shape and strides == y.stride())
+        (_, run, function, packed, _, current_stream, current_device), = site.plans.values()
+        unused = launchers.scratch(x.device)
+        args = (x, w, unused, y, unused, *(unused,) * 10) + site.args_tail
+        stream = current_stream(current_device())
+        return {"output_allocation": lambda: torch.empty_strided(y.shape, y.stride(), dtype=y.dtype, device=y.device),
+                "compiled_launcher": lambda: run(*site.grid, stream, function, packed, None, None, None, *args)}
+
     return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
-            lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS))
+            lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS), parts)
 
 
 def measure_warm(repeats: int, log=print) -> dict:
@@ -253,10 +270,12 @@ def measure_warm(repeats: int, log=print) -> dict:
             step_ms.append((time.perf_counter() - t0) * 1e3)
 
         a, b, c = (torch.randn(16) for _ in range(3))
-        launch, custom_op = _small_conv_calls()
+        launch, custom_op, parts = _small_conv_calls()
         start = len(rec.launches)
         timed = time_interleaved({"aten_add_16": lambda: torch.add(a, b, out=c),
-                                  "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op}, repeats)
+                                  "aten_add_16_allocating": lambda: torch.add(a, b),
+                                  "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op,
+                                  **parts()}, repeats)
         conv_launches = Counter(launch.name for launch in _launches(rec, start))
         del rec.launches[:]  # the recorder keeps every launch; let go of the timing runs'
 
@@ -389,13 +408,19 @@ def markdown(doc: dict) -> str:
         "aten_launches")
     row("Triton + aten per fwd+bwd", launches["triton_plus_aten"], "triton_plus_aten_launches")
     for key, label in (("aten_add_16", "(a) torch.add, 16 floats, out="),
+                       ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
                        ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
+                       ("output_allocation", "(b1) of (b): its output's allocation alone (torch.empty_strided)"),
+                       ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone (the stand-in's)"),
                        ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
                        ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches")):
         h = host[key]
         row(f"{label}, us", f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "
                             f"{h['ratio_to_aten_add']:.2f}x (a)",
             "launch_us_ratio" if key == "triton_conv2d_launch" else None)
+    own = host["triton_conv2d_launch"]["median_us"] - host["output_allocation"]["median_us"] \
+        - host["compiled_launcher"]["median_us"]
+    row("(b) - (b1) - (b2): the package's own Python per warm launch, us", f"{own:.2f}")
     s = doc["mgiad_step_ms"]
     row("MGiaD fwd+bwd host time, ms", f"{s['median']:.1f} ({s['p20']:.1f}-{s['p80']:.1f})")
     if cold:

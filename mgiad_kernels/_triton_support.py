@@ -16,11 +16,13 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
 def autotune_enabled() -> bool:
     """Whether launches autotune: only with MGIAD_KERNELS_AUTOTUNE=1 on a GPU. Then every key (channels,
     groups, kernel size, stride, fusions) benchmarks its config list once, and Triton keeps the choice on
     disk (keyed by device, Triton version, kernel source and key), so a second process tunes nothing.
-    By default each key takes one config chosen from its shape: nothing is benchmarked. Read at each launch."""
+    By default each key takes one config chosen from its shape: nothing is benchmarked. Read once per
+    process, at its first launch (a launch costs a few microseconds of host time, an environment read one)."""
     return not interpreter_enabled() and os.environ.get("MGIAD_KERNELS_AUTOTUNE", "0") == "1"
 
 

@@ -2,37 +2,47 @@
 
 ``JITFunction.run`` binds every argument, computes its specialization (dtypes, 16-byte alignment of
 pointers, divisibility of ints), hashes a cache key, re-checks the kernel's globals and only then calls
-the compiled launcher: ~100 us of Python per launch, against ~3 us for a tiny aten op. A launcher here
-names a *plan key* that fixes all of that (the non-pointer arguments, the constexprs and options, the
-pointers' dtypes, the device and driver); the first launch under a key goes through Triton (compiling if
-needed) and keeps the CompiledKernel and its grid, later ones only check each pointer's alignment and call
-the compiled launcher. Under the interpreter every launch goes through Triton.
+the compiled launcher: ~30-100 us of Python per launch, against ~1.5-3 us for a tiny aten op.
+
+A launcher describes each launch once per *site key* it chooses (what fixes the launch but the tensors'
+addresses: shapes, strides, dtypes, fusion flags, scalars) as a ``LaunchSite``: the kernel, its grid, the
+runtime arguments after the pointers, the constexprs and options. A site keeps, per pattern of 16-byte
+misaligned pointers (Triton specializes each pointer on it) and per driver, the CompiledKernel that
+Triton's first launch made; later launches check the pointers' alignment and call the compiled launcher.
+Under the interpreter, through the autotuner and with plans disabled, every launch goes through Triton.
 """
 from __future__ import annotations
 
 import functools
 from typing import Callable
 
-from ._triton_support import interpreter_enabled
-
-
-class LaunchPlan:
-    """A compiled kernel with its grid and the arguments that follow the pointers, for one plan key."""
-
-    __slots__ = ("kernel", "grid", "rest")
-
-    def __init__(self, kernel, grid: tuple, rest: tuple):
-        self.kernel, self.grid, self.rest = kernel, grid, rest
-
-
-_PLANS: dict = {}
-_MAX_PLANS = 4096  # distinct (shape, layout, fusion) launches kept; the oldest go first beyond it
+_MAX_SITES = 4096  # distinct (shape, layout, fusion) launches kept per cache; the oldest go first beyond it
 _STATE = {"enabled": True}
+_CACHES: list = []
+
+
+class SiteCache(dict):
+    """A launcher's sites (or what it keeps with them) by key, bounded, and forgotten by ``clear()``.
+    Read with ``get`` (one dict lookup per launch), written with ``put``."""
+
+    def __init__(self):
+        super().__init__()
+        _CACHES.append(self)
+
+    def put(self, key, value):
+        if len(self) >= _MAX_SITES:
+            del self[next(iter(self))]
+        self[key] = value
+        return value
+
+
+SITES = SiteCache()  # site key -> LaunchSite
 
 
 def clear() -> None:
-    """Forget every plan (the compiled kernels stay in Triton's own caches)."""
-    _PLANS.clear()
+    """Forget every site and plan (the compiled kernels stay in Triton's own caches)."""
+    for cache in _CACHES:
+        cache.clear()
 
 
 def set_enabled(enabled: bool) -> bool:
@@ -46,47 +56,87 @@ def set_enabled(enabled: bool) -> bool:
 def _triton_runtime():
     from triton import knobs
     from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
 
-    return knobs, driver
+    return knobs.runtime, driver, JITFunction
 
 
-def launch(jit_fn, grid: Callable[[dict], tuple], pointers: tuple, rest: tuple, constexprs: dict,
+class LaunchSite:
+    """jit_fn[grid](*pointers, *rest, **constexprs, **options) for one site key; see the module docstring.
+
+    ``through_triton``: always launch through ``jit_fn[grid]`` (an Autotuner: it benchmarks and picks the
+    tile; ``grid`` is then a function of the chosen meta-parameters)."""
+
+    __slots__ = ("jit_fn", "grid", "rest", "constexprs", "options", "through_triton", "plans", "args_tail", "live")
+
+    def __init__(self, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False):
+        self.jit_fn, self.rest, self.constexprs, self.options = jit_fn, rest, constexprs, options
+        self.through_triton = through_triton or not isinstance(jit_fn, _triton_runtime()[2])  # the interpreter
+        self.grid = grid if self.through_triton else tuple(grid)
+        self.plans: dict = {}  # misaligned-pointer bits -> (driver, launcher, function, packed metadata, kernel,
+        #                                              the driver's current-stream and current-device functions)
+        self.args_tail = None  # rest + the constexprs in parameter order: what the compiled launcher takes
+        self.live = None  # positions of the pointers that are not the placeholder, set at the first launch
+
+    def launch(self, pointers: tuple, placeholder=None) -> None:
+        """Launch on ``pointers``, the kernel's leading tensor arguments. ``placeholder``: the 16-byte aligned
+        tensor that stands in for the pointers a launch does not use; the site key must fix which those are
+        (their alignment is not checked)."""
+        if self.through_triton or not _STATE["enabled"]:
+            self.jit_fn[self.grid](*pointers, *self.rest, **self.constexprs, **self.options)
+            return
+        live = self.live
+        if live is None:
+            live = self.live = tuple(i for i, t in enumerate(pointers) if t is not placeholder)
+        misaligned = 0  # a bit per pointer not 16-byte aligned
+        for i in live:
+            if pointers[i].data_ptr() & 15:
+                misaligned |= 1 << i
+        runtime, driver, _ = _triton_runtime()
+        active = driver.active
+        plan = self.plans.get(misaligned)
+        if plan is None or plan[0] is not active:
+            self._first_launch(pointers, misaligned, active)
+            return
+        _, run, function, packed, kernel, current_stream, current_device = plan
+        stream = current_stream(current_device())
+        args = pointers + self.args_tail
+        # the hooks as Triton passes them, but None for an empty HookChain (triton >= 3.5 keeps a chain
+        # that is never None): the launcher then calls nothing and no launch metadata is built
+        enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+        if enter is not None and not getattr(enter, "calls", True):
+            enter = None
+        if leave is not None and not getattr(leave, "calls", True):
+            leave = None
+        metadata = kernel.launch_metadata(self.grid, stream, *args) if enter is not None else None
+        run(*self.grid, stream, function, packed, metadata, enter, leave, *args)
+
+    def _first_launch(self, pointers: tuple, misaligned: int, active) -> None:
+        """Through JITFunction.run (compiling if needed); keeps the CompiledKernel for this alignment."""
+        jit_fn = self.jit_fn
+        meta = {**self.constexprs, **self.options}
+        kernel = jit_fn.run(*pointers, *self.rest, grid=self.grid, warmup=False, **meta)
+        if self.args_tail is None:
+            self.args_tail = self.rest + tuple(self.constexprs[p.name]
+                                               for p in jit_fn.params[len(pointers) + len(self.rest):])
+        self.plans[misaligned] = (active, kernel.run, kernel.function, kernel.packed_metadata, kernel,
+                                  active.get_current_stream, active.get_current_device)
+
+
+def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,
+             through_triton: bool = False) -> LaunchSite:
+    """Make and keep the site of ``key`` (see LaunchSite)."""
+    return SITES.put(key, LaunchSite(jit_fn, (tuple(grid) + (1, 1))[:3] if not callable(grid) else grid, rest,
+                                     constexprs, options, through_triton))
+
+
+def launch(key, jit_fn, grid: tuple | Callable[[dict], tuple], pointers: tuple, rest: tuple, constexprs: dict,
            options: dict) -> None:
-    """jit_fn[grid](*pointers, *rest, **constexprs, **options), cheaply when warm.
+    """jit_fn[grid](*pointers, *rest, **constexprs, **options) through the site of ``key``, made on first use.
 
-    ``pointers``: the kernel's leading tensor arguments; ``rest``: the remaining runtime arguments (ints,
-    floats), in order, after which the kernel takes only constexprs. ``grid(meta)`` gets the constexprs.
-    """
-    if not _STATE["enabled"] or interpreter_enabled():
-        jit_fn[grid(constexprs)](*pointers, *rest, **constexprs, **options)
-        return
-    knobs, driver = _triton_runtime()
-    active = driver.active
-    misaligned = 0  # a bit per pointer not 16-byte aligned: Triton specializes each pointer on it
-    bit = 1
-    for t in pointers:
-        if t.data_ptr() & 15:
-            misaligned |= bit
-        bit <<= 1
-    # ids: a JITFunction hashes its source and a torch.dtype hashes slowly; both live as long as the process
-    key = (id(jit_fn), id(active), pointers[0].device, *[id(t.dtype) for t in pointers], misaligned,
-           rest, *constexprs.values(), *options.values())
-    plan = _PLANS.get(key)
-    if plan is None:
-        meta = {**constexprs, **options}
-        g = tuple(grid(meta))
-        kernel = jit_fn.run(*pointers, *rest, grid=g, warmup=False, **meta)
-        tail = tuple(constexprs[p.name] for p in jit_fn.params[len(pointers) + len(rest):])
-        if len(_PLANS) >= _MAX_PLANS:
-            del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = LaunchPlan(kernel, (g + (1, 1))[:3], rest + tail)
-        return
-    kernel = plan.kernel
-    stream = active.get_current_stream(active.get_current_device())
-    enter_hook = knobs.runtime.launch_enter_hook
-    args = pointers + plan.rest
-    metadata = None  # what launch hooks get; computed only when one is installed (a HookChain may be empty)
-    if enter_hook is not None and getattr(enter_hook, "calls", True):
-        metadata = kernel.launch_metadata(plan.grid, stream, *args)
-    kernel.run(*plan.grid, stream, kernel.function, kernel.packed_metadata, metadata, enter_hook,
-               knobs.runtime.launch_exit_hook, *args)
+    For launchers whose arguments are cheap to build: ``key`` must fix ``rest``, ``constexprs``, ``options``,
+    the grid and the pointers' dtypes and device."""
+    site = SITES.get(key)
+    if site is None:
+        site = add_site(key, jit_fn, grid, rest, constexprs, options)
+    site.launch(pointers)

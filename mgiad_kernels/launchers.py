@@ -23,6 +23,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@functools.lru_cache(maxsize=None)
 def _kernels():
     from .kernels import conv  # deferred: TRITON_INTERPRET must be read when kernels are defined
 
@@ -80,6 +81,10 @@ class BatchNormArgs:
     def pointers(self) -> tuple:
         return self.mean, self.var, self.gamma, self.beta
 
+    def signature(self) -> tuple:
+        """What a launch site's key holds of it: eps and the tensors' dtypes."""
+        return self.eps, self.mean.dtype, self.var.dtype, self.gamma.dtype, self.beta.dtype
+
 
 @dataclass(frozen=True)
 class RunningStatsUpdate:
@@ -93,6 +98,13 @@ class RunningStatsUpdate:
     num_batches: torch.Tensor
     momentum: float | None
     count: int
+
+    def pointers(self) -> tuple:
+        return self.mean, self.var, self.num_batches
+
+    def signature(self) -> tuple:
+        """What a launch site's key holds of it: the scalars and the tensors' dtypes."""
+        return self.momentum, self.count, self.mean.dtype, self.var.dtype, self.num_batches.dtype
 
 
 def gather_stats_buffer(dst_shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -113,7 +125,8 @@ def arrival_counters(device: torch.device, count: int) -> torch.Tensor:
     """At least ``count`` int32 arrival counters for a split reduction finished in the kernel
     (kernels/split_reduction.py), all zero. The kernel leaves them at zero, so one buffer per device
     and stream serves every launch in stream order; launches on another stream get their own."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    # the raw handle, as Triton's CUDA driver asks it (a torch.cuda.Stream object costs microseconds)
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
     key = (device, stream)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < count:
@@ -141,7 +154,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
             other: torch.Tensor | None = None, other_mode: str = "none", alpha: float = 1.0,
             epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
             stats: torch.Tensor | None = None, stats_mode: str = "none",
-            reduced: torch.Tensor | None = None, running_update: RunningStatsUpdate | None = None) -> None:
+            reduced: torch.Tensor | None = None, running_update: RunningStatsUpdate | None = None
+            ) -> launch_plans.LaunchSite:
     """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input, with optional fusions.
 
     ``prologue_bn``: src is read as relu(prologue_bn(src)). ``other_mode``: 'add' (other + alpha * y),
@@ -150,7 +164,32 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     biased variance of y into ``reduced``, contiguous (2, C) fp32) or 'bn_grad' (sum y and
     sum y * bn_hat(other)), merged in the kernel through the scratch ``stats`` (gather_stats_buffer).
     ``running_update`` (with 'moments'): the merge also updates those running statistics.
+    Returns the launch's site.
     """
+    bn = prologue_bn if prologue_bn is not None else epilogue_bn
+    key = ("gather", src.shape, src.stride(), dst.shape, dst.stride(), weight.shape, weight.stride(), src.dtype,
+           src.device, geo.stride, geo.padding, geo.dilation, geo.groups, transposed,
+           None if bias is None else (bias.stride(0), bias.dtype), None if other is None else (other.stride(), other.dtype),
+           other_mode, alpha,
+           prologue_bn is not None, epilogue_bn_relu, stats_mode, None if bn is None else bn.signature(),
+           None if stats is None else stats.shape[1],
+           None if running_update is None else running_update.signature(), *_global_settings())
+    site = launch_plans.SITES.get(key)
+    if site is None:
+        site = _gather_site(key, src, weight, bias, dst, geo, transposed, prologue_bn, other, other_mode, alpha,
+                            epilogue_bn, epilogue_bn_relu, stats, stats_mode, running_update)
+    unused = scratch(dst.device)
+    site.launch((src, weight, unused if bias is None else bias, dst, unused if other is None else other,
+                 *((unused,) * 4 if bn is None else bn.pointers()),
+                 unused if stats is None else stats, unused if reduced is None else reduced,
+                 unused if stats is None else arrival_counters(dst.device, _cdiv(dst.shape[1], _SMALLEST_CHANNEL_TILE)),
+                 *((unused,) * 3 if running_update is None else running_update.pointers())), unused)
+    return site
+
+
+def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: bool, prologue_bn, other, other_mode: str,
+                 alpha: float, epilogue_bn, epilogue_bn_relu: bool, stats, stats_mode: str, running_update):
+    """The launch site of one _gather key: its grid, runtime scalars, constexprs and tile."""
     conv = _kernels()
     if prologue_bn is not None and epilogue_bn is not None:
         raise AssertionError("a gather launch applies at most one BatchNorm")
@@ -174,16 +213,6 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
                          f"got {c_red} x {red_per_group}")
     other_modes, stats_modes, running_modes = _fusion_modes()
     pixels = n_batch * h_dst * w_dst
-    grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
-    config = None if conv.autotune_enabled() else conv.default_gather_config(dst_per_group, red_per_group)
-    unused = scratch(dst.device)
-    counters = None if stats is None else arrival_counters(dst.device, _cdiv(c_dst, _SMALLEST_CHANNEL_TILE))
-    pointers = (src, weight, bias if bias is not None else unused, dst, other if other is not None else unused,
-                *(bn.pointers() if bn is not None else (unused,) * 4),
-                stats if stats is not None else unused, reduced if reduced is not None else unused,
-                counters if counters is not None else unused,
-                *((running_update.mean, running_update.var, running_update.num_batches) if running_update is not None
-                  else (unused,) * 3))
     if running_update is None:
         running_mode, momentum, unbias = "none", 0.0, 1.0
     else:
@@ -204,7 +233,9 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
         INPUT_PRECISION=_input_precision(src.dtype))
-    _run(conv.conv2d_gather_kernel, config, grid, pointers, rest, constexprs)
+    grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
+    return _tiled_site(key, conv.conv2d_gather_kernel, grid, rest, constexprs,
+                       None if conv.autotune_enabled() else conv.default_gather_config(dst_per_group, red_per_group))
 
 
 @functools.lru_cache(maxsize=None)
@@ -219,14 +250,26 @@ def _fusion_modes() -> tuple[dict, dict, dict]:
              "cumulative": conv.RUNNING_CUMULATIVE.value})
 
 
-def _run(kernel, config, grid, pointers: tuple, rest: tuple, constexprs: dict) -> None:
-    """Launch an autotuned kernel: through the autotuner when ``config`` is None (MGIAD_KERNELS_AUTOTUNE=1),
-    else with ``config``'s tile through a launch plan (no benchmarking, no Triton dispatch once warm)."""
+def _tiled_site(key, kernel, grid, rest: tuple, constexprs: dict, config) -> launch_plans.LaunchSite:
+    """The site of an autotuned kernel: through the autotuner when ``config`` is None
+    (MGIAD_KERNELS_AUTOTUNE=1), else with ``config``'s tile (no benchmarking, no Triton dispatch once warm)."""
     if config is None:
-        kernel[grid](*pointers, *rest, **constexprs)
-    else:
-        launch_plans.launch(kernel.fn, grid, pointers, rest, {**constexprs, **config.kwargs},
-                            {"num_warps": config.num_warps, "num_stages": config.num_stages})
+        return launch_plans.add_site(key, kernel, grid, rest, constexprs, {}, through_triton=True)
+    constexprs = {**constexprs, **config.kwargs}
+    return launch_plans.add_site(key, kernel.fn, grid(constexprs), rest, constexprs,
+                                 {"num_warps": config.num_warps, "num_stages": config.num_stages})
+
+
+def _global_settings() -> tuple:
+    """What every site key holds besides its arguments: fp32 dots' precision (PyTorch's tf32 switch for
+    cuDNN, ``torch.backends.cudnn.allow_tf32``, read at each launch). Whether launches autotune is read once
+    per process, when the first site is made."""
+    return (torch._C._get_cudnn_allow_tf32(),)
+
+
+_FORWARD_SITES = launch_plans.SiteCache()  # conv2d_forward's key (the device by index: x.get_device() is
+#                                            cheaper than x.device) -> (y's shape, strides, device, gather site,
+#                                            placeholder)
 
 
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
@@ -234,12 +277,27 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """y = other + alpha * (conv2d(x, weight) + bias) in one launch (``other`` None: no sum).
 
     F.conv2d's semantics; the sum is the FAS residual and correction (MGiaD eq. 6-7, Alg. 2).
+    Warm, a call is a key lookup, the output's allocation and the launch.
     """
-    y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
-                    memory_format=conv_output_memory_format(x, weight))
-    if y.numel():
-        _gather(x, weight, bias, y, geo, transposed=False, other=other,
-                other_mode="none" if other is None else "add", alpha=alpha)
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, x.get_device(), geo.stride, geo.padding,
+           geo.dilation, geo.groups, geo.out_hw, None if bias is None else (bias.stride(0), bias.dtype),
+           None if other is None else (other.stride(), other.dtype), alpha, *_global_settings())
+    site = _FORWARD_SITES.get(key)
+    if site is None:
+        y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
+                        memory_format=conv_output_memory_format(x, weight))
+        gather = None
+        if y.numel():
+            gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
+                             other_mode="none" if other is None else "add", alpha=alpha)
+        _FORWARD_SITES.put(key, (y.shape, y.stride(), y.device, gather, scratch(x.device)))
+        return y
+    shape, strides, device, gather, unused = site
+    y = torch.empty_strided(shape, strides, dtype=x.dtype, device=device)
+    if gather is not None:
+        gather.launch((x, weight, unused if bias is None else bias, y, unused if other is None else other,
+                       unused, unused, unused, unused, unused, unused, unused, unused, unused, unused),
+                      unused)
     return y
 
 
@@ -266,6 +324,45 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     ``carries``: up to two (weight, bias) gradients of other uses of the same parameters, any strides,
     added to the results in the kernel's final store (None for a gradient that use did not have).
     """
+    w_shape = (geo.out_channels, geo.in_per_group, geo.kernel_h, geo.kernel_w)
+    carries = _weight_carries(carries, w_shape, with_bias, x) if carries else ()
+    pixels = x.shape[0] * geo.out_hw[0] * geo.out_hw[1]
+    if not pixels:  # an empty sum: the carried gradients alone
+        grad_w = torch.zeros(w_shape, device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)
+        grad_b = torch.zeros(geo.out_channels, device=x.device, dtype=x.dtype) if with_bias else None
+        for carry_w, carry_b in carries:
+            grad_w += carry_w
+            if grad_b is not None:
+                grad_b += carry_b
+        return grad_w, grad_b
+    key = ("grad_weight", x.shape, x.stride(), grad_y.shape, grad_y.stride(), x.dtype, x.device, geo.stride,
+           geo.padding, geo.dilation, geo.groups, w_shape, with_bias, None if x_bn is None else x_bn.signature(),
+           alpha, memory_format, *[(w.stride(), None if b is None else b.stride()) for w, b in carries],
+           *_global_settings())
+    site = _GRAD_WEIGHT_SITES.get(key)
+    if site is None:
+        site = _GRAD_WEIGHT_SITES.put(key, _grad_weight_site(key, grad_y, x, geo, w_shape, with_bias, x_bn, alpha,
+                                                             memory_format, carries))
+    launch, w_strides, partial_shapes, counters, unused = site
+    grad_w = torch.empty_strided(w_shape, w_strides, device=x.device, dtype=x.dtype)
+    grad_b = torch.empty(w_shape[0], device=x.device, dtype=x.dtype) if with_bias else None
+    partial_w = torch.empty(partial_shapes[0], device=x.device, dtype=torch.float32)
+    partial_b = torch.empty(partial_shapes[1], device=x.device, dtype=torch.float32) if with_bias else unused
+    carry_ws = [w for w, _ in carries] + [unused, unused]
+    carry_bs = [b for _, b in carries] + [unused, unused] if with_bias else (unused, unused)
+    launch.launch((x, grad_y, grad_w, unused if grad_b is None else grad_b, partial_w, partial_b,
+                   arrival_counters(x.device, counters), carry_ws[0], carry_ws[1], carry_bs[0], carry_bs[1],
+                   *(x_bn.pointers() if x_bn is not None else (unused,) * 4)), unused)
+    return grad_w, grad_b
+
+
+_GRAD_WEIGHT_SITES = launch_plans.SiteCache()  # conv2d_grad_weight's key -> (site, grad_w strides, partials'
+#                                                shapes, arrival counters, placeholder)
+
+
+def _grad_weight_site(key, grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: bool, x_bn, alpha: float,
+                      memory_format, carries) -> tuple:
+    """The launch site of one conv2d_grad_weight key, with what its calls allocate."""
     n_batch, c_in, h, w = x.shape
     c_out = geo.out_channels
     h_out, w_out = geo.out_hw
@@ -276,44 +373,27 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     splits = max(1, min(max_splits, _cdiv(parallel_programs_wanted(x.device), taps * _cdiv(c_out, 32))))
     pixels_per_split = _cdiv(_cdiv(max(pixels, 1), splits), _PIXEL_ALIGN) * _PIXEL_ALIGN
     splits = max(1, _cdiv(pixels, pixels_per_split))
-
-    w_shape = (c_out, geo.in_per_group, geo.kernel_h, geo.kernel_w)
-    carries = _weight_carries(carries, w_shape, with_bias, x)
-    if not pixels:  # an empty sum: the carried gradients alone
-        grad_w = torch.zeros(w_shape, device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)
-        grad_b = torch.zeros(c_out, device=x.device, dtype=x.dtype) if with_bias else None
-        for carry_w, carry_b in carries:
-            grad_w += carry_w
-            if grad_b is not None:
-                grad_b += carry_b
-        return grad_w, grad_b
-    grad_w = torch.empty(w_shape, device=x.device, dtype=x.dtype, memory_format=memory_format)
-    grad_b = torch.empty(c_out, device=x.device, dtype=x.dtype) if with_bias else None
-    partial_w = torch.empty((splits, *w_shape), device=x.device, dtype=torch.float32)
-    unused = scratch(x.device)
-    partial_b = torch.empty((splits, c_out), device=x.device, dtype=torch.float32) if with_bias else unused
-    carry_w_ptrs, carry_w_strides = _carry_arguments([w for w, _ in carries], unused, 4)
-    carry_b_ptrs, carry_b_strides = _carry_arguments([b for _, b in carries] if with_bias else [], unused, 1)
-    conv = _kernels()
-    grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
-    config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
-                                                                                   geo.in_per_group)
-    pointers = (x, grad_y, grad_w, grad_b if grad_b is not None else unused, partial_w, partial_b,
-                arrival_counters(x.device, taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE)
-                                 * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)),
-                *carry_w_ptrs, *carry_b_ptrs, *(x_bn.pointers() if x_bn is not None else (unused,) * 4))
-    rest = (*x.stride(), *grad_y.stride(), *grad_w.stride(), grad_b.stride(0) if grad_b is not None else 0,
+    w_strides = torch.empty(w_shape, device="meta", memory_format=memory_format).stride()
+    g_shape = (c_out,)
+    carry_w_strides = tuple(s for i in range(2) for s in (carries[i][0].stride() if i < len(carries) else (0,) * 4))
+    carry_b_strides = tuple(carries[i][1].stride(0) if with_bias and i < len(carries) else 0 for i in range(2))
+    rest = (*x.stride(), *grad_y.stride(), *w_strides, 1 if with_bias else 0,
             *carry_w_strides, *carry_b_strides,
             n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
             float(alpha), float(x_bn.eps) if x_bn is not None else 0.0)
+    conv = _kernels()
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
         OUT_ALIGN=channel_alignment(geo.out_per_group),
         IN_ALIGN=channel_alignment(geo.in_per_group), INPUT_PRECISION=_input_precision(x.dtype))
-    _run(conv.conv2d_grad_weight_kernel, config, grid, pointers, rest, constexprs)
-    return grad_w, grad_b
+    grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
+    config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
+                                                                                   geo.in_per_group)
+    site = _tiled_site(key, conv.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
+    counters = taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
+    return site, w_strides, ((splits, *w_shape), (splits, *g_shape)), counters, scratch(x.device)
 
 
 def _carry_arguments(tensors: list, unused: torch.Tensor, rank: int) -> tuple[tuple, tuple]:
@@ -356,6 +436,7 @@ def _elementwise_grid(pixels: int, channels: int) -> tuple[int, int]:
     return _cdiv(pixels, _ELEMENTWISE_BLOCK_P), _cdiv(channels, _ELEMENTWISE_BLOCK_C)
 
 
+@functools.lru_cache(maxsize=None)
 def _batchnorm_kernels():
     from .kernels import batchnorm  # deferred like _kernels()
 
@@ -366,8 +447,14 @@ _ELEMENTWISE_TILE = {"BLOCK_P": _ELEMENTWISE_BLOCK_P, "BLOCK_C": _ELEMENTWISE_BL
 
 
 def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, **flags) -> None:
-    """Launch a BatchNorm kernel on the (pixels, channels) tile grid through a launch plan."""
-    launch_plans.launch(kernel, lambda meta: grid, pointers, rest, {**flags, **_ELEMENTWISE_TILE}, {})
+    """Launch a BatchNorm kernel on the (pixels, channels) tile grid through its launch site. The flags
+    fix which pointers are the scratch placeholder."""
+    unused = scratch(pointers[0].device)
+    key = (id(kernel), grid, rest, *flags.values(), *[t.dtype for t in pointers], pointers[0].device)
+    site = launch_plans.SITES.get(key)
+    if site is None:
+        site = launch_plans.add_site(key, kernel, grid, rest, {**flags, **_ELEMENTWISE_TILE}, {})
+    site.launch(pointers, unused)
 
 
 def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:

@@ -20,10 +20,12 @@ pytestmark = pytest.mark.skipif(ON_GPU, reason="the GPU autotunes for real")
 @pytest.fixture
 def every_config_benchmarked(monkeypatch):
     """{kernel name: [benchmark calls]}; the GPU config lists installed on the autotuned kernels."""
+    from mgiad_kernels import launch_plans
     from mgiad_kernels.kernels import conv
 
     monkeypatch.setattr(conv, "interpreter_enabled", lambda: False)
     monkeypatch.setattr(conv, "autotune_enabled", lambda: True)
+    launch_plans.clear()  # sites made before autotuning was switched on launch their one config
     gpu_configs = {conv.conv2d_gather_kernel: conv._gather_configs(),
                    conv.conv2d_grad_weight_kernel: conv._grad_weight_configs()}
     calls = {}
@@ -42,6 +44,7 @@ def every_config_benchmarked(monkeypatch):
         monkeypatch.setattr(kernel, "_do_bench", bench)
         kernel.__dict__.pop("do_bench", None)  # a cached_property on triton >= 3.7
     yield calls
+    launch_plans.clear()
     for kernel in gpu_configs:
         kernel.__dict__.pop("do_bench", None)
         kernel.cache = {}
@@ -130,18 +133,18 @@ def test_autotune_keys_hold_everything_that_changes_the_best_config():
 
 def test_no_launch_hands_a_user_tensor_as_a_placeholder(monkeypatch):
     """Unused pointer arguments are the package's scratch buffer, never the weight or another input."""
-    from mgiad_kernels import launchers
+    from mgiad_kernels import launch_plans, launchers
     from mgiad_kernels.kernels import conv
 
     seen = []
-    original = launchers._run
+    original = launch_plans.LaunchSite.launch
 
-    def record(kernel, config, grid, pointers, rest, constexprs):
-        if kernel is conv.conv2d_gather_kernel:
-            seen.append(dict(zip(kernel.arg_names, pointers)))
-        return original(kernel, config, grid, pointers, rest, constexprs)
+    def record(site, pointers, placeholder=None):
+        if site.jit_fn in (conv.conv2d_gather_kernel, conv.conv2d_gather_kernel.fn):
+            seen.append(dict(zip(conv.conv2d_gather_kernel.arg_names, pointers)))
+        return original(site, pointers, placeholder)
 
-    monkeypatch.setattr(launchers, "_run", record)
+    monkeypatch.setattr(launch_plans.LaunchSite, "launch", record)
     x = torch.randn(1, 8, 4, 4, device=DEVICE)
     w = torch.randn(8, 2, 3, 3, device=DEVICE)
     grouped_conv2d(x, w, padding=1, groups=4, backend="triton")

@@ -139,19 +139,73 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
         launch_plans.set_enabled(True)
         launchers._gather(x, w, None, y, geo, transposed=False)  # cold: through Triton, makes a plan
         launchers._gather(x, w, None, y, geo, transposed=False)  # warm: the plan
-        assert len(launch_plans._PLANS) == 1 and len(rec.compiles) == 1
+        plans = lambda: sum(len(site.plans) for site in launch_plans.SITES.values())  # noqa: E731
+        assert len(launch_plans.SITES) == 1 and plans() == 1 and len(rec.compiles) == 1
         assert seen[0] == seen[1] == seen[2], seen
         offset = torch.randn(2 * 4 * 8 * 8 + 1)[1:].view(2, 4, 8, 8)  # 4-byte aligned, not 16
         launchers._gather(offset, w, None, y, geo, transposed=False)
-        assert len(launch_plans._PLANS) == 2 and len(rec.compiles) == 2
+        assert len(launch_plans.SITES) == 1 and plans() == 2 and len(rec.compiles) == 2  # one site, two plans
         assert rec.compiles[1].specialization["src_ptr"] == [], rec.compiles[1].specialization
         launchers._gather(offset, w, None, y, geo, transposed=False)
         assert len(rec.compiles) == 2 and seen[3] == seen[4] and len(rec.launches) == 5
         y_offset = torch.empty(2 * 8 * 8 * 8 + 1)[1:].view(2, 8, 8, 8)  # another pointer misaligned instead
         launchers._gather(x, w, None, y_offset, geo, transposed=False)
-        assert len(launch_plans._PLANS) == 3 and len(rec.compiles) == 3
+        assert plans() == 3 and len(rec.compiles) == 3
         assert rec.compiles[2].specialization["dst_ptr"] == [] and rec.compiles[2].specialization["src_ptr"]
-    assert not launch_plans._PLANS  # the stand-in's plans go with it
+    assert not launch_plans.SITES  # the stand-in's plans go with it
     print("ok")
+    """, autotune="0")
+    assert out.startswith("ok")
+
+
+def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
+    """Each launcher's site (gather and conv2d_forward, grad weight with carries, the BatchNorm kernels) must
+    hand the compiled launcher the same grid, constexprs and arguments as JITFunction.run does: a grouped conv
+    fwd+bwd with bias and a run of two training smoothing steps sharing A and B, launched through Triton's
+    dispatch (plans off), then cold and warm through the sites."""
+    out = _run(tmp_path, """
+    import torch
+    from torch import nn
+    from mgiad.host_bench import triton_on_cpu
+    from mgiad_kernels import SmoothingStep, grouped_conv2d, launch_plans, launchers, smoothing_steps
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 2, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    first = SmoothingStep(nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Conv2d(8, 8, 3, padding=1, groups=4), 8,
+                          backend="triton")
+    steps = [first, SmoothingStep(first.A, first.B, 8, backend="triton")]
+    u, f = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8, 6, 6, requires_grad=True)
+
+    def work():
+        grouped_conv2d(x, w, b, padding=1, groups=4, backend="triton").square().sum().backward()
+        smoothing_steps(u, f, steps)[0].square().sum().backward()
+
+    def normalized(args):
+        scratch = launchers.scratch(x.device)
+        return tuple("placeholder" if a is scratch else (tuple(a.shape), a.stride(), a.dtype, a.data_ptr() % 16)
+                     if torch.is_tensor(a) else a for a in args)
+
+    runs = []
+    def on_launch(record, args):
+        runs[-1].append((record.name, record.grid, sorted(record.constexprs.items()), record.num_warps,
+                         normalized(args)))
+
+    with triton_on_cpu() as rec:
+        rec.on_launch = on_launch
+        for plans in (False, True, True):
+            launch_plans.set_enabled(plans)
+            runs.append([])
+            work()
+        launch_plans.set_enabled(True)
+    names = {r[0] for r in runs[0]}
+    assert {"conv2d_gather_kernel", "conv2d_grad_weight_kernel", "bn_backward_kernel", "bn_relu_grad_sums_kernel",
+            "bn_relu_residual_kernel"} <= names, names
+    assert any(dict(r[2])["CARRIES"] for r in runs[0] if r[0] == "conv2d_grad_weight_kernel")
+    for i, (reference, cold, warm) in enumerate(zip(*runs)):
+        assert reference == cold == warm, (i, reference, cold, warm)
+    assert len(runs[0]) == len(runs[1]) == len(runs[2])
+    print("ok", len(runs[0]))
     """, autotune="0")
     assert out.startswith("ok")
