@@ -130,13 +130,13 @@ def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,
                                      constexprs, options, through_triton))
 
 
-def launch(key, jit_fn, grid: tuple | Callable[[dict], tuple], pointers: tuple, rest: tuple, constexprs: dict,
-           options: dict) -> None:
+def launch(key, jit_fn, grid: tuple, pointers: tuple, rest: tuple, constexprs: dict, options: dict,
+           placeholder=None) -> None:
     """jit_fn[grid](*pointers, *rest, **constexprs, **options) through the site of ``key``, made on first use.
 
     For launchers whose arguments are cheap to build: ``key`` must fix ``rest``, ``constexprs``, ``options``,
-    the grid and the pointers' dtypes and device."""
+    the grid, the pointers' dtypes and device, and which pointers are ``placeholder``."""
     site = SITES.get(key)
     if site is None:
         site = add_site(key, jit_fn, grid, rest, constexprs, options)
-    site.launch(pointers)
+    site.launch(pointers, placeholder)

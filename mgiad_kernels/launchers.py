@@ -449,12 +449,9 @@ _ELEMENTWISE_TILE = {"BLOCK_P": _ELEMENTWISE_BLOCK_P, "BLOCK_C": _ELEMENTWISE_BL
 def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, **flags) -> None:
     """Launch a BatchNorm kernel on the (pixels, channels) tile grid through its launch site. The flags
     fix which pointers are the scratch placeholder."""
-    unused = scratch(pointers[0].device)
-    key = (id(kernel), grid, rest, *flags.values(), *[t.dtype for t in pointers], pointers[0].device)
-    site = launch_plans.SITES.get(key)
-    if site is None:
-        site = launch_plans.add_site(key, kernel, grid, rest, {**flags, **_ELEMENTWISE_TILE}, {})
-    site.launch(pointers, unused)
+    device = pointers[0].device
+    key = (id(kernel), grid, rest, *flags.values(), *[t.dtype for t in pointers], device)
+    launch_plans.launch(key, kernel, grid, pointers, rest, {**flags, **_ELEMENTWISE_TILE}, {}, scratch(device))
 
 
 def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
