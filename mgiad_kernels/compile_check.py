@@ -38,7 +38,7 @@ def _gather_variants():
     pool = dict(conv3x3, STRIDE_H=2, STRIDE_W=2)
     conv1x1 = dict(KH=1, KW=1, STRIDE_H=1, STRIDE_W=1, PAD_H=0, PAD_W=0, DIL_H=1, DIL_W=1)
     plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=other["none"], EPILOGUE_BN_RELU=False,
-                 STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8)
+                 STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8, DST_ALIGN=8, W_ALIGN=8)
 
     def variant(geometry, transposed, **flags):
         needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]

@@ -150,6 +150,17 @@ def channel_alignment(per_group: int) -> int:
     return min(16, per_group & -per_group)
 
 
+def weight_alignment(strides: Sequence[int]) -> int:
+    """The largest power of two, at most 16, dividing a weight's out-channel and tap strides (0 divides by
+    anything): 16 / element size of it make a vector load along the in-channels aligned where their stride is 1
+    (channels_last weights: strides (I*KH*KW, 1, KW*I, I))."""
+    align = 16
+    for stride in (strides[0], strides[2], strides[3]):
+        while stride % align:
+            align //= 2
+    return align
+
+
 def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prologue_bn: BatchNormArgs | None = None,
             other: torch.Tensor | None = None, other_mode: str = "none", alpha: float = 1.0,
             epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
@@ -169,8 +180,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     bn = prologue_bn if prologue_bn is not None else epilogue_bn
     key = ("gather", src.shape, src.stride(), dst.shape, dst.stride(), weight.shape, weight.stride(), src.dtype,
            src.device, geo.stride, geo.padding, geo.dilation, geo.groups, transposed,
-           None if bias is None else (bias.stride(0), bias.dtype), None if other is None else (other.stride(), other.dtype),
-           other_mode, alpha,
+           None if bias is None else (bias.stride(0), bias.dtype),
+           None if other is None else (other.stride(), other.dtype), other_mode, alpha,
            prologue_bn is not None, epilogue_bn_relu, stats_mode, None if bn is None else bn.signature(),
            None if stats is None else stats.shape[1],
            None if running_update is None else running_update.signature(), *_global_settings())
@@ -232,6 +243,7 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
+        DST_ALIGN=channel_alignment(dst_per_group), W_ALIGN=weight_alignment(ws),
         INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     return _tiled_site(key, conv.conv2d_gather_kernel, grid, rest, constexprs,

@@ -311,3 +311,22 @@ def test_autocast_runs_the_triton_conv_in_the_autocast_dtype():
     assert_close_rel(y, y_ref, torch.float16, "autocast output")
     y.float().sum().backward()
     assert x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["OIHW", "channels_last", "channels_last-g3", "sliced-out-channels", "expanded"])
+def test_weight_alignment_divides_the_strides_the_gather_rounds(layout):
+    """The gather rounds the weight's out-channel and tap strides down to W_ALIGN (so the compiler sees their
+    alignment): exact only if W_ALIGN divides them, for every layout a weight can come in."""
+    from mgiad_kernels.launchers import weight_alignment
+
+    cl = torch.channels_last
+    weights = {"OIHW": torch.empty(16, 8, 3, 3), "channels_last": torch.empty(16, 8, 3, 3).to(memory_format=cl),
+               "channels_last-g3": torch.empty(12, 3, 3, 3).to(memory_format=cl),
+               "sliced-out-channels": torch.empty(32, 8, 3, 3)[::2],
+               "expanded": torch.empty(1, 8, 3, 3).expand(16, -1, -1, -1)}
+    w = weights[layout]
+    align = weight_alignment(w.stride())
+    assert align in (1, 2, 4, 8, 16)
+    assert all(s % align == 0 for s in (w.stride(0), w.stride(2), w.stride(3))), (w.stride(), align)
+    expected = {"OIHW": 1, "channels_last": 8, "channels_last-g3": 1, "sliced-out-channels": 1, "expanded": 1}
+    assert align == expected[layout]

@@ -25,7 +25,7 @@ from .split_reduction import exponential_average, last_to_arrive, merge_moments,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
                "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
-               "RUNNING_UPDATE", "RED_ALIGN", "INPUT_PRECISION"]
+               "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
                     "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "INPUT_PRECISION"]
 
@@ -223,6 +223,8 @@ def conv2d_gather_kernel(
     STATS: tl.constexpr,  # one of STATS_* above
     RUNNING_UPDATE: tl.constexpr,  # one of RUNNING_* above (with STATS_MOMENTS)
     RED_ALIGN: tl.constexpr,  # the largest power of two (at most 16) dividing RED_PER_GROUP
+    DST_ALIGN: tl.constexpr,  # the same for DST_PER_GROUP
+    W_ALIGN: tl.constexpr,  # a power of two (at most 16) dividing the weight's out-channel and tap strides
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
 ):
@@ -247,7 +249,7 @@ def conv2d_gather_kernel(
 
     c0 = pid_c * BLOCK_DST
     offs_c = c0 + tl.arange(0, BLOCK_DST)
-    c_mask = offs_c < C_DST
+    c_mask = offs_c < C_DST // DST_ALIGN * DST_ALIGN  # C_DST itself: groups divide it; the rounding says so
     group_c = offs_c // DST_PER_GROUP
     local_c = offs_c - group_c * DST_PER_GROUP
     # the reduced channels this tile needs: all channels of the groups it touches
@@ -255,6 +257,17 @@ def conv2d_gather_kernel(
     red_start = tl.multiple_of((c0 // DST_PER_GROUP) * RED_PER_GROUP, RED_ALIGN)
     red_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_DST, C_DST) - 1) // DST_PER_GROUP + 1) * RED_PER_GROUP,
                              RED_ALIGN)
+
+    # Aligned runs of DST_ALIGN dst channels (RED_ALIGN reduced ones) lie in one group: along them the in-group
+    # index is contiguous and the group constant. Said to the compiler, with the weight's strides rounded to
+    # W_ALIGN (exact: the launcher's W_ALIGN divides them), a weight whose in-channel stride is 1 (channels_last)
+    # loads in vectors along the in-channels: the reduced ones (forward) or the dst ones (grad input).
+    local_c = tl.max_contiguous(tl.multiple_of(local_c, DST_ALIGN), DST_ALIGN)
+    group_c = tl.max_constancy(group_c, DST_ALIGN)
+    w_stride_dst = w_stride_dst // W_ALIGN * W_ALIGN
+    w_stride_red = w_stride_red // W_ALIGN * W_ALIGN
+    w_stride_kh = w_stride_kh // W_ALIGN * W_ALIGN
+    w_stride_kw = w_stride_kw // W_ALIGN * W_ALIGN
 
     src_base = src_ptr + n * src_stride_n
     acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
@@ -282,10 +295,15 @@ def conv2d_gather_kernel(
             t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
             a = tl.where(a_mask, t, 0.0).to(a.dtype)
         group_r = ((offs_r.to(tl.int64) * red_group_magic) >> 31).to(tl.int32)  # offs_r // RED_PER_GROUP
-        local_r = offs_r - group_r * RED_PER_GROUP
-        w_offs = (offs_c[None, :] * w_stride_dst + local_c[None, :] * w_stride_dst_local
-                  + offs_r[:, None] * w_stride_red + local_r[:, None] * w_stride_red_local
-                  + kh * w_stride_kh + kw * w_stride_kw)
+        local_r = tl.max_contiguous(tl.multiple_of(offs_r - group_r * RED_PER_GROUP, RED_ALIGN), RED_ALIGN)
+        group_r = tl.max_constancy(group_r, RED_ALIGN)
+        # the two strides that are zero by construction (see the launcher) are left out, so the compiler
+        # sees the in-channel run's contiguity
+        if TRANSPOSED:  # dst: in-channels (in-group index), reduced: out-channels
+            w_offs = offs_r[:, None] * w_stride_red + local_c[None, :] * w_stride_dst_local
+        else:  # dst: out-channels, reduced: in-channels (in-group index)
+            w_offs = offs_c[None, :] * w_stride_dst + local_r[:, None] * w_stride_red_local
+        w_offs += kh * w_stride_kh + kw * w_stride_kw
         w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
         b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
         acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
