@@ -25,3 +25,29 @@ def append_metrics(path: str, record: dict) -> None:
 def read_metrics(path: str) -> list[dict]:
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def keep_epochs_through(path: str, last_epoch: int) -> None:
+    """Drop the rows of epochs after ``last_epoch`` (the resumed checkpoint's), rewriting the file atomically.
+
+    An epoch appends its row before it writes its checkpoint, so a run killed between the two left a row
+    the resumed run writes again; a kill in the middle of an append leaves a torn last line, dropped too.
+    """
+    with open(path) as fh:
+        lines = [line for line in fh.read().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:80]!r}") from None
+    kept = [row for row in rows if row["epoch"] <= last_epoch]
+    if len(kept) == len(lines):
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.writelines(to_json(row) + "\n" for row in kept)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -23,7 +23,7 @@ from torch import nn
 from .checkpoints import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .data import Dataset, load_dataset, prepare_batch
 from .graphs import CapturedStep, sgd_step
-from .metrics import append_metrics, to_json
+from .metrics import append_metrics, keep_epochs_through, to_json
 from .models.factory import MODELS, build_model
 
 __all__ = ["MODELS", "CheckpointError", "Distributed", "TrainingRun", "build_model", "evaluate", "load_checkpoint",
@@ -186,6 +186,8 @@ def setup_run(args) -> TrainingRun:
     run.autoaugment = _autoaugment(args.autoaugment)
     if run.writes and run.start_epoch == 0 and os.path.exists(run.metrics_path):
         os.remove(run.metrics_path)
+    elif run.writes and os.path.exists(run.metrics_path):  # the rows of epochs the checkpoint does not hold go
+        keep_epochs_through(run.metrics_path, run.start_epoch)
     return run
 
 

@@ -78,7 +78,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     victim.wait()
     done = len(metrics.read_text().splitlines())
     assert 2 <= done < 4, "the kill must land before the run ends"
-    assert load_checkpoint(str(run / "checkpoint.pt"))["epoch"] == done
+    # an epoch appends its metrics row, then writes its checkpoint: the kill may land between the two
+    assert load_checkpoint(str(run / "checkpoint.pt"))["epoch"] in (done, done - 1)
 
     resumed = _train_cli(run, *args, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
@@ -88,6 +89,38 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("tail", ["complete", "row-ahead", "torn-line"])
+def test_resume_keeps_the_metrics_rows_of_the_checkpoints_epochs(tmp_path, tail):
+    """A run killed after an epoch's metrics row and before its checkpoint (or in the middle of the row) leaves
+    metrics.jsonl ahead of checkpoint.pt: resuming drops those rows, so no epoch is logged twice."""
+    from mgiad.metrics import append_metrics, keep_epochs_through, read_metrics
+
+    path = str(tmp_path / "metrics.jsonl")
+    for epoch in (1, 2):
+        append_metrics(path, {"epoch": epoch, "test_acc": 0.5})
+    if tail == "row-ahead":
+        append_metrics(path, {"epoch": 3, "test_acc": float("nan")})
+    elif tail == "torn-line":
+        with open(path, "a") as fh:
+            fh.write('{"epoch": 3, "test_a')
+    before = open(path).read()
+    keep_epochs_through(path, 2)
+    assert [row["epoch"] for row in read_metrics(path)] == [1, 2]
+    if tail == "complete":
+        assert open(path).read() == before  # nothing to drop: the file is left as it was
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_metrics_with_a_bad_line_before_the_last_are_an_error(tmp_path):
+    from mgiad.metrics import keep_epochs_through
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        keep_epochs_through(str(path), 1)
+    assert path.read_text() == '{"epoch": 1}\nnot json\n{"epoch": 2}\n'  # left untouched
 
 
 def test_corrupt_checkpoint_is_a_clear_error_not_a_restart(tmp_path):
