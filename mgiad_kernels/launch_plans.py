@@ -31,7 +31,10 @@ class SiteCache(dict):
 
     def put(self, key, value):
         if len(self) >= _MAX_SITES:
-            del self[next(iter(self))]
+            try:
+                del self[next(iter(self))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread evicted or added meanwhile
+                pass
         self[key] = value
         return value
 

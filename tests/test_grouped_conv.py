@@ -330,3 +330,16 @@ def test_weight_alignment_divides_the_strides_the_gather_rounds(layout):
     assert all(s % align == 0 for s in (w.stride(0), w.stride(2), w.stride(3))), (w.stride(), align)
     expected = {"OIHW": 1, "channels_last": 8, "channels_last-g3": 1, "sliced-out-channels": 1, "expanded": 1}
     assert align == expected[layout]
+
+
+def test_launch_site_caches_are_bounded_oldest_first_and_cleared_together():
+    from mgiad_kernels import launch_plans
+
+    cache = launch_plans.SiteCache()
+    for key in range(launch_plans._MAX_SITES + 10):
+        cache.put(key, str(key))
+    assert len(cache) == launch_plans._MAX_SITES
+    newest = launch_plans._MAX_SITES + 9
+    assert 9 not in cache and cache[10] == "10" and cache[newest] == str(newest)
+    launch_plans.clear()
+    assert not cache
