@@ -186,8 +186,10 @@ def _gather_work(a: dict, cfg: dict, grid: tuple) -> list:
         c0 = pid_c * bd
         red_start = (c0 // a["DST_PER_GROUP"]) * a["RED_PER_GROUP"]
         red_end = ((min(c0 + bd, a["C_DST"]) - 1) // a["DST_PER_GROUP"] + 1) * a["RED_PER_GROUP"]
-        trips = a["KH"] * a["KW"] * _cdiv(red_end - red_start, br)
-        out.append((grid[0], trips, 1, trips * 2 * bp * bd * br))
+        blocks = _cdiv(red_end - red_start, br)
+        trips = a["KH"] * a["KW"] * blocks
+        # with the BatchNorm prologue the taps are the main loop, inside a loop over the blocks
+        out.append((grid[0], trips, blocks if a["PROLOGUE_BN_RELU"] else 1, trips * 2 * bp * bd * br))
     return out
 
 

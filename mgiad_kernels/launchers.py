@@ -247,7 +247,8 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     return _tiled_site(key, conv.conv2d_gather_kernel, grid, rest, constexprs,
-                       None if conv.autotune_enabled() else conv.default_gather_config(dst_per_group, red_per_group))
+                       None if conv.autotune_enabled() else conv.default_gather_config(
+                           dst_per_group, red_per_group, src.element_size(), int(pixels >= conv.GATHER_WIDE_PIXELS)))
 
 
 @functools.lru_cache(maxsize=None)

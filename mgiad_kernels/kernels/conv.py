@@ -90,16 +90,35 @@ def _channel_tile(per_group: int) -> int:
     return min(32, max(16, triton.next_power_of_2(per_group)))
 
 
+GATHER_WIDE_PIXELS = 4096  # the pixel-count bucket from which the default gather tile is 128 pixels wide
+
+
+def _half_precision_channel_tile(per_group: int) -> int:
+    """The 16-bit gather's channel tile: 32 wherever it spans at most 4 groups (at most 4x the MMA work it
+    needs, issue 13), else the narrowest tile. A 16-wide 16-bit weight tile is 2 elements per thread, so
+    its loads are 32-bit; at 32 wide they are 128-bit (codegen report, 128x32x32 at g_s = 8)."""
+    return 32 if 4 * per_group >= 32 else _channel_tile(per_group)
+
+
 @functools.lru_cache(maxsize=None)
-def default_gather_config(dst_per_group: int, red_per_group: int) -> triton.Config:
-    """The gather tile launched when autotuning is off (the default): chosen from the group sizes, so a
-    first training step compiles one variant per key and benchmarks nothing. 64 pixels: on sm_90 the
-    64x16x16 tile is the one that does not spill in fp32 or bf16 (221 / 228 registers; 128x32x32 spills
-    1.2-1.3 KB per thread), measured with compile_check's compiler path."""
+def default_gather_config(dst_per_group: int, red_per_group: int, element_size: int,
+                          pixels_bucket: int) -> triton.Config:
+    """The gather tile launched when autotuning is off (the default), from what changes the best tile:
+    the group sizes, the element size and the pixel-count bucket (``pixels_bucket``: 1 from
+    GATHER_WIDE_PIXELS output pixels on, else 0), so a first training step compiles one variant per key
+    and benchmarks nothing.
+
+    From the codegen report's sweep on sm_90 (benchmarks/results/codegen-sm90.md, N=128, every shape):
+    128 pixels issue fewer instructions per pixel than 64 (the per-tap address arithmetic is shared by
+    twice the pixels) on fewer registers: fp32 128x16x16 takes 120 registers, 4 CTAs per SM, 0.39 of copy
+    bandwidth by the issue-13 model, against 157 registers and 0.26 at 64x16x16; bf16 128x32x32 at g_s = 8
+    takes 127 registers, 4 CTAs per SM, 128-bit loads, 0.35, against 135 registers, 32-bit weight loads
+    and 0.13. Below GATHER_WIDE_PIXELS pixels, 64 pixels keep enough CTAs to fill the SMs."""
     if interpreter_enabled():
         return _INTERPRETER_GATHER
-    return triton.Config({"BLOCK_P": 64, "BLOCK_DST": _channel_tile(dst_per_group),
-                          "BLOCK_RED": _channel_tile(red_per_group)}, num_warps=4, num_stages=3)
+    channel_tile = _half_precision_channel_tile if element_size == 2 else _channel_tile
+    return triton.Config({"BLOCK_P": 128 if pixels_bucket else 64, "BLOCK_DST": channel_tile(dst_per_group),
+                          "BLOCK_RED": channel_tile(red_per_group)}, num_warps=4, num_stages=3)
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,6 +191,47 @@ def _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_
             w_row = tl.load(weight_ptr + w_offs, mask=in_group, other=0.0).to(tl.float32)
             acc += tl.where(in_group[None, :], col[:, None] * w_row[None, :], 0.0)
     return acc
+
+
+@triton.jit
+def _reduced_block(r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
+                   w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP,
+                   TRANSPOSED: tl.constexpr, RED_ALIGN: tl.constexpr, BLOCK_RED: tl.constexpr):
+    """What a block of BLOCK_RED reduced channels from r0 fixes for every tap: its mask, the channels'
+    offsets in src, the block-diagonal weight tile's offsets (before the tap's) and mask."""
+    offs_r = r0 + tl.arange(0, BLOCK_RED)
+    r_mask = offs_r < red_end
+    group_r = ((offs_r.to(tl.int64) * red_group_magic) >> 31).to(tl.int32)  # offs_r // RED_PER_GROUP
+    local_r = tl.max_contiguous(tl.multiple_of(offs_r - group_r * RED_PER_GROUP, RED_ALIGN), RED_ALIGN)
+    group_r = tl.max_constancy(group_r, RED_ALIGN)
+    # the two strides that are zero by construction (see the launcher) are left out, so the compiler
+    # sees the in-channel run's contiguity
+    if TRANSPOSED:  # dst: in-channels (in-group index), reduced: out-channels
+        w_block = offs_r[:, None] * w_stride_red + local_c[None, :] * w_stride_dst_local
+    else:  # dst: out-channels, reduced: in-channels (in-group index)
+        w_block = offs_c[None, :] * w_stride_dst + local_r[:, None] * w_stride_red_local
+    w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
+    return r_mask, offs_r.to(tl.int64) * src_stride_c, w_block, w_mask
+
+
+@triton.jit
+def _tap_product(acc, src_base, weight_ptr, oh, ow, p_mask, kh, kw, r_mask, src_channel, w_block, w_mask,
+                 scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw, H_src, W_src,
+                 STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+                 DIL_H: tl.constexpr, DIL_W: tl.constexpr, TRANSPOSED: tl.constexpr,
+                 PROLOGUE_BN_RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc + (the src tile tap (kh, kw) reads, as relu(scale * src + shift) with PROLOGUE_BN_RELU) @ (the
+    block's weight tile at that tap)."""
+    ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+                                DIL_H, DIL_W, TRANSPOSED)
+    a_mask = valid[:, None] & r_mask[None, :]
+    a = tl.load(src_base[:, None] + (ih * src_stride_h + iw * src_stride_w)[:, None] + src_channel[None, :],
+                mask=a_mask, other=0.0)
+    if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
+        t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
+        a = tl.where(a_mask, t, 0.0).to(a.dtype)
+    b = tl.load(weight_ptr + (w_block + kh * w_stride_kh + kw * w_stride_kw), mask=w_mask, other=0.0)
+    return tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
 
 
 # Sizes whose divisibility by 16 changes no load or store (alignment follows the strides, which stay
@@ -271,49 +331,53 @@ def conv2d_gather_kernel(
 
     src_base = src_ptr + n * src_stride_n
     acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
-    # One loop over (tap, reduced-channel block): with small groups a tap has one or two channel
-    # blocks, so a flat loop lets the pipeliner overlap loads across taps and keeps the code small.
-    # The tap and the block are carried from step to step, and the group of a reduced channel is a
-    # multiply-shift by ceil(2^31 / RED_PER_GROUP), exact while C_RED * RED_PER_GROUP < 2^31 (the
-    # launcher checks): no division in the loop.
+    # The group of a reduced channel is a multiply-shift by ceil(2^31 / RED_PER_GROUP), exact while
+    # C_RED * RED_PER_GROUP < 2^31 (the launcher checks): no division in the loops.
     red_group_magic = (tl.full([], 2 ** 31 - 1, tl.int64) + RED_PER_GROUP) // RED_PER_GROUP
-    red_blocks = tl.cdiv(red_end - red_start, BLOCK_RED)
-    kh = 0
-    kw = 0
-    r0 = red_start
-    for step in range(0, KH * KW * red_blocks):
-        ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
-                                    DIL_H, DIL_W, TRANSPOSED)
-        offs_r = r0 + tl.arange(0, BLOCK_RED)
-        r_mask = offs_r < red_end
-        a_mask = valid[:, None] & r_mask[None, :]
-        a = tl.load(src_base[:, None] + (ih * src_stride_h + iw * src_stride_w)[:, None]
-                    + offs_r[None, :].to(tl.int64) * src_stride_c, mask=a_mask, other=0.0)
-        if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
-            _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
-                                                    bn_eps, offs_r, r_mask)
-            t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
-            a = tl.where(a_mask, t, 0.0).to(a.dtype)
-        group_r = ((offs_r.to(tl.int64) * red_group_magic) >> 31).to(tl.int32)  # offs_r // RED_PER_GROUP
-        local_r = tl.max_contiguous(tl.multiple_of(offs_r - group_r * RED_PER_GROUP, RED_ALIGN), RED_ALIGN)
-        group_r = tl.max_constancy(group_r, RED_ALIGN)
-        # the two strides that are zero by construction (see the launcher) are left out, so the compiler
-        # sees the in-channel run's contiguity
-        if TRANSPOSED:  # dst: in-channels (in-group index), reduced: out-channels
-            w_offs = offs_r[:, None] * w_stride_red + local_c[None, :] * w_stride_dst_local
-        else:  # dst: out-channels, reduced: in-channels (in-group index)
-            w_offs = offs_c[None, :] * w_stride_dst + local_r[:, None] * w_stride_red_local
-        w_offs += kh * w_stride_kh + kw * w_stride_kw
-        w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
-        b = tl.load(weight_ptr + w_offs, mask=w_mask, other=0.0)
-        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
-        r0 += BLOCK_RED
-        next_tap = r0 >= red_end
-        r0 = tl.where(next_tap, red_start, r0)
-        kw = tl.where(next_tap, kw + 1, kw)
-        next_row = kw == KW
-        kw = tl.where(next_row, 0, kw)
-        kh = tl.where(next_row, kh + 1, kh)
+    if PROLOGUE_BN_RELU:
+        # Reduced-channel blocks outside, taps inside: the block's BatchNorm scale and shift, groups and weight
+        # offsets are computed once per block, not once per tap (with small groups a tile has one block).
+        for r0 in range(red_start, red_end, BLOCK_RED):
+            r_mask, src_channel, w_block, w_mask = _reduced_block(
+                r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
+                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN, BLOCK_RED)
+            _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                                                    r0 + tl.arange(0, BLOCK_RED), r_mask)
+            kh = 0
+            kw = 0
+            for tap in range(0, KH * KW):
+                acc = _tap_product(acc, src_base, weight_ptr, oh, ow, p_mask, kh, kw, r_mask, src_channel, w_block,
+                                   w_mask, scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
+                                   H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
+                                   PROLOGUE_BN_RELU, INPUT_PRECISION)
+                kw += 1
+                next_row = kw == KW
+                kw = tl.where(next_row, 0, kw)
+                kh = tl.where(next_row, kh + 1, kh)
+    else:
+        # One flat loop over (tap, reduced-channel block): with small groups a tap has one or two channel
+        # blocks, so the pipeliner overlaps loads across taps and the code stays small (taps inside a block
+        # loop came out fully unrolled in fp32 on sm_90, on twice the registers). The tap and the block are
+        # carried from step to step: no division.
+        red_blocks = tl.cdiv(red_end - red_start, BLOCK_RED)
+        kh = 0
+        kw = 0
+        r0 = red_start
+        for step in range(0, KH * KW * red_blocks):
+            r_mask, src_channel, w_block, w_mask = _reduced_block(
+                r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
+                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN, BLOCK_RED)
+            acc = _tap_product(acc, src_base, weight_ptr, oh, ow, p_mask, kh, kw, r_mask, src_channel, w_block,
+                               w_mask, 1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
+                               H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
+                               PROLOGUE_BN_RELU, INPUT_PRECISION)
+            r0 += BLOCK_RED
+            next_tap = r0 >= red_end
+            r0 = tl.where(next_tap, red_start, r0)
+            kw = tl.where(next_tap, kw + 1, kw)
+            next_row = kw == KW
+            kw = tl.where(next_row, 0, kw)
+            kh = tl.where(next_row, kh + 1, kh)
 
     # A tile spanning several groups multiplied every group's inputs by the others' zero weights:
     # exact unless a NaN or Inf went in, which leaves its mark on the accumulator; then redo it.
