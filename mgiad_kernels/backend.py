@@ -47,9 +47,10 @@ def warn_fallback(reason: str) -> None:
 
 def autocast_inputs(*tensors):
     """The tensors as autocast would feed a convolution: under torch.autocast for their device,
-    floating tensors other than float64 in the autocast dtype (None passes through)."""
+    floating tensors other than float64 in the autocast dtype (None passes through; devices autocast does
+    not know, such as meta, pass through)."""
     device = next((t.device.type for t in tensors if t is not None), None)
-    if device is None or not torch.is_autocast_enabled(device):
+    if device is None or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
         return tensors
     dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t

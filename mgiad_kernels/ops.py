@@ -3,6 +3,7 @@
 differentiated in conv_autograd.py; the fused smoothing step's autograd is SmoothingStepFunction here."""
 from __future__ import annotations
 
+import inspect
 from typing import List, Optional
 
 import torch
@@ -13,6 +14,55 @@ from . import launchers
 from .conv_geometry import ConvGeometry
 
 
+class DirectCall:
+    """``op(*args)``, with eager calls on plain tensors going straight to the op's implementation.
+
+    Through the dispatcher, a custom op call in eager mode does nothing more for the package's callers
+    than run the implementation below autograd (they are autograd Functions' forward and backward, or
+    no-grad paths) and, for an op that mutates arguments, bump their version counters; it costs ~36 us of
+    host time per call on this CPU (`python -m mgiad.bench --host`, ~250 calls per MGiaD training step).
+    The dispatcher is kept wherever it does more: under ``torch.compile``, a dispatch or function mode
+    (FakeTensorMode, FlopCounterMode, ...), a functorch transform, a profiler (which names the op), and for
+    tensor subclasses or meta tensors. ``mutated``: positions of the arguments the op declares mutated, whose versions are bumped
+    as the dispatcher's ADInplaceOrView kernel does.
+    """
+
+    __slots__ = ("op", "impl", "mutated")
+
+    def __init__(self, op, impl, mutated: tuple = ()):
+        self.op, self.impl, self.mutated = op, impl, mutated
+
+    def __call__(self, *args):
+        if not _dispatch_free(args):
+            return self.op(*args)
+        if self.mutated and not torch.is_inference_mode_enabled():
+            torch.autograd.graph.increment_version([args[i] for i in self.mutated])
+        return self.impl(*args)
+
+
+def _dispatch_free(args) -> bool:
+    """Eager, no mode, transform or profiler active, and every tensor argument (lists' included) a plain, non-meta
+    torch.Tensor or Parameter."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active()
+            or torch._C._autograd._profiler_enabled()):
+        return False
+    return _plain_tensors(args)
+
+
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)  # a Parameter is a plain tensor to the dispatcher
+
+
+def _plain_tensors(args) -> bool:
+    for arg in args:
+        if isinstance(arg, Tensor):
+            if type(arg) not in _PLAIN_TENSOR_TYPES or arg.is_meta:
+                return False
+        elif type(arg) is list and not _plain_tensors(arg):
+            return False
+    return True
+
+
 # ---- grouped convolution: launch primitives; conv_autograd.py differentiates them -----------------------------------
 # padding: [top, left, bottom, right]. Each op is linear in each of its two tensor inputs.
 
@@ -20,12 +70,15 @@ def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups) -> C
     return ConvGeometry.of(x_shape, weight_shape, stride, padding, dilation, groups)
 
 
-@torch.library.custom_op("mgiad_kernels::conv2d", mutates_args=())
-def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Optional[Tensor], alpha: float,
+def _conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Optional[Tensor], alpha: float,
            stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """other + alpha * (conv2d(x, weight) + bias) on the Triton kernels (``other`` None: no sum)."""
     geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     return launchers.conv2d_forward(x, weight, bias, other, alpha, geo)
+
+
+conv2d = torch.library.custom_op("mgiad_kernels::conv2d", _conv2d, mutates_args=())
+call_conv2d = DirectCall(conv2d, _conv2d)
 
 
 @conv2d.register_fake
@@ -35,8 +88,7 @@ def _conv2d_fake(x, weight, bias, other, alpha, stride, padding, dilation, group
                        memory_format=launchers.conv_output_memory_format(x, weight))
 
 
-@torch.library.custom_op("mgiad_kernels::conv2d_grad_input", mutates_args=())
-def conv2d_grad_input(grad_y: Tensor, weight: Tensor, x_shape: List[int], stride: List[int],
+def _conv2d_grad_input(grad_y: Tensor, weight: Tensor, x_shape: List[int], stride: List[int],
                       padding: List[int], dilation: List[int], groups: int, channels_last: bool,
                       alpha: float) -> Tensor:
     """alpha * conv_transpose2d(grad_y, weight): the gradient of alpha * conv2d with respect to its input."""
@@ -44,13 +96,17 @@ def conv2d_grad_input(grad_y: Tensor, weight: Tensor, x_shape: List[int], stride
     return launchers.conv2d_grad_input(grad_y, x_shape, weight, geo, _format(channels_last), alpha)
 
 
+conv2d_grad_input = torch.library.custom_op("mgiad_kernels::conv2d_grad_input", _conv2d_grad_input,
+                                            mutates_args=())
+call_conv2d_grad_input = DirectCall(conv2d_grad_input, _conv2d_grad_input)
+
+
 @conv2d_grad_input.register_fake
 def _conv2d_grad_input_fake(grad_y, weight, x_shape, stride, padding, dilation, groups, channels_last, alpha):
     return torch.empty(x_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=_format(channels_last))
 
 
-@torch.library.custom_op("mgiad_kernels::conv2d_grad_weight", mutates_args=())
-def conv2d_grad_weight(grad_y: Tensor, x: Tensor, weight_shape: List[int], stride: List[int],
+def _conv2d_grad_weight(grad_y: Tensor, x: Tensor, weight_shape: List[int], stride: List[int],
                        padding: List[int], dilation: List[int], groups: int, weight_channels_last: bool,
                        with_bias: bool, alpha: float) -> tuple[Tensor, Tensor]:
     """Gradients of alpha * conv2d with respect to weight (channels_last if ``weight_channels_last``) and
@@ -59,6 +115,11 @@ def conv2d_grad_weight(grad_y: Tensor, x: Tensor, weight_shape: List[int], strid
     grad_w, grad_b = launchers.conv2d_grad_weight(grad_y, x, geo, with_bias, alpha=alpha,
                                                   memory_format=_format(weight_channels_last))
     return grad_w, grad_b if grad_b is not None else x.new_empty(0)
+
+
+conv2d_grad_weight = torch.library.custom_op("mgiad_kernels::conv2d_grad_weight", _conv2d_grad_weight,
+                                             mutates_args=())
+call_conv2d_grad_weight = DirectCall(conv2d_grad_weight, _conv2d_grad_weight)
 
 
 @conv2d_grad_weight.register_fake
@@ -88,10 +149,7 @@ def _activation_fake(u: Tensor, weight_a: Tensor) -> Tensor:
                        memory_format=launchers.conv_output_memory_format(u, weight_a))
 
 
-@torch.library.custom_op("mgiad_kernels::smoothing_step",
-                         mutates_args=("running_mean1", "running_var1", "running_mean2", "running_var2",
-                                       "num_batches1", "num_batches2"))
-def smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
+def _smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
                    bias_b: Optional[Tensor], bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                    bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,
                    running_var2: Tensor, num_batches1: Tensor, num_batches2: Tensor, conv_a: List[int],
@@ -117,6 +175,14 @@ def smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tens
                                             (running_mean1, running_var1, running_mean2, running_var2))
 
 
+_SMOOTHING_STEP_MUTATES = ("running_mean1", "running_var1", "running_mean2", "running_var2", "num_batches1",
+                           "num_batches2")
+smoothing_step = torch.library.custom_op("mgiad_kernels::smoothing_step", _smoothing_step,
+                                         mutates_args=_SMOOTHING_STEP_MUTATES)
+call_smoothing_step = DirectCall(smoothing_step, _smoothing_step, mutated=tuple(
+    i for i, name in enumerate(inspect.signature(_smoothing_step).parameters) if name in _SMOOTHING_STEP_MUTATES))
+
+
 @smoothing_step.register_fake
 def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                          running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
@@ -125,8 +191,7 @@ def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, b
     return _activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats
 
 
-@torch.library.custom_op("mgiad_kernels::smoothing_step_backward", mutates_args=())
-def smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weight_b: Tensor, r: Tensor, s: Tensor,
+def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weight_b: Tensor, r: Tensor, s: Tensor,
                             stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                             bn2_bias: Tensor, conv_a: List[int], conv_b: List[int], eps1: float, eps2: float,
                             batch_stats: bool, has_bias_a: bool, has_bias_b: bool, need_weight_a: bool,
@@ -144,6 +209,11 @@ def smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weigh
         (has_bias_a, has_bias_b), (need_weight_a, need_weight_b),
         [carried[i:i + 5] for i in range(0, len(carried), 5)])
     return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+smoothing_step_backward = torch.library.custom_op("mgiad_kernels::smoothing_step_backward",
+                                                  _smoothing_step_backward, mutates_args=())
+call_smoothing_step_backward = DirectCall(smoothing_step_backward, _smoothing_step_backward)
 
 
 @smoothing_step_backward.register_fake
@@ -205,7 +275,7 @@ class SmoothingStepFunction(torch.autograd.Function):
     def forward(ctx, u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                 running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
                 conv_a, conv_b, eps1, eps2, batch_stats, momentum, copies=0):
-        out, r, s, stats = smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
+        out, r, s, stats = call_smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
                                           bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
                                           running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1, eps2,
                                           batch_stats, momentum)
@@ -240,7 +310,7 @@ class SmoothingStepFunction(torch.autograd.Function):
             for i, g in enumerate(carried):
                 result[1 + i % 5] = _sum_present([result[1 + i % 5], g])
             return tuple(result)
-        grads = smoothing_step_backward(
+        grads = call_smoothing_step_backward(
             grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
             eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5],
             carried)
@@ -253,8 +323,7 @@ class SmoothingStepFunction(torch.autograd.Function):
                 *(None,) * 13)
 
 
-@torch.library.custom_op("mgiad_kernels::smoothing_step_inference", mutates_args=())
-def smoothing_step_inference(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
+def _smoothing_step_inference(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
                              bias_b: Optional[Tensor], bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                              bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,
                              running_var2: Tensor, conv_a: List[int], conv_b: List[int], eps1: float,
@@ -265,6 +334,11 @@ def smoothing_step_inference(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Opt
         _geometry(u.shape, weight_b, conv_b),
         launchers.BatchNormArgs(running_mean1, running_var1, bn1_weight, bn1_bias, eps1),
         launchers.BatchNormArgs(running_mean2, running_var2, bn2_weight, bn2_bias, eps2))
+
+
+smoothing_step_inference = torch.library.custom_op("mgiad_kernels::smoothing_step_inference",
+                                                   _smoothing_step_inference, mutates_args=())
+call_smoothing_step_inference = DirectCall(smoothing_step_inference, _smoothing_step_inference)
 
 
 @smoothing_step_inference.register_fake

@@ -182,8 +182,8 @@ def _step(u, f, A, B, bn1, bn2, backend: str, carry: SmoothingCarry | None, copi
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (u_c, f_c, weight_a, bias_a, weight_b, bias_b, *bn_args[:4]))
         if not needs_grad:
-            return ops.smoothing_step_inference(u_c, f_c, weight_a, bias_a, weight_b, bias_b, *bn_args, conv_a,
-                                                conv_b, bn1.eps, bn2.eps).to(out_dtype), unchanged
+            return ops.call_smoothing_step_inference(u_c, f_c, weight_a, bias_a, weight_b, bias_b, *bn_args,
+                                                     conv_a, conv_b, bn1.eps, bn2.eps).to(out_dtype), unchanged
     count = u.shape[0] * u.shape[2] * u.shape[3]
     if bn1.training and count < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(u.shape)}")
