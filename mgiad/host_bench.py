@@ -233,13 +233,13 @@ def _small_conv_calls():
 
     def parts():
         y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
-        site = next(gather for shape, strides, _, gather, _ in launchers._FORWARD_SITES.values()
+        site = next(gather for shape, strides, gather, _ in launchers._FORWARD_SITES.values()
                     if shape == y.shape and strides == y.stride())
         (_, run, function, packed, _, current_stream, current_device), = site.plans.values()
         unused = launchers.scratch(x.device)
         args = (x, w, unused, y, unused, *(unused,) * 10) + site.args_tail
         stream = current_stream(current_device())
-        return {"output_allocation": lambda: torch.empty_strided(y.shape, y.stride(), dtype=y.dtype, device=y.device),
+        return {"output_allocation": lambda: x.new_empty_strided(y.shape, y.stride()),
                 "compiled_launcher": lambda: run(*site.grid, stream, function, packed, None, None, None, *args)}
 
     return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
@@ -410,7 +410,7 @@ def markdown(doc: dict) -> str:
     for key, label in (("aten_add_16", "(a) torch.add, 16 floats, out="),
                        ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
                        ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
-                       ("output_allocation", "(b1) of (b): its output's allocation alone (torch.empty_strided)"),
+                       ("output_allocation", "(b1) of (b): its output's allocation alone (x.new_empty_strided)"),
                        ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone (the stand-in's)"),
                        ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
                        ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches")):

@@ -281,7 +281,7 @@ def _global_settings() -> tuple:
 
 
 _FORWARD_SITES = launch_plans.SiteCache()  # conv2d_forward's key (the device by index: x.get_device() is
-#                                            cheaper than x.device) -> (y's shape, strides, device, gather site,
+#                                            cheaper than x.device) -> (y's shape, strides, gather site,
 #                                            placeholder)
 
 
@@ -303,10 +303,10 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         if y.numel():
             gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
                              other_mode="none" if other is None else "add", alpha=alpha)
-        _FORWARD_SITES.put(key, (y.shape, y.stride(), y.device, gather, scratch(x.device)))
+        _FORWARD_SITES.put(key, (y.shape, y.stride(), gather, scratch(x.device)))
         return y
-    shape, strides, device, gather, unused = site
-    y = torch.empty_strided(shape, strides, dtype=x.dtype, device=device)
+    shape, strides, gather, unused = site
+    y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
     if gather is not None:
         gather.launch((x, weight, unused if bias is None else bias, y, unused if other is None else other,
                        unused, unused, unused, unused, unused, unused, unused, unused, unused, unused),
@@ -357,8 +357,8 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
         site = _GRAD_WEIGHT_SITES.put(key, _grad_weight_site(key, grad_y, x, geo, w_shape, with_bias, x_bn, alpha,
                                                              memory_format, carries))
     launch, w_strides, partial_shapes, counters, unused = site
-    grad_w = torch.empty_strided(w_shape, w_strides, device=x.device, dtype=x.dtype)
-    grad_b = torch.empty(w_shape[0], device=x.device, dtype=x.dtype) if with_bias else None
+    grad_w = x.new_empty_strided(w_shape, w_strides)
+    grad_b = x.new_empty(w_shape[0]) if with_bias else None
     partial_w = torch.empty(partial_shapes[0], device=x.device, dtype=torch.float32)
     partial_b = torch.empty(partial_shapes[1], device=x.device, dtype=torch.float32) if with_bias else unused
     carry_ws = [w for w, _ in carries] + [unused, unused]
@@ -468,7 +468,7 @@ def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, **flags) -> 
 
 
 def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    return torch.empty(like.shape, device=like.device, dtype=like.dtype, memory_format=memory_format)
+    return torch.empty_like(like, memory_format=memory_format)
 
 
 def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
