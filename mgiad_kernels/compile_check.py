@@ -63,12 +63,15 @@ def _gather_variants():
 
 
 def _grad_weight_variants():
-    conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, OUT_ALIGN=8, IN_ALIGN=8)
+    conv3x3 = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, OUT_ALIGN=8, IN_ALIGN=8,
+                   WIDE_PIXEL_INDEX=False)
     return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 0}),
             ("grad weight of B, relu(bn1(r)) recomputed",
              {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True, "CARRIES": 0}),
             ("grad weight + bias of a run's step, two carried gradients added",
-             {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 2})]
+             {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 2}),
+            ("grad weight over 2^31 or more pixels (64-bit pixel indices)",
+             {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": False, "CARRIES": 0, "WIDE_PIXEL_INDEX": True})]
 
 
 def _signature(jit_fn, constexprs: dict, dtype: str) -> dict:

@@ -400,7 +400,8 @@ def _grad_weight_site(key, grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bi
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
         OUT_ALIGN=channel_alignment(geo.out_per_group),
-        IN_ALIGN=channel_alignment(geo.in_per_group), INPUT_PRECISION=_input_precision(x.dtype))
+        IN_ALIGN=channel_alignment(geo.in_per_group), WIDE_PIXEL_INDEX=pixels >= 2 ** 31,
+        INPUT_PRECISION=_input_precision(x.dtype))
     grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
                                                                                    geo.in_per_group)

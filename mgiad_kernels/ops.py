@@ -58,8 +58,10 @@ def _plain_tensors(args) -> bool:
         if isinstance(arg, Tensor):
             if type(arg) not in _PLAIN_TENSOR_TYPES or arg.is_meta:
                 return False
-        elif type(arg) is list and not _plain_tensors(arg):
-            return False
+        elif type(arg) is list:  # the ops' lists hold ints or tensors, never lists
+            for item in arg:
+                if isinstance(item, Tensor) and (type(item) not in _PLAIN_TENSOR_TYPES or item.is_meta):
+                    return False
     return True
 
 

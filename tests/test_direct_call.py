@@ -110,3 +110,15 @@ def test_meta_tensors_and_subclasses_take_the_dispatcher(dispatched):
         got = conv(x.as_subclass(Marked))
     assert dispatched[-1] == "mgiad_kernels::conv2d" and len(dispatched) == 2
     assert torch.equal(got.as_subclass(torch.Tensor), expected)
+
+
+def test_tensors_inside_list_arguments_are_checked_too():
+    class Marked(torch.Tensor):
+        pass
+
+    plain = torch.zeros(1)
+    assert ops._dispatch_free((plain, [1, 2], [None, plain], torch.nn.Parameter(plain)))
+    assert not ops._dispatch_free((plain, [None, plain.as_subclass(Marked)]))
+    assert not ops._dispatch_free((plain, [torch.zeros(1, device="meta")]))
+    with _PassThrough():
+        assert not ops._dispatch_free((plain,))

@@ -27,7 +27,7 @@ _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "
                "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
                "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-                    "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "INPUT_PRECISION"]
+                    "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
 
 # OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
 OTHER_NONE = tl.constexpr(0)  # nothing
@@ -526,6 +526,7 @@ def conv2d_grad_weight_kernel(
     X_BN_RELU: tl.constexpr,  # x is loaded as relu(bn(x)) (zero padding stays zero)
     CARRIES: tl.constexpr,  # 0-2: grad_w (grad_b) = alpha * the sums + carry_w (+ carry2_w), added before the cast
     OUT_ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr,  # largest powers of two (at most 16) dividing the group sizes
+    WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_out*W_out >= 2^31: pixel indices in 64 bits
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
 ):
@@ -553,8 +554,12 @@ def conv2d_grad_weight_kernel(
     in_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP, IN_ALIGN)
 
     hw_out = H_out * W_out
-    p_total = N * hw_out
-    p_start = pid_split.to(tl.int64) * PIXELS_PER_SPLIT
+    if WIDE_PIXEL_INDEX:
+        p_total = N.to(tl.int64) * hw_out
+        p_start = pid_split.to(tl.int64) * PIXELS_PER_SPLIT
+    else:  # pixel indices below 2^31: the per-pixel divisions in the loop are 32-bit, not 64-bit calls
+        p_total = N * hw_out
+        p_start = pid_split * PIXELS_PER_SPLIT
     p_end = tl.minimum(p_start + PIXELS_PER_SPLIT, p_total)
     taps = KH * KW
     w_split_stride = C_OUT * IN_PER_GROUP * taps
@@ -576,13 +581,14 @@ def conv2d_grad_weight_kernel(
             rem = offs_p - n * hw_out
             oh = rem // W_out
             ow = rem - oh * W_out
-            gy_offs = (n * gy_stride_n + oh * gy_stride_h + ow * gy_stride_w)[None, :] \
+            n = n.to(tl.int64)  # element offsets may pass 2^31 where pixel indices do not
+            gy_offs = (n * gy_stride_n + oh.to(tl.int64) * gy_stride_h + ow.to(tl.int64) * gy_stride_w)[None, :] \
                 + offs_co[:, None].to(tl.int64) * gy_stride_c
             gy_t = tl.load(grad_y_ptr + gy_offs, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
             ih = oh * STRIDE_H - PAD_H + kh * DIL_H
             iw = ow * STRIDE_W - PAD_W + kw * DIL_W
             valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_offs = (n * x_stride_n + ih * x_stride_h + iw * x_stride_w)[:, None] \
+            x_offs = (n * x_stride_n + ih.to(tl.int64) * x_stride_h + iw.to(tl.int64) * x_stride_w)[:, None] \
                 + offs_ci[None, :].to(tl.int64) * x_stride_c
             x_mask = valid[:, None] & ci_mask[None, :]
             x_tile = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
