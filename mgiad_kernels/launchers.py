@@ -15,6 +15,7 @@ from . import launch_plans
 from ._triton_support import parallel_programs_wanted
 from .conv_geometry import ConvGeometry
 
+_PIXEL_INDEX_LIMIT = 2 ** 31  # pixel counts from which grad weight indexes pixels in 64 bits
 _PIXEL_ALIGN = 256  # splits cover multiples of the largest BLOCK_P, so tiles stay full
 _SMALLEST_CHANNEL_TILE = 16  # of every config: bounds the channel tiles a launch has (arrival counters)
 
@@ -400,7 +401,7 @@ def _grad_weight_site(key, grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bi
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
         OUT_ALIGN=channel_alignment(geo.out_per_group),
-        IN_ALIGN=channel_alignment(geo.in_per_group), WIDE_PIXEL_INDEX=pixels >= 2 ** 31,
+        IN_ALIGN=channel_alignment(geo.in_per_group), WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT,
         INPUT_PRECISION=_input_precision(x.dtype))
     grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,

@@ -133,6 +133,20 @@ def test_grad_weight_splits_the_pixel_reduction():
     _check_against_reference(x, w, None, 1, 1, 2, "triton", torch.float32)
 
 
+def test_grad_weight_with_64_bit_pixel_indices(monkeypatch):
+    """The kernel's WIDE_PIXEL_INDEX branch (taken from 2^31 pixels on), forced at a small shape."""
+    from mgiad_kernels import launch_plans, launchers
+
+    monkeypatch.setattr(launchers, "_PIXEL_INDEX_LIMIT", 0)
+    launch_plans.clear()
+    try:
+        torch.manual_seed(6)
+        x, w, b = _make(3, 8, 8, 20, 20, 3, 2, True, torch.float32)
+        _check_against_reference(x, w, b, 1, 1, 2, "triton", torch.float32)
+    finally:
+        launch_plans.clear()
+
+
 def test_gradcheck_torch_path_float64():
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
