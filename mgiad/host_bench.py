@@ -15,8 +15,9 @@ side of a GPU training step: how many kernels it launches and what each launch c
    allocates its output as a conv does, (b) one Triton launch (``launchers.conv2d_forward`` of a small
    grouped conv), with the two parts of it that are not the package's Python timed alone: (b1) the
    output's allocation and (b2) the call of the compiled kernel's launcher (the stand-in's no-op, in
-   place of CUDA's), (c) the same conv through the custom op ``torch.ops.mgiad_kernels.conv2d``, and
-   (d) the whole step's host time per Triton launch.
+   place of CUDA's), (c) the same conv through the custom op ``torch.ops.mgiad_kernels.conv2d``, (c2)
+   through ``ops.call_conv2d``, the entry the eager autograd Functions use (no dispatcher for plain
+   tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
    benchmarks and wall seconds of a first forward+backward; ``--no-cold-start`` skips it.
 
@@ -218,11 +219,11 @@ def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> d
 
 
 def _small_conv_calls():
-    """(launch, custom op, parts): the same small grouped conv as one Triton launch and through the custom op,
-    the geometry built as ``mgiad_kernels.ops`` builds it; ``parts()`` (after a warm launch) gives the two
+    """(launch, custom op, direct call, parts): the same small grouped conv as one Triton launch, through the
+    custom op and through ``ops.call_conv2d``, the geometry built as ``mgiad_kernels.ops`` builds it; ``parts()`` (after a warm launch) gives the two
     pieces of a warm launch that are not the package's own Python, to time alone: the output's allocation
     and the call of the compiled kernel's launcher (the stand-in's, in place of CUDA's)."""
-    from mgiad_kernels import launchers
+    from mgiad_kernels import launchers, ops
     from mgiad_kernels.ops import conv_geometry
 
     x = torch.randn(*CONV_X).to(memory_format=torch.channels_last)
@@ -243,7 +244,8 @@ def _small_conv_calls():
                 "compiled_launcher": lambda: run(*site.grid, stream, function, packed, None, None, None, *args)}
 
     return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
-            lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS), parts)
+            lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS),
+            lambda: ops.call_conv2d(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS), parts)
 
 
 def measure_warm(repeats: int, log=print) -> dict:
@@ -270,11 +272,12 @@ def measure_warm(repeats: int, log=print) -> dict:
             step_ms.append((time.perf_counter() - t0) * 1e3)
 
         a, b, c = (torch.randn(16) for _ in range(3))
-        launch, custom_op, parts = _small_conv_calls()
+        launch, custom_op, direct_call, parts = _small_conv_calls()
         start = len(rec.launches)
         timed = time_interleaved({"aten_add_16": lambda: torch.add(a, b, out=c),
                                   "aten_add_16_allocating": lambda: torch.add(a, b),
                                   "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op,
+                                  "direct_call_conv2d": direct_call,
                                   **parts()}, repeats)
         conv_launches = Counter(launch.name for launch in _launches(rec, start))
         del rec.launches[:]  # the recorder keeps every launch; let go of the timing runs'
@@ -413,6 +416,7 @@ def markdown(doc: dict) -> str:
                        ("output_allocation", "(b1) of (b): its output's allocation alone (x.new_empty_strided)"),
                        ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone (the stand-in's)"),
                        ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
+                       ("direct_call_conv2d", "(c2) ops.call_conv2d: (c) as eager autograd calls it (DirectCall)"),
                        ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches")):
         h = host[key]
         row(f"{label}, us", f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "

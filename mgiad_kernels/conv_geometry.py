@@ -7,6 +7,7 @@ end, as ``F.conv2d`` pads); batched (N, C, H, W) or unbatched (C, H, W) input.
 """
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from typing import Sequence, Union
@@ -87,14 +88,22 @@ class ConvGeometry:
     @staticmethod
     def of(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Sequence[int],
            padding: Sequence[int], dilation: Sequence[int], groups: int) -> "ConvGeometry":
-        """``padding``: (top, left, bottom, right) as resolve_padding returns it."""
-        _, c_in, h, w = x_shape
-        c_out, _, kh, kw = weight_shape
-        top, left, bottom, right = padding
-        h_out = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        w_out = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        return ConvGeometry(c_in, c_out, groups, kh, kw, tuple(stride), (top, left), tuple(dilation),
-                            (h_out, w_out))
+        """``padding``: (top, left, bottom, right) as resolve_padding returns it. Kept per distinct
+        sizes (a geometry is built on every op call; a frozen dataclass costs ~4 us to make)."""
+        sizes = (*x_shape[1:], *weight_shape, *stride, *padding, *dilation, groups)
+        try:
+            return _geometry_of(*sizes)
+        except TypeError:  # a symbolic size (tracing with dynamic shapes) is not hashable
+            return _geometry_of.__wrapped__(*sizes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _geometry_of(c_in, h, w, c_out, _in_per_group, kh, kw, stride_h, stride_w, top, left, bottom, right,
+                 dil_h, dil_w, groups) -> ConvGeometry:
+    h_out = (h + top + bottom - dil_h * (kh - 1) - 1) // stride_h + 1
+    w_out = (w + left + right - dil_w * (kw - 1) - 1) // stride_w + 1
+    return ConvGeometry(c_in, c_out, groups, kh, kw, (stride_h, stride_w), (top, left), (dil_h, dil_w),
+                        (h_out, w_out))
 
 
 @dataclass(frozen=True)

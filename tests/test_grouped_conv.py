@@ -210,6 +210,17 @@ def test_torch_compile_traces_without_graph_breaks():
     assert_close_rel(x.grad, x_ref.grad, torch.float32, "compiled grad_input")
 
 
+def test_torch_compile_with_dynamic_shapes():
+    """Symbolic sizes reach the convolution's geometry (not hashable: it is built, not looked up)."""
+    torch.manual_seed(8)
+    mod = GroupedConv2d(8, 8, 3, padding=1, groups=2, backend="triton").to(DEVICE)
+    compiled = torch.compile(mod, fullgraph=True, dynamic=True, backend="aot_eager" if not ON_GPU else "inductor")
+    for hw in (5, 7):
+        x = torch.randn(2, 8, hw, hw, device=DEVICE)
+        assert_close_rel(compiled(x), F.conv2d(x, mod.weight, mod.bias, padding=1, groups=2), torch.float32,
+                         f"compiled output at {hw}x{hw}")
+
+
 def test_triton_without_a_runner_falls_back_with_one_warning(monkeypatch):
     if ON_GPU:
         pytest.skip("the fallback is for tensors Triton cannot run on; CUDA tensors always can")
