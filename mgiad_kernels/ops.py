@@ -23,8 +23,8 @@ class DirectCall:
     host time per call on this CPU (`python -m mgiad.bench --host`, ~250 calls per MGiaD training step).
     The dispatcher is kept wherever it does more: under ``torch.compile``, a dispatch or function mode
     (FakeTensorMode, FlopCounterMode, ...), a functorch transform, a profiler (which names the op), and for
-    tensor subclasses or meta tensors. ``mutated``: positions of the arguments the op declares mutated, whose versions are bumped
-    as the dispatcher's ADInplaceOrView kernel does.
+    tensor subclasses or meta tensors. ``mutated``: positions of the arguments the op declares mutated,
+    whose versions are bumped as the dispatcher's ADInplaceOrView kernel does.
     """
 
     __slots__ = ("op", "impl", "mutated")
