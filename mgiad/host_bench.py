@@ -220,9 +220,10 @@ def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> d
 
 def _small_conv_calls():
     """(launch, custom op, direct call, parts): the same small grouped conv as one Triton launch, through the
-    custom op and through ``ops.call_conv2d``, the geometry built as ``mgiad_kernels.ops`` builds it; ``parts()`` (after a warm launch) gives the two
-    pieces of a warm launch that are not the package's own Python, to time alone: the output's allocation
-    and the call of the compiled kernel's launcher (the stand-in's, in place of CUDA's)."""
+    custom op and through ``ops.call_conv2d``, the geometry built as ``mgiad_kernels.ops`` builds it;
+    ``parts()`` (after a warm launch) gives the two pieces of a warm launch that are not the package's own
+    Python, to time alone: the output's allocation and the call of the compiled kernel's launcher (the
+    stand-in's, in place of CUDA's)."""
     from mgiad_kernels import launchers, ops
     from mgiad_kernels.ops import conv_geometry
 
