@@ -75,7 +75,7 @@ class LaunchSite:
     def __init__(self, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False):
         self.jit_fn, self.rest, self.constexprs, self.options = jit_fn, rest, constexprs, options
         self.through_triton = through_triton or not isinstance(jit_fn, _triton_runtime()[2])  # the interpreter
-        self.grid = grid if self.through_triton else tuple(grid)
+        self.grid = grid if self.through_triton else (tuple(grid) + (1, 1))[:3]
         self.plans: dict = {}  # misaligned-pointer bits -> (driver, launcher, function, packed metadata, kernel,
         #                                              the driver's current-stream and current-device functions)
         self.args_tail = None  # rest + the constexprs in parameter order: what the compiled launcher takes
@@ -129,8 +129,7 @@ class LaunchSite:
 def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,
              through_triton: bool = False) -> LaunchSite:
     """Make and keep the site of ``key`` (see LaunchSite)."""
-    return SITES.put(key, LaunchSite(jit_fn, (tuple(grid) + (1, 1))[:3] if not callable(grid) else grid, rest,
-                                     constexprs, options, through_triton))
+    return SITES.put(key, LaunchSite(jit_fn, grid, rest, constexprs, options, through_triton))
 
 
 def launch(key, jit_fn, grid: tuple, pointers: tuple, rest: tuple, constexprs: dict, options: dict,

@@ -247,9 +247,9 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         DST_ALIGN=channel_alignment(dst_per_group), W_ALIGN=weight_alignment(ws),
         INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
-    return _tiled_site(key, conv.conv2d_gather_kernel, grid, rest, constexprs,
-                       None if conv.autotune_enabled() else conv.default_gather_config(
-                           dst_per_group, red_per_group, src.element_size(), int(pixels >= conv.GATHER_WIDE_PIXELS)))
+    config = None if conv.autotune_enabled() else conv.default_gather_config(
+        dst_per_group, red_per_group, src.element_size(), int(pixels >= conv.GATHER_WIDE_PIXELS))
+    return launch_plans.SITES.put(key, _tiled_site(conv.conv2d_gather_kernel, grid, rest, constexprs, config))
 
 
 @functools.lru_cache(maxsize=None)
@@ -264,14 +264,15 @@ def _fusion_modes() -> tuple[dict, dict, dict]:
              "cumulative": conv.RUNNING_CUMULATIVE.value})
 
 
-def _tiled_site(key, kernel, grid, rest: tuple, constexprs: dict, config) -> launch_plans.LaunchSite:
+def _tiled_site(kernel, grid, rest: tuple, constexprs: dict, config) -> launch_plans.LaunchSite:
     """The site of an autotuned kernel: through the autotuner when ``config`` is None
-    (MGIAD_KERNELS_AUTOTUNE=1), else with ``config``'s tile (no benchmarking, no Triton dispatch once warm)."""
+    (MGIAD_KERNELS_AUTOTUNE=1), else with ``config``'s tile (no benchmarking, no Triton dispatch once warm).
+    The caller keeps it in its own cache."""
     if config is None:
-        return launch_plans.add_site(key, kernel, grid, rest, constexprs, {}, through_triton=True)
+        return launch_plans.LaunchSite(kernel, grid, rest, constexprs, {}, through_triton=True)
     constexprs = {**constexprs, **config.kwargs}
-    return launch_plans.add_site(key, kernel.fn, grid(constexprs), rest, constexprs,
-                                 {"num_warps": config.num_warps, "num_stages": config.num_stages})
+    return launch_plans.LaunchSite(kernel.fn, grid(constexprs), rest, constexprs,
+                                   {"num_warps": config.num_warps, "num_stages": config.num_stages})
 
 
 def _global_settings() -> tuple:
@@ -355,7 +356,7 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
            *_global_settings())
     site = _GRAD_WEIGHT_SITES.get(key)
     if site is None:
-        site = _GRAD_WEIGHT_SITES.put(key, _grad_weight_site(key, grad_y, x, geo, w_shape, with_bias, x_bn, alpha,
+        site = _GRAD_WEIGHT_SITES.put(key, _grad_weight_site(grad_y, x, geo, w_shape, with_bias, x_bn, alpha,
                                                              memory_format, carries))
     launch, w_strides, partial_shapes, counters, unused = site
     grad_w = x.new_empty_strided(w_shape, w_strides)
@@ -374,7 +375,7 @@ _GRAD_WEIGHT_SITES = launch_plans.SiteCache()  # conv2d_grad_weight's key -> (si
 #                                                shapes, arrival counters, placeholder)
 
 
-def _grad_weight_site(key, grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: bool, x_bn, alpha: float,
+def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: bool, x_bn, alpha: float,
                       memory_format, carries) -> tuple:
     """The launch site of one conv2d_grad_weight key, with what its calls allocate."""
     n_batch, c_in, h, w = x.shape
@@ -406,7 +407,7 @@ def _grad_weight_site(key, grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bi
     grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
                                                                                    geo.in_per_group)
-    site = _tiled_site(key, conv.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
+    site = _tiled_site(conv.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
     counters = taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
     return site, w_strides, ((splits, *w_shape), (splits, *g_shape)), counters, scratch(x.device)
 
