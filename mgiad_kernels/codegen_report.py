@@ -21,11 +21,12 @@ measured figures rule and this model is checked against them:
 Issued instructions are counted from the static SASS: every instruction is issued once per warp of
 every CTA, except that an instruction inside a loop is issued (trip count) times per entry: the main
 loop KH*KW*ceil(reduced channels of the tile's groups / BLOCK_RED) times per CTA (gather), or
-ceil(split pixels / BLOCK_P) per input-channel block, itself ceil(input channels of the tile's groups /
+the split's pixel boxes per input-channel block, itself ceil(input channels of the tile's groups /
 BLOCK_IN) times (grad weight); loops holding no MMA in the MMA kernels (the cold NaN/Inf fallback, and
 the split-reduction tail that only the last program of each tile runs) count zero times; other kernels'
-loops once. Code skipped by forward branches is still counted once (a small overcount). MMA FLOPs include the zero blocks of block-diagonal
-tiles: 2*BLOCK_P*BLOCK_DST*BLOCK_RED (gather) or 2*BLOCK_OUT*BLOCK_IN*BLOCK_P (grad weight) per step.
+loops once. Code skipped by forward branches is still counted once (a small overcount). MMA FLOPs include
+the zero blocks of block-diagonal tiles: 2*BLOCK_P*BLOCK_DST*BLOCK_RED (gather) or
+2*BLOCK_OUT*KW_BLOCK*BLOCK_IN*BLOCK_P (grad weight) per step.
 Minimum bytes: each tensor the op needs read once or written once (weights once, fp32 partials and
 per-channel vectors not counted).
 """
@@ -195,17 +196,17 @@ def _gather_work(a: dict, cfg: dict, grid: tuple) -> list:
 
 def _grad_weight_work(a: dict, cfg: dict, grid: tuple) -> list:
     out = []
-    bo, bi, bp = cfg["BLOCK_OUT"], cfg["BLOCK_IN"], cfg["BLOCK_P"]
-    p_total = a["N"] * a["H_out"] * a["W_out"]
+    bo, bi, bp = cfg["BLOCK_OUT"], cfg["BLOCK_IN"], a["TILE_N"] * a["TILE_H"] * a["TILE_W"]
+    units = _cdiv(a["N"], a["TILE_N"]) * _cdiv(a["H_out"], a["TILE_H"]) * _cdiv(a["W_out"], a["TILE_W"])
     for pid_c in range(grid[1]):
         c0 = pid_c * bo
         in_start = (c0 // a["OUT_PER_GROUP"]) * a["IN_PER_GROUP"]
         in_end = ((min(c0 + bo, a["C_OUT"]) - 1) // a["OUT_PER_GROUP"] + 1) * a["IN_PER_GROUP"]
         outer = _cdiv(in_end - in_start, bi)
         for split in range(grid[2]):
-            p_start = split * a["PIXELS_PER_SPLIT"]
-            inner = _cdiv(max(0, min(p_start + a["PIXELS_PER_SPLIT"], p_total) - p_start), bp)
-            out.append((grid[0], outer * inner, outer, outer * inner * 2 * bo * bi * bp))
+            u_start = split * a["UNITS_PER_SPLIT"]
+            inner = max(0, min(u_start + a["UNITS_PER_SPLIT"], units) - u_start)
+            out.append((grid[0], outer * inner, outer, outer * inner * 2 * bo * a["KW_BLOCK"] * bi * bp))
     return out
 
 
@@ -704,12 +705,13 @@ def markdown(meta: dict, rows: list, aggs: list, violations: list) -> str:
 
 COUNTING = ("Issued warp-instructions = sum over CTAs of warps x (static SASS count, an instruction in a loop "
             "counted trip-count times): main loop KH*KW*ceil(reduced channels of the tile's groups / BLOCK_RED) "
-            "per CTA (gather); ceil(split pixels / BLOCK_P) per input-channel block, ceil(input channels of the "
+            "per CTA (gather); the split's pixel boxes per input-channel block, ceil(input channels of the "
             "tile's groups / BLOCK_IN) blocks (grad weight); MMA-free loops of the MMA kernels (the cold NaN/Inf "
             "fallback, the split-reduction tail run by the last program of a tile) zero times; other loops once; "
             "code behind forward branches once. "
             "MMA FLOPs issued include the zero blocks of block-diagonal tiles (2*BLOCK_P*BLOCK_DST*BLOCK_RED per "
-            "gather step, 2*BLOCK_OUT*BLOCK_IN*BLOCK_P per grad-weight step). Minimum bytes: each tensor once "
+            "gather step, 2*BLOCK_OUT*KW_BLOCK*BLOCK_IN*BLOCK_P per grad-weight step). Minimum bytes: each tensor "
+            "once "
             "(gather: src + dst + weight (+ other); grad weight: x + grad_y + weight; BatchNorm elementwise: "
             "their activations); the smoothing step's floor is 18 activation passes. Split partials are reduced "
             "in the kernels that write them (no separate launch).")

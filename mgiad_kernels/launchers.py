@@ -15,13 +15,28 @@ from . import launch_plans
 from ._triton_support import parallel_programs_wanted
 from .conv_geometry import ConvGeometry
 
-_PIXEL_INDEX_LIMIT = 2 ** 31  # pixel counts from which grad weight indexes pixels in 64 bits
-_PIXEL_ALIGN = 256  # splits cover multiples of the largest BLOCK_P, so tiles stay full
+_PIXEL_INDEX_LIMIT = 2 ** 31  # pixel counts from which the gather and grad weight index pixels in 64 bits
+_GRAD_WEIGHT_BOX = 64  # output pixels per step of grad weight's reduction
+_UNITS_PER_SPLIT_MIN = 4  # the fewest pixel boxes a grad-weight split reduces over
 _SMALLEST_CHANNEL_TILE = 16  # of every config: bounds the channel tiles a launch has (arrival counters)
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=None)
+def grad_weight_pixel_box(n_batch: int, h_out: int, w_out: int) -> tuple[int, int, int]:
+    """(TILE_N, TILE_H, TILE_W): grad weight's box of _GRAD_WEIGHT_BOX output pixels, powers of two: as wide
+    as the rows (up to the box), as tall as the images (up to what is left), then as many images as fill it.
+    A bucket of the sizes (their powers of two), so close resolutions share a compiled kernel."""
+    tile_w = min(_next_power_of_2(max(w_out, 1)), _GRAD_WEIGHT_BOX)
+    tile_h = min(_next_power_of_2(max(h_out, 1)), _GRAD_WEIGHT_BOX // tile_w)
+    return _GRAD_WEIGHT_BOX // (tile_w * tile_h), tile_h, tile_w
 
 
 @functools.lru_cache(maxsize=None)
@@ -245,10 +260,10 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
         DST_ALIGN=channel_alignment(dst_per_group), W_ALIGN=weight_alignment(ws),
-        INPUT_PRECISION=_input_precision(src.dtype))
+        WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT, INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_gather_config(
-        dst_per_group, red_per_group, src.element_size(), int(pixels >= conv.GATHER_WIDE_PIXELS))
+        dst_per_group, red_per_group, src.element_size(), conv.gather_pixels_bucket(pixels))
     return launch_plans.SITES.put(key, _tiled_site(conv.conv2d_gather_kernel, grid, rest, constexprs, config))
 
 
@@ -382,33 +397,34 @@ def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: b
     c_out = geo.out_channels
     h_out, w_out = geo.out_hw
     pixels = n_batch * h_out * w_out
-    taps = geo.kernel_h * geo.kernel_w
-    # enough splits to fill the device, none smaller than one aligned block of pixels
-    max_splits = max(1, _cdiv(pixels, _PIXEL_ALIGN))
-    splits = max(1, min(max_splits, _cdiv(parallel_programs_wanted(x.device), taps * _cdiv(c_out, 32))))
-    pixels_per_split = _cdiv(_cdiv(max(pixels, 1), splits), _PIXEL_ALIGN) * _PIXEL_ALIGN
-    splits = max(1, _cdiv(pixels, pixels_per_split))
+    tile = grad_weight_pixel_box(n_batch, h_out, w_out)
+    units = _cdiv(n_batch, tile[0]) * _cdiv(h_out, tile[1]) * _cdiv(w_out, tile[2])
+    # enough splits to fill the device, none smaller than _UNITS_PER_SPLIT_MIN boxes
+    max_splits = max(1, _cdiv(units, _UNITS_PER_SPLIT_MIN))
+    splits = max(1, min(max_splits, _cdiv(parallel_programs_wanted(x.device), geo.kernel_h * _cdiv(c_out, 32))))
+    units_per_split = _cdiv(max(units, 1), splits)
+    splits = max(1, _cdiv(units, units_per_split))
     w_strides = torch.empty(w_shape, device="meta", memory_format=memory_format).stride()
     g_shape = (c_out,)
     carry_w_strides = tuple(s for i in range(2) for s in (carries[i][0].stride() if i < len(carries) else (0,) * 4))
     carry_b_strides = tuple(carries[i][1].stride(0) if with_bias and i < len(carries) else 0 for i in range(2))
     rest = (*x.stride(), *grad_y.stride(), *w_strides, 1 if with_bias else 0,
             *carry_w_strides, *carry_b_strides,
-            n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, pixels_per_split,
+            n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, units_per_split,
             float(alpha), float(x_bn.eps) if x_bn is not None else 0.0)
     conv = _kernels()
     constexprs = dict(
-        KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
-        PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-        HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
+        KH=geo.kernel_h, KW=geo.kernel_w, KW_BLOCK=_next_power_of_2(geo.kernel_w), STRIDE_H=geo.stride[0],
+        STRIDE_W=geo.stride[1], PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0],
+        DIL_W=geo.dilation[1], HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
         OUT_ALIGN=channel_alignment(geo.out_per_group),
         IN_ALIGN=channel_alignment(geo.in_per_group), WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT,
-        INPUT_PRECISION=_input_precision(x.dtype))
-    grid = lambda meta: (taps, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
+        INPUT_PRECISION=_input_precision(x.dtype), TILE_N=tile[0], TILE_H=tile[1], TILE_W=tile[2])
+    grid = lambda meta: (geo.kernel_h, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
                                                                                    geo.in_per_group)
     site = _tiled_site(conv.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
-    counters = taps * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
+    counters = geo.kernel_h * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
     return site, w_strides, ((splits, *w_shape), (splits, *g_shape)), counters, scratch(x.device)
 
 

@@ -129,12 +129,29 @@ def test_grad_weight_is_deterministic():
 def test_grad_weight_splits_the_pixel_reduction():
     """Enough pixels for several splits: partial sums must add up to the full reduction."""
     torch.manual_seed(5)
-    x, w, _ = _make(3, 8, 8, 20, 20, 3, 2, False, torch.float32)  # 1,200 pixels: several 256-pixel splits
+    x, w, _ = _make(3, 8, 8, 20, 20, 3, 2, False, torch.float32)  # 30 boxes of 1 x 2 x 32: several splits
     _check_against_reference(x, w, None, 1, 1, 2, "triton", torch.float32)
 
 
+@pytest.mark.parametrize("sizes, box", [
+    ((128, 32, 32), (1, 2, 32)),  # rows of the image, two at a time
+    ((128, 8, 8), (1, 8, 8)),  # one whole image
+    ((128, 4, 4), (4, 4, 4)),  # coarse levels: several images per box
+    ((1, 1, 1), (64, 1, 1)),  # a pixel per image: the box spans the batch
+    ((2, 7, 100), (1, 1, 64)),  # wide rows: a strip of one
+    ((3, 5, 7), (1, 8, 8)),  # odd sizes round up to powers of two
+])
+def test_grad_weight_pixel_box(sizes, box):
+    """grad weight reduces over (TILE_N, TILE_H, TILE_W) boxes of 64 output pixels, powers of two,
+    shaped after the output so few of their pixels are masked."""
+    from mgiad_kernels.launchers import grad_weight_pixel_box
+
+    assert grad_weight_pixel_box(*sizes) == box
+
+
 def test_grad_weight_with_64_bit_pixel_indices(monkeypatch):
-    """The kernel's WIDE_PIXEL_INDEX branch (taken from 2^31 pixels on), forced at a small shape."""
+    """The kernels' WIDE_PIXEL_INDEX branches (gather and grad weight, taken from 2^31 pixels on), forced at a
+    small shape."""
     from mgiad_kernels import launch_plans, launchers
 
     monkeypatch.setattr(launchers, "_PIXEL_INDEX_LIMIT", 0)

@@ -25,9 +25,10 @@ from .split_reduction import exponential_average, last_to_arrive, merge_moments,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
                "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
-               "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "INPUT_PRECISION"]
-_GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-                    "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
+               "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
+_GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
+                    "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION",
+                    "TILE_N", "TILE_H", "TILE_W"]
 
 # OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
 OTHER_NONE = tl.constexpr(0)  # nothing
@@ -68,19 +69,18 @@ def _gather_configs():
 
 def _grad_weight_configs():
     """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter): the default tile and the
-    others that spill at no shape of the codegen report (64 wide channel tiles spilled up to 352 B)."""
+    others that spill at no shape of the codegen report (64 wide channel tiles spilled up to 352 B, the
+    default tile at three stages 8-16 B with the BatchNorm recompute)."""
     if interpreter_enabled():
         return [_INTERPRETER_GRAD_WEIGHT]
     return [
-        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi, "BLOCK_P": bp}, num_warps=w, num_stages=s)
-        for bo, bi, bp, w, s in [
-            (32, 32, 128, 4, 3), (16, 16, 64, 4, 3), (16, 16, 128, 4, 3), (16, 16, 256, 4, 2),
-        ]
+        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi}, num_warps=w, num_stages=s)
+        for bo, bi, w, s in [(16, 16, 4, 2), (32, 16, 4, 3), (16, 16, 8, 3)]
     ]
 
 
 _INTERPRETER_GATHER = triton.Config({"BLOCK_P": 128, "BLOCK_DST": 32, "BLOCK_RED": 32})
-_INTERPRETER_GRAD_WEIGHT = triton.Config({"BLOCK_OUT": 32, "BLOCK_IN": 32, "BLOCK_P": 128})
+_INTERPRETER_GRAD_WEIGHT = triton.Config({"BLOCK_OUT": 32, "BLOCK_IN": 32})
 
 
 def _channel_tile(per_group: int) -> int:
@@ -91,6 +91,7 @@ def _channel_tile(per_group: int) -> int:
 
 
 GATHER_WIDE_PIXELS = 4096  # the pixel-count bucket from which the default gather tile is 128 pixels wide
+GATHER_WIDEST_PIXELS = 32768  # and from which the fp32 one is 256 pixels wide
 
 
 def _half_precision_channel_tile(per_group: int) -> int:
@@ -100,70 +101,104 @@ def _half_precision_channel_tile(per_group: int) -> int:
     return 32 if 4 * per_group >= 32 else _channel_tile(per_group)
 
 
+def gather_pixels_bucket(pixels: int) -> int:
+    """The pixel-count bucket of a gather launch's output: 0 below GATHER_WIDE_PIXELS, 1 below
+    GATHER_WIDEST_PIXELS, else 2."""
+    return 0 if pixels < GATHER_WIDE_PIXELS else 1 if pixels < GATHER_WIDEST_PIXELS else 2
+
+
 @functools.lru_cache(maxsize=None)
 def default_gather_config(dst_per_group: int, red_per_group: int, element_size: int,
                           pixels_bucket: int) -> triton.Config:
     """The gather tile launched when autotuning is off (the default), from what changes the best tile:
-    the group sizes, the element size and the pixel-count bucket (``pixels_bucket``: 1 from
-    GATHER_WIDE_PIXELS output pixels on, else 0), so a first training step compiles one variant per key
-    and benchmarks nothing.
+    the group sizes, the element size and the pixel-count bucket (``gather_pixels_bucket``), so a first
+    training step compiles one variant per key and benchmarks nothing.
 
     From the codegen report's sweep on sm_90 (benchmarks/results/codegen-sm90.md, N=128, every shape):
-    128 pixels issue fewer instructions per pixel than 64 (the per-tap address arithmetic is shared by
-    twice the pixels) on fewer registers: fp32 128x16x16 takes 120 registers, 4 CTAs per SM, 0.39 of copy
-    bandwidth by the issue-13 model, against 157 registers and 0.26 at 64x16x16; bf16 128x32x32 at g_s = 8
-    takes 127 registers, 4 CTAs per SM, 128-bit loads, 0.35, against 135 registers, 32-bit weight loads
-    and 0.13. Below GATHER_WIDE_PIXELS pixels, 64 pixels keep enough CTAs to fill the SMs."""
+    wider pixel tiles issue fewer instructions per pixel, as a CTA's fixed work (the pixel decomposition,
+    the pipeline's prologue, the epilogue) is shared by more pixels. fp32 256x16x16 at two stages takes
+    128 registers, 4 CTAs per SM, 0.63 of copy bandwidth at C=64 H=32 g_s=8 by the issue-13 model, against
+    0.47 at 128x16x16 and 0.26 at 64x16x16. bf16 128x32x32 at g_s = 8 loads 128 bits and reaches 0.47;
+    wider bf16 tiles gain nothing. Fewer pixels keep narrower tiles, so the grid still fills the SMs:
+    128 pixels from GATHER_WIDE_PIXELS, 256 (fp32) from GATHER_WIDEST_PIXELS."""
     if interpreter_enabled():
         return _INTERPRETER_GATHER
     channel_tile = _half_precision_channel_tile if element_size == 2 else _channel_tile
-    return triton.Config({"BLOCK_P": 128 if pixels_bucket else 64, "BLOCK_DST": channel_tile(dst_per_group),
-                          "BLOCK_RED": channel_tile(red_per_group)}, num_warps=4, num_stages=3)
+    block_dst, block_red = channel_tile(dst_per_group), channel_tile(red_per_group)
+    # 256 pixels only with 16-wide channel tiles: the swept 256-pixel tiles with 32-wide ones take 8 warps
+    widest = element_size == 4 and block_dst == block_red == 16
+    block_p = (64, 128, 256 if widest else 128)[pixels_bucket]
+    return triton.Config({"BLOCK_P": block_p, "BLOCK_DST": block_dst, "BLOCK_RED": block_red}, num_warps=4,
+                         num_stages=2 if block_p == 256 else 3)
 
 
 @functools.lru_cache(maxsize=None)
 def default_grad_weight_config(out_per_group: int, in_per_group: int) -> triton.Config:
     """The grad-weight tile launched when autotuning is off (the default), chosen from the group sizes.
-    64 pixels per step: on sm_90 (compile_check's compiler path, 16x16 tile, g_s = 8) it takes 95 registers
-    in fp32 and 56 in bf16 with no spills, and 128 or 256 pixels issue as many instructions per pixel
-    (the loop is bound by per-pixel index arithmetic) on 1.7-3x the registers."""
+    Two stages: on sm_90 (codegen report, 16x16 channel tile, a kernel row of 3 taps, g_s = 8) the loop
+    issues 5-10% fewer instructions than with three, and the bf16 BatchNorm-recompute variant does not
+    spill (it spilled 8 B at three stages); wider channel tiles or 8 warps issue more per pixel."""
     if interpreter_enabled():
         return _INTERPRETER_GRAD_WEIGHT
-    return triton.Config({"BLOCK_OUT": _channel_tile(out_per_group), "BLOCK_IN": _channel_tile(in_per_group),
-                          "BLOCK_P": 64}, num_warps=4, num_stages=3)
+    return triton.Config({"BLOCK_OUT": _channel_tile(out_per_group), "BLOCK_IN": _channel_tile(in_per_group)},
+                         num_warps=4, num_stages=2)
 
 
 @triton.jit
-def _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-                PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+def _pixel_rows(src_ptr, n, oh, ow, p_mask, src_stride_n, src_stride_h, src_stride_w,
+                STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
                 TRANSPOSED: tl.constexpr):
-    """Source pixel (ih, iw) that dst pixel (oh, ow) reads at tap (kh, kw), and whether it exists.
+    """What every tap of dst pixel (n, oh, ow) shares: its origin (ih0, iw0), int32, and a pointer into src.
 
-    Forward: ih = oh*S - P + kh*D. Grad input (the adjoint): ih = (oh + P - kh*D) / S where exact.
+    Forward: tap (kh, kw) reads src pixel (ih0 + kh*D, iw0 + kw*D), ih0 = oh*S - P. Adjoint (grad input):
+    it reads ((ih0 - kh*D) / S, ...) where that division is exact, ih0 = oh + P. Unless a division is
+    needed (the adjoint of a strided conv) the pointer is that of the origin, so a tap adds one scalar
+    offset; a pixel past the end gets an origin no tap reaches, so the taps' masks need no p_mask.
     """
     if TRANSPOSED:
-        th = oh + PAD_H - kh * DIL_H
-        tw = ow + PAD_W - kw * DIL_W
+        ih0 = oh + PAD_H
+        iw0 = ow + PAD_W
+    else:
+        ih0 = oh * STRIDE_H - PAD_H
+        iw0 = ow * STRIDE_W - PAD_W
+    ih0 = tl.where(p_mask, ih0, -(2 ** 30))
+    rows = src_ptr + n.to(tl.int64) * src_stride_n
+    if not (TRANSPOSED and STRIDE_H * STRIDE_W > 1):
+        rows += ih0.to(tl.int64) * src_stride_h + iw0.to(tl.int64) * src_stride_w
+    return ih0, iw0, rows
+
+
+@triton.jit
+def _tap_rows(rows, ih0, iw0, kh, kw, src_stride_h, src_stride_w, H_src, W_src,
+              STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+              TRANSPOSED: tl.constexpr):
+    """Pointers to the src pixels the tile's dst pixels read at tap (kh, kw), and whether they exist
+    (rows, ih0, iw0: _pixel_rows). Int32 compares and, but for a strided adjoint, one scalar offset."""
+    dh = kh * DIL_H
+    dw = kw * DIL_W
+    if TRANSPOSED:
+        dh = -dh
+        dw = -dw
+    th = ih0 + dh
+    tw = iw0 + dw
+    if TRANSPOSED and STRIDE_H * STRIDE_W > 1:
         ih = th // STRIDE_H
         iw = tw // STRIDE_W
         valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
         valid = valid & (ih < H_src) & (iw < W_src)
-    else:
-        ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-        iw = ow * STRIDE_W - PAD_W + kw * DIL_W
-        valid = (ih >= 0) & (ih < H_src) & (iw >= 0) & (iw < W_src)
-    return ih, iw, valid & p_mask
+        return rows + (ih.to(tl.int64) * src_stride_h + iw.to(tl.int64) * src_stride_w), valid
+    valid = (th >= 0) & (th < H_src) & (tw >= 0) & (tw < W_src)
+    return rows + (dh.to(tl.int64) * src_stride_h + dw.to(tl.int64) * src_stride_w), valid
 
 
 @triton.jit
-def _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
-                        oh, ow, p_mask, offs_c, group_c, local_c, c_mask, red_start, red_end,
+def _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
+                        offs_c, group_c, local_c, c_mask, red_start, red_end,
                         src_stride_c, src_stride_h, src_stride_w,
                         w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local, w_stride_kh, w_stride_kw,
                         H_src, W_src, RED_PER_GROUP,
                         KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-                        PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-                        TRANSPOSED: tl.constexpr, PROLOGUE_BN_RELU: tl.constexpr,
+                        DIL_H: tl.constexpr, DIL_W: tl.constexpr, TRANSPOSED: tl.constexpr, PROLOGUE_BN_RELU: tl.constexpr,
                         BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr):
     """The tile's convolution one reduced channel at a time, each product kept only within its group.
 
@@ -175,11 +210,10 @@ def _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_
     for tap in range(0, KH * KW):
         kh = tap // KW
         kw = tap - kh * KW
-        ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
-                                    DIL_H, DIL_W, TRANSPOSED)
-        pixel = ih * src_stride_h + iw * src_stride_w
+        pixels, valid = _tap_rows(rows, ih0, iw0, kh, kw, src_stride_h, src_stride_w, H_src, W_src,
+                                  STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED)
         for r in range(red_start, red_end):
-            col = tl.load(src_base + pixel + tl.cast(r, tl.int64) * src_stride_c, mask=valid, other=0.0).to(tl.float32)
+            col = tl.load(pixels + tl.cast(r, tl.int64) * src_stride_c, mask=valid, other=0.0).to(tl.float32)
             if PROLOGUE_BN_RELU:
                 _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                         r, True)
@@ -215,18 +249,17 @@ def _reduced_block(r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mas
 
 
 @triton.jit
-def _tap_product(acc, src_base, weight_ptr, oh, ow, p_mask, kh, kw, r_mask, src_channel, w_block, w_mask,
+def _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
                  scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw, H_src, W_src,
-                 STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
-                 DIL_H: tl.constexpr, DIL_W: tl.constexpr, TRANSPOSED: tl.constexpr,
+                 STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+                 TRANSPOSED: tl.constexpr,
                  PROLOGUE_BN_RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc + (the src tile tap (kh, kw) reads, as relu(scale * src + shift) with PROLOGUE_BN_RELU) @ (the
     block's weight tile at that tap)."""
-    ih, iw, valid = _tap_pixels(oh, ow, p_mask, kh, kw, H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
-                                DIL_H, DIL_W, TRANSPOSED)
+    pixels, valid = _tap_rows(rows, ih0, iw0, kh, kw, src_stride_h, src_stride_w, H_src, W_src,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED)
     a_mask = valid[:, None] & r_mask[None, :]
-    a = tl.load(src_base[:, None] + (ih * src_stride_h + iw * src_stride_w)[:, None] + src_channel[None, :],
-                mask=a_mask, other=0.0)
+    a = tl.load(pixels[:, None] + src_channel[None, :], mask=a_mask, other=0.0)
     if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
         t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
         a = tl.where(a_mask, t, 0.0).to(a.dtype)
@@ -285,6 +318,7 @@ def conv2d_gather_kernel(
     RED_ALIGN: tl.constexpr,  # the largest power of two (at most 16) dividing RED_PER_GROUP
     DST_ALIGN: tl.constexpr,  # the same for DST_PER_GROUP
     W_ALIGN: tl.constexpr,  # a power of two (at most 16) dividing the weight's out-channel and tap strides
+    WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_dst*W_dst >= 2^31: the tile's pixel indices in 64 bits
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
 ):
@@ -300,10 +334,15 @@ def conv2d_gather_kernel(
     pid_c = tl.program_id(1)
 
     hw_dst = H_dst * W_dst
-    offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = offs_p < N * hw_dst
+    if WIDE_PIXEL_INDEX:
+        offs_p = pid_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = offs_p < N.to(tl.int64) * hw_dst
+    else:
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = offs_p < N * hw_dst
     n = offs_p // hw_dst
-    rem = offs_p - n * hw_dst
+    rem = (offs_p - n * hw_dst).to(tl.int32)
+    n = n.to(tl.int32)
     oh = rem // W_dst
     ow = rem - oh * W_dst
 
@@ -329,7 +368,8 @@ def conv2d_gather_kernel(
     w_stride_kh = w_stride_kh // W_ALIGN * W_ALIGN
     w_stride_kw = w_stride_kw // W_ALIGN * W_ALIGN
 
-    src_base = src_ptr + n * src_stride_n
+    ih0, iw0, rows = _pixel_rows(src_ptr, n, oh, ow, p_mask, src_stride_n, src_stride_h, src_stride_w,
+                                 STRIDE_H, STRIDE_W, PAD_H, PAD_W, TRANSPOSED)
     acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
     # The group of a reduced channel is a multiply-shift by ceil(2^31 / RED_PER_GROUP), exact while
     # C_RED * RED_PER_GROUP < 2^31 (the launcher checks): no division in the loops.
@@ -346,9 +386,9 @@ def conv2d_gather_kernel(
             kh = 0
             kw = 0
             for tap in range(0, KH * KW):
-                acc = _tap_product(acc, src_base, weight_ptr, oh, ow, p_mask, kh, kw, r_mask, src_channel, w_block,
-                                   w_mask, scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
-                                   H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
+                acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
+                                   scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
+                                   H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
                                    PROLOGUE_BN_RELU, INPUT_PRECISION)
                 kw += 1
                 next_row = kw == KW
@@ -367,9 +407,9 @@ def conv2d_gather_kernel(
             r_mask, src_channel, w_block, w_mask = _reduced_block(
                 r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
                 w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN, BLOCK_RED)
-            acc = _tap_product(acc, src_base, weight_ptr, oh, ow, p_mask, kh, kw, r_mask, src_channel, w_block,
-                               w_mask, 1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
-                               H_src, W_src, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
+            acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
+                               1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
+                               H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
                                PROLOGUE_BN_RELU, INPUT_PRECISION)
             r0 += BLOCK_RED
             next_tap = r0 >= red_end
@@ -383,17 +423,17 @@ def conv2d_gather_kernel(
     # exact unless a NaN or Inf went in, which leaves its mark on the accumulator; then redo it.
     if red_end - red_start > RED_PER_GROUP:
         if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:
-            acc = _exact_grouped_tile(src_base, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
-                                      oh, ow, p_mask, offs_c, group_c, local_c, c_mask, red_start, red_end,
+            acc = _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
+                                      bn_eps, offs_c, group_c, local_c, c_mask, red_start, red_end,
                                       src_stride_c, src_stride_h, src_stride_w,
                                       w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local,
                                       w_stride_kh, w_stride_kw, H_src, W_src, RED_PER_GROUP,
-                                      KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, TRANSPOSED,
-                                      PROLOGUE_BN_RELU, BLOCK_P, BLOCK_DST)
+                                      KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED, PROLOGUE_BN_RELU,
+                                      BLOCK_P, BLOCK_DST)
 
     _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
               reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
-              n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
+              n.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), p_mask, offs_c, c_mask, pid_p, pid_c,
               dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
               momentum, unbias, STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS,
@@ -494,7 +534,7 @@ def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, running_mean_ptr, run
 
 
 @triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY, cache_results=True)
-@triton.jit(do_not_specialize=["N", "H", "W", "H_out", "W_out", "C_OUT", "C_IN", "PIXELS_PER_SPLIT"])
+@triton.jit(do_not_specialize=["N", "H", "W", "H_out", "W_out", "C_OUT", "C_IN", "UNITS_PER_SPLIT"])
 def conv2d_grad_weight_kernel(
     x_ptr,  # (N, C_IN, H, W) forward input
     grad_y_ptr,  # (N, C_OUT, H_out, W_out) gradient of the output
@@ -502,7 +542,7 @@ def conv2d_grad_weight_kernel(
     grad_b_ptr,  # (C_OUT,) out: alpha * the bias gradient, written if HAS_BIAS
     partial_w_ptr,  # (splits, C_OUT, IN_PER_GROUP, KH, KW) fp32 scratch, contiguous: per-split sums
     partial_b_ptr,  # (splits, C_OUT) fp32 scratch, contiguous: per-split bias sums (HAS_BIAS)
-    counter_ptr,  # (KH*KW*cdiv(C_OUT, BLOCK_OUT)*cdiv(C_IN, BLOCK_IN),) int32 arrival counters, zero
+    counter_ptr,  # (KH*cdiv(C_OUT, BLOCK_OUT)*cdiv(C_IN, BLOCK_IN),) int32 arrival counters, zero
     carry_w_ptr, carry2_w_ptr,  # (C_OUT, IN_PER_GROUP, KH, KW): weight gradients added to grad_w (CARRIES)
     carry_b_ptr, carry2_b_ptr,  # (C_OUT,): bias gradients added to grad_b (CARRIES and HAS_BIAS)
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C_IN,) BatchNorm applied to x (X_BN_RELU)
@@ -515,10 +555,11 @@ def conv2d_grad_weight_kernel(
     cb_stride, c2b_stride,  # strides of carry_b and carry2_b, elements
     N, H, W, H_out, W_out,  # batch and spatial sizes
     C_OUT, C_IN, OUT_PER_GROUP, IN_PER_GROUP,  # channels, in total and per group
-    PIXELS_PER_SPLIT,  # output pixels (of N*H_out*W_out) each split reduces over
+    UNITS_PER_SPLIT,  # pixel boxes (TILE_N x TILE_H x TILE_W output pixels) each split reduces over
     alpha,  # float: the gradients are those of alpha * conv (-1: a convolution entering with a minus sign)
     bn_eps,  # float: the BatchNorm's epsilon
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
+    KW_BLOCK: tl.constexpr,  # KW rounded up to a power of two: the taps a tile's columns hold
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,  # convolution stride
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
@@ -526,23 +567,24 @@ def conv2d_grad_weight_kernel(
     X_BN_RELU: tl.constexpr,  # x is loaded as relu(bn(x)) (zero padding stays zero)
     CARRIES: tl.constexpr,  # 0-2: grad_w (grad_b) = alpha * the sums + carry_w (+ carry2_w), added before the cast
     OUT_ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr,  # largest powers of two (at most 16) dividing the group sizes
-    WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_out*W_out >= 2^31: pixel indices in 64 bits
+    WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_out*W_out >= 2^31: box indices in 64 bits
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
-    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,  # tile sizes
+    TILE_N: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,  # the pixel box, powers of two
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr,  # channel tile sizes
 ):
     """grad_w[co, ci, kh, kw] = alpha * sum over pixels of grad_y[co] * x[ci] at tap (kh, kw).
 
-    Grid (taps, output-channel tiles, splits): the taps vary fastest, so the KH*KW programs
-    reading one grad_y tile run together and share it through L2. Splits give the pixel
-    reduction its parallelism: each writes its fp32 partial, and the last split of a
-    (tap, channel tile, input-channel block) to finish sums them in split order (deterministic),
-    scales, casts and stores them in grad_w's layout.
+    Grid (kernel rows, output-channel tiles, splits): a program computes the KW taps of one kernel row
+    as one product, grad_y tile @ an x tile whose columns are (tap, in-channel) pairs, so a grad_y tile
+    is read once per kernel row, not once per tap, and the pixel index arithmetic is shared by the row's
+    taps. The rows vary fastest, so the KH programs reading one grad_y tile run together and share it
+    through L2. Splits give the pixel reduction its parallelism: each writes its fp32 partial, and the
+    last split of a (row, channel tile, input-channel block) to finish sums them in split order
+    (deterministic), scales, casts and stores them in grad_w's layout.
     """
-    pid_tap = tl.program_id(0)
+    kh = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_split = tl.program_id(2)
-    kh = pid_tap // KW
-    kw = pid_tap - kh * KW
 
     c0 = pid_c * BLOCK_OUT
     offs_co = c0 + tl.arange(0, BLOCK_OUT)
@@ -553,45 +595,62 @@ def conv2d_grad_weight_kernel(
     in_start = tl.multiple_of((c0 // OUT_PER_GROUP) * IN_PER_GROUP, IN_ALIGN)
     in_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP, IN_ALIGN)
 
-    hw_out = H_out * W_out
+    # The pixels come in (TILE_N, TILE_H, TILE_W) boxes of the output, all powers of two: a box's pixel
+    # (n, oh, ow) is its corner plus shifts and masks of the lane index, no per-pixel division. A split
+    # reduces over UNITS_PER_SPLIT consecutive boxes.
+    tiles_w = tl.cdiv(W_out, TILE_W)
+    tiles_hw = tl.cdiv(H_out, TILE_H) * tiles_w
     if WIDE_PIXEL_INDEX:
-        p_total = N.to(tl.int64) * hw_out
-        p_start = pid_split.to(tl.int64) * PIXELS_PER_SPLIT
-    else:  # pixel indices below 2^31: the per-pixel divisions in the loop are 32-bit, not 64-bit calls
-        p_total = N * hw_out
-        p_start = pid_split * PIXELS_PER_SPLIT
-    p_end = tl.minimum(p_start + PIXELS_PER_SPLIT, p_total)
+        units = tl.cdiv(N, TILE_N).to(tl.int64) * tiles_hw
+        u_start = pid_split.to(tl.int64) * UNITS_PER_SPLIT
+    else:  # box indices below 2^31 (the launcher's check): 32-bit divisions
+        units = tl.cdiv(N, TILE_N) * tiles_hw
+        u_start = pid_split * UNITS_PER_SPLIT
+    u_end = tl.minimum(u_start + UNITS_PER_SPLIT, units)
+    lane = tl.arange(0, TILE_N * TILE_H * TILE_W)
+    lane_n = lane // (TILE_H * TILE_W)
+    lane_h = (lane // TILE_W) % TILE_H
+    lane_w = lane % TILE_W
     taps = KH * KW
     w_split_stride = C_OUT * IN_PER_GROUP * taps
     splits = tl.num_programs(2)
 
+    # the tile's columns: (kw, in-channel) pairs, KW_BLOCK taps of BLOCK_IN channels; along a run of BLOCK_IN
+    # columns the tap is constant and the channel contiguous, so the x loads vectorize along channels
+    col = tl.arange(0, KW_BLOCK * BLOCK_IN)
+    col_kw = tl.max_constancy(col // BLOCK_IN, BLOCK_IN)
+    col_ci = tl.max_contiguous(tl.multiple_of(col % BLOCK_IN, BLOCK_IN), BLOCK_IN)
+    col_dw = col_kw * DIL_W
     for ci0 in range(in_start, in_end, BLOCK_IN):
-        offs_ci = ci0 + tl.arange(0, BLOCK_IN)
-        ci_mask = offs_ci < in_end
+        offs_ci = ci0 + col_ci
+        ci_mask = (offs_ci < in_end) & (col_kw < KW)
         group_ci = offs_ci // IN_PER_GROUP
+        col_offs = col_dw.to(tl.int64) * x_stride_w + offs_ci.to(tl.int64) * x_stride_c
         if X_BN_RELU:
             _, _, scale_ci, shift_ci = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                       offs_ci, ci_mask)
-        acc = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_OUT, KW_BLOCK * BLOCK_IN], dtype=tl.float32)
         bias_acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
-        for p0 in range(p_start, p_end, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            p_mask = offs_p < p_end
-            n = offs_p // hw_out
-            rem = offs_p - n * hw_out
-            oh = rem // W_out
-            ow = rem - oh * W_out
+        for unit in range(u_start, u_end):
+            box_n = unit // tiles_hw
+            box_hw = (unit - box_n * tiles_hw).to(tl.int32)
+            box_h = box_hw // tiles_w
+            n = box_n.to(tl.int32) * TILE_N + lane_n
+            oh = box_h * TILE_H + lane_h
+            ow = (box_hw - box_h * tiles_w) * TILE_W + lane_w
+            p_mask = (n < N) & (oh < H_out) & (ow < W_out)
             n = n.to(tl.int64)  # element offsets may pass 2^31 where pixel indices do not
             gy_offs = (n * gy_stride_n + oh.to(tl.int64) * gy_stride_h + ow.to(tl.int64) * gy_stride_w)[None, :] \
                 + offs_co[:, None].to(tl.int64) * gy_stride_c
             gy_t = tl.load(grad_y_ptr + gy_offs, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
+            # one x tile serves the row's KW taps: pixel (ih, iw0) and its KW - 1 neighbours along W
             ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-            iw = ow * STRIDE_W - PAD_W + kw * DIL_W
-            valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_offs = (n * x_stride_n + ih.to(tl.int64) * x_stride_h + iw.to(tl.int64) * x_stride_w)[:, None] \
-                + offs_ci[None, :].to(tl.int64) * x_stride_c
-            x_mask = valid[:, None] & ci_mask[None, :]
-            x_tile = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+            iw0 = ow * STRIDE_W - PAD_W
+            rows = n * x_stride_n + ih.to(tl.int64) * x_stride_h + iw0.to(tl.int64) * x_stride_w
+            row_valid = p_mask & (ih >= 0) & (ih < H)
+            iw = iw0[:, None] + col_dw[None, :]
+            x_mask = row_valid[:, None] & (iw >= 0) & (iw < W) & ci_mask[None, :]
+            x_tile = tl.load(x_ptr + (rows[:, None] + col_offs[None, :]), mask=x_mask, other=0.0)
             if X_BN_RELU:
                 t = relu(x_tile.to(tl.float32) * scale_ci[None, :] + shift_ci[None, :])
                 x_tile = tl.where(x_mask, t, 0.0).to(x_tile.dtype)
@@ -599,30 +658,31 @@ def conv2d_grad_weight_kernel(
             if HAS_BIAS:
                 bias_acc += tl.sum(gy_t.to(tl.float32), axis=1)
         local_ci = offs_ci - group_ci * IN_PER_GROUP
-        tile_offs = offs_co[:, None] * (IN_PER_GROUP * taps) + local_ci[None, :] * taps + pid_tap
+        tap = kh * KW + col_kw
+        tile_offs = offs_co[:, None] * (IN_PER_GROUP * taps) + (local_ci * taps + tap)[None, :]
         keep = (group_co[:, None] == group_ci[None, :]) & co_mask[:, None] & ci_mask[None, :]
         tl.store(partial_w_ptr + pid_split * w_split_stride + tile_offs, acc, mask=keep)
-        bias_block = (pid_tap == 0) & (ci0 + BLOCK_IN >= in_end)  # one block of one tap carries the bias
+        bias_block = (kh == 0) & (ci0 + BLOCK_IN >= in_end)  # one block of one kernel row carries the bias
         if HAS_BIAS:
             tl.store(partial_b_ptr + pid_split * C_OUT + offs_co, bias_acc, mask=co_mask & bias_block)
-        # this block's last split to finish sums the splits (a counter per tap, channel tile and block:
+        # this block's last split to finish sums the splits (a counter per kernel row, channel tile and block:
         # reducing here, not after the loop, keeps no tile bounds alive across it)
-        counter = (pid_tap * tl.num_programs(1) + pid_c) * tl.cdiv(C_IN, BLOCK_IN) + ci0 // BLOCK_IN
+        counter = (kh * tl.num_programs(1) + pid_c) * tl.cdiv(C_IN, BLOCK_IN) + ci0 // BLOCK_IN
         if last_to_arrive(counter_ptr + counter, splits):
-            total = tl.zeros([BLOCK_OUT, BLOCK_IN], dtype=tl.float32)
+            total = tl.zeros([BLOCK_OUT, KW_BLOCK * BLOCK_IN], dtype=tl.float32)
             for split in range(0, splits):
                 total += tl.load(partial_w_ptr + split * w_split_stride + tile_offs, mask=keep, other=0.0,
                                  cache_modifier=".cg")
-            gw_offs = offs_co[:, None] * gw_stride_out + local_ci[None, :] * gw_stride_in \
-                + kh * gw_stride_kh + kw * gw_stride_kw
+            gw_offs = offs_co[:, None] * gw_stride_out + (local_ci * gw_stride_in + col_kw * gw_stride_kw)[None, :] \
+                + kh * gw_stride_kh
             total = total * alpha
             if CARRIES >= 1:
-                cw_offs = offs_co[:, None] * cw_stride_out + local_ci[None, :] * cw_stride_in \
-                    + kh * cw_stride_kh + kw * cw_stride_kw
+                cw_offs = offs_co[:, None] * cw_stride_out + (local_ci * cw_stride_in + col_kw * cw_stride_kw)[None, :] \
+                    + kh * cw_stride_kh
                 total += tl.load(carry_w_ptr + cw_offs, mask=keep, other=0.0).to(tl.float32)
             if CARRIES >= 2:
-                c2w_offs = offs_co[:, None] * c2w_stride_out + local_ci[None, :] * c2w_stride_in \
-                    + kh * c2w_stride_kh + kw * c2w_stride_kw
+                c2w_offs = offs_co[:, None] * c2w_stride_out \
+                    + (local_ci * c2w_stride_in + col_kw * c2w_stride_kw)[None, :] + kh * c2w_stride_kh
                 total += tl.load(carry2_w_ptr + c2w_offs, mask=keep, other=0.0).to(tl.float32)
             tl.store(grad_w_ptr + gw_offs, total.to(grad_w_ptr.dtype.element_ty), mask=keep)
             if HAS_BIAS:
