@@ -65,7 +65,7 @@ def _gather_variants():
 
 def _grad_weight_variants():
     conv3x3 = dict(KH=3, KW=3, KW_BLOCK=4, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, OUT_ALIGN=8,
-                   IN_ALIGN=8, WIDE_PIXEL_INDEX=False, TILE_N=1, TILE_H=2, TILE_W=32)
+                   IN_ALIGN=8, WIDE_PIXEL_INDEX=False, TILE_N=4, TILE_H=4, TILE_W=4)
     return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 0}),
             ("grad weight of B, relu(bn1(r)) recomputed",
              {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True, "CARRIES": 0}),

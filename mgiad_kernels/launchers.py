@@ -17,6 +17,7 @@ from .conv_geometry import ConvGeometry
 
 _PIXEL_INDEX_LIMIT = 2 ** 31  # pixel counts from which the gather and grad weight index pixels in 64 bits
 _GRAD_WEIGHT_BOX = 64  # output pixels per step of grad weight's reduction
+_GRAD_WEIGHT_BOX_SIDE = 4  # its rows and columns, at most
 _UNITS_PER_SPLIT_MIN = 4  # the fewest pixel boxes a grad-weight split reduces over
 _SMALLEST_CHANNEL_TILE = 16  # of every config: bounds the channel tiles a launch has (arrival counters)
 
@@ -31,11 +32,11 @@ def _next_power_of_2(n: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def grad_weight_pixel_box(n_batch: int, h_out: int, w_out: int) -> tuple[int, int, int]:
-    """(TILE_N, TILE_H, TILE_W): grad weight's box of _GRAD_WEIGHT_BOX output pixels, powers of two: as wide
-    as the rows (up to the box), as tall as the images (up to what is left), then as many images as fill it.
-    A bucket of the sizes (their powers of two), so close resolutions share a compiled kernel."""
-    tile_w = min(_next_power_of_2(max(w_out, 1)), _GRAD_WEIGHT_BOX)
-    tile_h = min(_next_power_of_2(max(h_out, 1)), _GRAD_WEIGHT_BOX // tile_w)
+    """(TILE_N, TILE_H, TILE_W): grad weight's box of _GRAD_WEIGHT_BOX output pixels, powers of two: 4x4
+    pixels of 4 images, narrower only where the images are (then more images), so every level of a
+    multigrid network from 4x4 up shares one compiled kernel per key."""
+    tile_w = min(_next_power_of_2(max(w_out, 1)), _GRAD_WEIGHT_BOX_SIDE)
+    tile_h = min(_next_power_of_2(max(h_out, 1)), _GRAD_WEIGHT_BOX_SIDE)
     return _GRAD_WEIGHT_BOX // (tile_w * tile_h), tile_h, tile_w
 
 

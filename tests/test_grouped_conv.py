@@ -129,21 +129,21 @@ def test_grad_weight_is_deterministic():
 def test_grad_weight_splits_the_pixel_reduction():
     """Enough pixels for several splits: partial sums must add up to the full reduction."""
     torch.manual_seed(5)
-    x, w, _ = _make(3, 8, 8, 20, 20, 3, 2, False, torch.float32)  # 30 boxes of 1 x 2 x 32: several splits
+    x, w, _ = _make(3, 8, 8, 20, 20, 3, 2, False, torch.float32)  # 25 boxes of 4 x 4 x 4: several splits
     _check_against_reference(x, w, None, 1, 1, 2, "triton", torch.float32)
 
 
 @pytest.mark.parametrize("sizes, box", [
-    ((128, 32, 32), (1, 2, 32)),  # rows of the image, two at a time
-    ((128, 8, 8), (1, 8, 8)),  # one whole image
-    ((128, 4, 4), (4, 4, 4)),  # coarse levels: several images per box
+    ((128, 32, 32), (4, 4, 4)),  # 4x4 pixels of 4 images at every level from 4x4 up: one compiled kernel
+    ((128, 4, 4), (4, 4, 4)),
+    ((128, 2, 2), (16, 2, 2)),  # smaller images: more of them
     ((1, 1, 1), (64, 1, 1)),  # a pixel per image: the box spans the batch
-    ((2, 7, 100), (1, 1, 64)),  # wide rows: a strip of one
-    ((3, 5, 7), (1, 8, 8)),  # odd sizes round up to powers of two
+    ((2, 1, 100), (16, 1, 4)),  # a single row
+    ((3, 5, 3), (4, 4, 4)),  # odd sizes: the box's powers of two
 ])
 def test_grad_weight_pixel_box(sizes, box):
-    """grad weight reduces over (TILE_N, TILE_H, TILE_W) boxes of 64 output pixels, powers of two,
-    shaped after the output so few of their pixels are masked."""
+    """grad weight reduces over (TILE_N, TILE_H, TILE_W) boxes of 64 output pixels, powers of two, the same
+    at every resolution from 4x4 up (one compiled kernel per key), narrower for smaller images."""
     from mgiad_kernels.launchers import grad_weight_pixel_box
 
     assert grad_weight_pixel_box(*sizes) == box
