@@ -30,7 +30,6 @@ def _next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-@functools.lru_cache(maxsize=None)
 def grad_weight_pixel_box(n_batch: int, h_out: int, w_out: int) -> tuple[int, int, int]:
     """(TILE_N, TILE_H, TILE_W): grad weight's box of _GRAD_WEIGHT_BOX output pixels, powers of two: 4x4
     pixels of 4 images, narrower only where the images are (then more images), so every level of a

@@ -603,7 +603,7 @@ def conv2d_grad_weight_kernel(
     if WIDE_PIXEL_INDEX:
         units = tl.cdiv(N, TILE_N).to(tl.int64) * tiles_hw
         u_start = pid_split.to(tl.int64) * UNITS_PER_SPLIT
-    else:  # box indices below 2^31 (the launcher's check): 32-bit divisions
+    else:  # fewer than 2^31 pixels, so fewer boxes: 32-bit divisions
         units = tl.cdiv(N, TILE_N) * tiles_hw
         u_start = pid_split * UNITS_PER_SPLIT
     u_end = tl.minimum(u_start + UNITS_PER_SPLIT, units)
