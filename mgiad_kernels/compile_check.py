@@ -89,18 +89,22 @@ def _signature(jit_fn, constexprs: dict, dtype: str) -> dict:
     return signature
 
 
-def _compile(kernel, constexprs: dict, dtype: str, target, num_warps: int = 4, num_stages: int = 3):
+def _compile(kernel, constexprs: dict, dtype: str, target, num_warps: int = 4, num_stages: int = 3,
+             maxnreg: int | None = None):
     import triton
     from triton.compiler import ASTSource
     from triton.runtime.autotuner import Autotuner
 
     jit_fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
     src = ASTSource(fn=jit_fn, signature=_signature(jit_fn, constexprs, dtype), constexprs=constexprs)
-    return triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return triton.compile(src, target=target, options=options)
 
 
 def jobs(dtypes, quick: bool = False):
-    """Every (label, kernel, constexprs, dtype, num_warps, num_stages) to compile.
+    """Every (label, kernel, constexprs, dtype, num_warps, num_stages, maxnreg) to compile.
 
     Gather variants compile with the first and the last config of the autotune list, or the last only if ``quick``.
     """
@@ -115,22 +119,25 @@ def jobs(dtypes, quick: bool = False):
             for cfg in (gather_configs[-1],) if quick else (gather_configs[0], gather_configs[-1]):
                 consts = {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}
                 out.append((f"gather: {label} {cfg.kwargs}", conv.conv2d_gather_kernel, consts, dtype,
-                            cfg.num_warps, cfg.num_stages))
+                            cfg.num_warps, cfg.num_stages, cfg.maxnreg))
         for label, flags in _grad_weight_variants():
             cfg = grad_configs[0]
             out.append((f"{label} {cfg.kwargs}", conv.conv2d_grad_weight_kernel,
-                        {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}, dtype, cfg.num_warps, cfg.num_stages))
-        block = dict(BLOCK_P=64, BLOCK_C=32)
+                        {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}, dtype, cfg.num_warps, cfg.num_stages,
+                        cfg.maxnreg))
+        block = dict(BLOCK_P=64, BLOCK_C=32, PIXEL_DENSE=True)  # channels_last activations, as mgiad trains
         out += [
             ("bn_relu_residual, batch counted", batchnorm.bn_relu_residual_kernel, dict(block, COUNT_BATCH=True),
-             dtype, 4, 3),
-            ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, block, dtype, 4, 3),
+             dtype, 4, 3, None),
+            ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, block, dtype, 4, 3, None),
+            ("bn_relu_grad_sums, pixels by (n, h, w)", batchnorm.bn_relu_grad_sums_kernel,
+             dict(block, PIXEL_DENSE=False), dtype, 4, 3, None),
             ("bn_backward relu, batch stats", batchnorm.bn_backward_kernel,
-             dict(block, RELU_MASK=True, BATCH_STATS=True, CARRIES=0), dtype, 4, 3),
+             dict(block, RELU_MASK=True, BATCH_STATS=True, CARRIES=0), dtype, 4, 3, None),
             ("bn_backward fixed stats", batchnorm.bn_backward_kernel,
-             dict(block, RELU_MASK=False, BATCH_STATS=False, CARRIES=0), dtype, 4, 3),
+             dict(block, RELU_MASK=False, BATCH_STATS=False, CARRIES=0), dtype, 4, 3, None),
             ("bn_backward batch stats, a run's two carried f gradients added", batchnorm.bn_backward_kernel,
-             dict(block, RELU_MASK=False, BATCH_STATS=True, CARRIES=2), dtype, 4, 3),
+             dict(block, RELU_MASK=False, BATCH_STATS=True, CARRIES=2), dtype, 4, 3, None),
         ]
     return out
 
@@ -166,9 +173,9 @@ def main(argv=None) -> int:
     target = GPUTarget("cuda", args.arch, 32)
     start = time.perf_counter()
     todo = jobs(dtypes, args.quick)
-    for i, (label, kernel, consts, dtype, warps, stages) in enumerate(todo, 1):
+    for i, (label, kernel, consts, dtype, warps, stages, maxnreg) in enumerate(todo, 1):
         try:
-            compiled = _compile(kernel, consts, dtype, target, warps, stages)
+            compiled = _compile(kernel, consts, dtype, target, warps, stages, maxnreg)
         except Exception as exc:  # report which variant failed, then fail
             print(f"FAILED [{dtype}] {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1

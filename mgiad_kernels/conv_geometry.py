@@ -77,6 +77,21 @@ class ConvGeometry:
     dilation: tuple[int, int]
     out_hw: tuple[int, int]
 
+    def __post_init__(self):
+        # launch-site keys hold a geometry and are hashed on every launch: hash the fields once
+        try:
+            fields_hash = hash(self._fields())
+        except TypeError:  # symbolic sizes (tracing with dynamic shapes) are not hashable
+            fields_hash = None
+        object.__setattr__(self, "_hash", fields_hash)
+
+    def _fields(self) -> tuple:
+        return (self.in_channels, self.out_channels, self.groups, self.kernel_h, self.kernel_w, self.stride,
+                self.padding, self.dilation, self.out_hw)
+
+    def __hash__(self) -> int:
+        return self._hash if self._hash is not None else hash(self._fields())
+
     @property
     def in_per_group(self) -> int:
         return self.in_channels // self.groups

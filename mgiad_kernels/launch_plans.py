@@ -13,7 +13,6 @@ Under the interpreter, through the autotuner and with plans disabled, every laun
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 _MAX_SITES = 4096  # distinct (shape, layout, fusion) launches kept per cache; the oldest go first beyond it
@@ -55,13 +54,17 @@ def set_enabled(enabled: bool) -> bool:
     return previous
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_runtime():
-    from triton import knobs
-    from triton.runtime.driver import driver
-    from triton.runtime.jit import JITFunction
+_TRITON: list = []  # [knobs.runtime, the driver config, JITFunction], bound at the first launch
 
-    return knobs.runtime, driver, JITFunction
+
+def _triton_runtime() -> list:
+    if not _TRITON:
+        from triton import knobs
+        from triton.runtime.driver import driver
+        from triton.runtime.jit import JITFunction
+
+        _TRITON.extend((knobs.runtime, driver, JITFunction))
+    return _TRITON
 
 
 class LaunchSite:
@@ -70,7 +73,8 @@ class LaunchSite:
     ``through_triton``: always launch through ``jit_fn[grid]`` (an Autotuner: it benchmarks and picks the
     tile; ``grid`` is then a function of the chosen meta-parameters)."""
 
-    __slots__ = ("jit_fn", "grid", "rest", "constexprs", "options", "through_triton", "plans", "args_tail", "live")
+    __slots__ = ("jit_fn", "grid", "rest", "constexprs", "options", "through_triton", "plans", "args_tail",
+                 "checked")
 
     def __init__(self, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False):
         self.jit_fn, self.rest, self.constexprs, self.options = jit_fn, rest, constexprs, options
@@ -79,30 +83,30 @@ class LaunchSite:
         self.plans: dict = {}  # misaligned-pointer bits -> (driver, launcher, function, packed metadata, kernel,
         #                                              the driver's current-stream and current-device functions)
         self.args_tail = None  # rest + the constexprs in parameter order: what the compiled launcher takes
-        self.live = None  # positions of the pointers that are not the placeholder, set at the first launch
+        self.checked = None  # positions of the pointers that are not the placeholder, whose alignment a
+        #                      launch checks; set at the first direct launch
 
     def launch(self, pointers: tuple, placeholder=None) -> None:
         """Launch on ``pointers``, the kernel's leading tensor arguments. ``placeholder``: the 16-byte aligned
         tensor that stands in for the pointers a launch does not use; the site key must fix which those are
         (their alignment is not checked)."""
-        if self.through_triton or not _STATE["enabled"]:
-            self.jit_fn[self.grid](*pointers, *self.rest, **self.constexprs, **self.options)
-            return
-        live = self.live
-        if live is None:
-            live = self.live = tuple(i for i, t in enumerate(pointers) if t is not placeholder)
+        checked = self.checked
+        if checked is None or not _STATE["enabled"]:
+            if self.through_triton or not _STATE["enabled"]:
+                self.jit_fn[self.grid](*pointers, *self.rest, **self.constexprs, **self.options)
+                return
+            checked = self.checked = tuple(i for i, t in enumerate(pointers) if t is not placeholder)
         misaligned = 0  # a bit per pointer not 16-byte aligned
-        for i in live:
+        for i in checked:
             if pointers[i].data_ptr() & 15:
                 misaligned |= 1 << i
-        runtime, driver, _ = _triton_runtime()
+        runtime, driver, _ = _TRITON
         active = driver.active
         plan = self.plans.get(misaligned)
         if plan is None or plan[0] is not active:
             self._first_launch(pointers, misaligned, active)
             return
         _, run, function, packed, kernel, current_stream, current_device = plan
-        stream = current_stream(current_device())
         args = pointers + self.args_tail
         # the hooks as Triton passes them, but None for an empty HookChain (triton >= 3.5 keeps a chain
         # that is never None): the launcher then calls nothing and no launch metadata is built
@@ -111,6 +115,7 @@ class LaunchSite:
             enter = None
         if leave is not None and not getattr(leave, "calls", True):
             leave = None
+        stream = current_stream(current_device())
         metadata = kernel.launch_metadata(self.grid, stream, *args) if enter is not None else None
         run(*self.grid, stream, function, packed, metadata, enter, leave, *args)
 
@@ -130,15 +135,3 @@ def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,
              through_triton: bool = False) -> LaunchSite:
     """Make and keep the site of ``key`` (see LaunchSite)."""
     return SITES.put(key, LaunchSite(jit_fn, grid, rest, constexprs, options, through_triton))
-
-
-def launch(key, jit_fn, grid: tuple, pointers: tuple, rest: tuple, constexprs: dict, options: dict,
-           placeholder=None) -> None:
-    """jit_fn[grid](*pointers, *rest, **constexprs, **options) through the site of ``key``, made on first use.
-
-    For launchers whose arguments are cheap to build: ``key`` must fix ``rest``, ``constexprs``, ``options``,
-    the grid, the pointers' dtypes and device, and which pointers are ``placeholder``."""
-    site = SITES.get(key)
-    if site is None:
-        site = add_site(key, jit_fn, grid, rest, constexprs, options)
-    site.launch(pointers, placeholder)

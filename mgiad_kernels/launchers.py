@@ -263,7 +263,8 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT, INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     config = None if conv.autotune_enabled() else conv.default_gather_config(
-        dst_per_group, red_per_group, src.element_size(), conv.gather_pixels_bucket(pixels))
+        dst_per_group, red_per_group, src.element_size(), conv.gather_pixels_bucket(pixels),
+        tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad")
     return launch_plans.SITES.put(key, _tiled_site(conv.conv2d_gather_kernel, grid, rest, constexprs, config))
 
 
@@ -287,7 +288,8 @@ def _tiled_site(kernel, grid, rest: tuple, constexprs: dict, config) -> launch_p
         return launch_plans.LaunchSite(kernel, grid, rest, constexprs, {}, through_triton=True)
     constexprs = {**constexprs, **config.kwargs}
     return launch_plans.LaunchSite(kernel.fn, grid(constexprs), rest, constexprs,
-                                   {"num_warps": config.num_warps, "num_stages": config.num_stages})
+                                   {"num_warps": config.num_warps, "num_stages": config.num_stages,
+                                    **({"maxnreg": config.maxnreg} if config.maxnreg else {})})
 
 
 def _global_settings() -> tuple:
@@ -309,9 +311,10 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     F.conv2d's semantics; the sum is the FAS residual and correction (MGiaD eq. 6-7, Alg. 2).
     Warm, a call is a key lookup, the output's allocation and the launch.
     """
-    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, x.get_device(), geo.stride, geo.padding,
-           geo.dilation, geo.groups, geo.out_hw, None if bias is None else (bias.stride(0), bias.dtype),
-           None if other is None else (other.stride(), other.dtype), alpha, *_global_settings())
+    # the geometry fixes the weight's shape and the output's; its hash is computed once (ConvGeometry)
+    key = (geo, x.shape, x.stride(), weight.stride(), x.dtype, x.get_device(),
+           None if bias is None else (bias.stride(0), bias.dtype),
+           None if other is None else (other.stride(), other.dtype), alpha, _global_settings())
     site = _FORWARD_SITES.get(key)
     if site is None:
         y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
@@ -478,12 +481,26 @@ def _batchnorm_kernels():
 _ELEMENTWISE_TILE = {"BLOCK_P": _ELEMENTWISE_BLOCK_P, "BLOCK_C": _ELEMENTWISE_BLOCK_C}
 
 
-def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, **flags) -> None:
+def _pixels_evenly_spaced(t: torch.Tensor) -> bool:
+    """Pixel (n, h, w) of the (N, C, H, W) tensor at (n*H*W + h*W + w) * stride_w: channels_last with no gaps
+    between rows or images."""
+    n, _, h, w = t.shape
+    stride_n, _, stride_h, stride_w = t.stride()
+    return (h == 1 or stride_h == w * stride_w) and (n == 1 or stride_n == h * w * stride_w)
+
+
+def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, activations: tuple, **flags) -> None:
     """Launch a BatchNorm kernel on the (pixels, channels) tile grid through its launch site. The flags
-    fix which pointers are the scratch placeholder."""
+    fix which pointers are the scratch placeholder; ``activations``: the (N, C, H, W) tensors it indexes by
+    pixel, whose strides and sizes ``rest`` holds (PIXEL_DENSE when all are evenly spaced)."""
     device = pointers[0].device
     key = (id(kernel), grid, rest, *flags.values(), *[t.dtype for t in pointers], device)
-    launch_plans.launch(key, kernel, grid, pointers, rest, {**flags, **_ELEMENTWISE_TILE}, {}, scratch(device))
+    site = launch_plans.SITES.get(key)
+    if site is None:
+        dense = all(_pixels_evenly_spaced(t) for t in activations)
+        site = launch_plans.add_site(key, kernel, grid, rest, {**flags, "PIXEL_DENSE": dense, **_ELEMENTWISE_TILE},
+                                     {})
+    site.launch(pointers, scratch(device))
 
 
 def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
@@ -529,7 +546,7 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
                else (scratch(u.device),) * 2)
     _elementwise(_batchnorm_kernels().bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
                  (s, u, out, *bn2.pointers(), *batches),
-                 (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps),
+                 (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps), (s, u, out),
                  COUNT_BATCH=running_updates is not None)
     return out, r, s, stats
 
@@ -585,12 +602,12 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
     sums2 = torch.empty((2, channels), device=u.device, dtype=torch.float32)  # sum g, sum g * s_hat
     _elementwise(bnk.bn_relu_grad_sums_kernel, grid,
                  (grad_out, s, partial2, sums2, arrival_counters(u.device, grid[1]), *bn2.pointers()),
-                 (*grad_out.stride(), *s.stride(), pixels, h * w, w, channels, grid[0], bn2.eps))
+                 (*grad_out.stride(), *s.stride(), pixels, h * w, w, channels, grid[0], bn2.eps), (grad_out, s))
     grad_s = _empty_activation(u, fmt)
     unused = scratch(u.device)
     _elementwise(bnk.bn_backward_kernel, grid, (grad_out, s, grad_s, unused, unused, unused, sums2, *bn2.pointers()),
                  (*grad_out.stride(), *s.stride(), *grad_s.stride(), *(0,) * 8, pixels, h * w, w, channels,
-                  bn2.eps, 1.0 / pixels), RELU_MASK=True, BATCH_STATS=batch_stats, CARRIES=0)
+                  bn2.eps, 1.0 / pixels), (grad_out, s, grad_s), RELU_MASK=True, BATCH_STATS=batch_stats, CARRIES=0)
 
     grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
     sums1 = torch.empty((2, channels), device=u.device, dtype=torch.float32)
@@ -608,6 +625,7 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
                  (grad_x1, r, grad_r, *carry_ptrs, grad_f if carry_fs else unused, sums1, *bn1.pointers()),
                  (*grad_x1.stride(), *r.stride(), *grad_r.stride(), *carry_strides,
                   pixels, h * w, w, channels, bn1.eps, 1.0 / pixels),
+                 (grad_x1, r, grad_r, *carry_fs, *([grad_f] if carry_fs else [])),
                  RELU_MASK=False, BATCH_STATS=batch_stats, CARRIES=len(carry_fs))
 
     grad_u = _empty_activation(u, fmt)  # grad_out - A^T grad_r

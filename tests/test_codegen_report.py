@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from mgiad_kernels.codegen_report import AGGREGATE_FIELDS, DTYPES, QUICK_SHAPES, ROW_FIELDS, SHAPES, check_report
+from mgiad_kernels.codegen_report import (AGGREGATE_FIELDS, DTYPES, QUICK_SHAPES, ROW_FIELDS, SHAPES, aggregates,
+                                          check_report)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _REPORT = os.path.join(_ROOT, "benchmarks", "results", "codegen-sm90.json")
@@ -69,6 +70,20 @@ def test_check_report_leaves_what_the_criteria_do_not_cover():
                          {"kind": "aggregate", "op": "conv forward"}]) == []
     both = check_report([_with(spill_bytes=4, load_bits=32)])
     assert len(both) == 2
+
+
+def test_model_best_leaves_out_configs_that_spill():
+    """The model does not price spill traffic, so a spilling swept config is never an op's model-best."""
+    default = _with(predicted_us=30.0, min_bytes=1000, launched_default=True)
+    spilling = _with(predicted_us=10.0, spill_bytes=168, spill_instructions=40, launched_default=False)
+    slower = _with(predicted_us=20.0, launched_default=False)
+    call = type("Call", (), {"op": "conv forward"})()
+    conv_forward = [a for a in aggregates([(default, call)], [default, spilling, slower])
+                    if a["op"] == "conv forward"]
+    assert len(conv_forward) == 1
+    assert conv_forward[0]["predicted_us"] == 30.0 and conv_forward[0]["predicted_us_model_best"] == 20.0
+    alone = aggregates([(default, call)], [default, spilling])
+    assert alone[0]["predicted_us_model_best"] == 30.0
 
 
 def test_committed_report_covers_every_shape_dtype_and_kernel():

@@ -42,32 +42,42 @@ def test_autotune_is_opt_in(setting, autotunes):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     gather, grad_weight, enabled, tile = done.stdout.split()
-    assert (int(gather), int(grad_weight), enabled, int(tile)) == (5, 3, str(autotunes), 16)
+    assert (int(gather), int(grad_weight), enabled, int(tile)) == (6, 3, str(autotunes), 16)
 
 
-_DEFAULT_GATHER_TILES = [  # (dst, red) per group, element size, pixel bucket -> (BLOCK_P, BLOCK_DST, BLOCK_RED, stages)
-    ((8, 8), 4, 2, (256, 16, 16, 2)),  # fp32: 16-wide channel tiles at every group size up to 16
-    ((8, 8), 4, 1, (128, 16, 16, 3)),  # fewer pixels: narrower tiles keep the SMs busy
-    ((8, 8), 4, 0, (64, 16, 16, 3)),
-    ((32, 32), 4, 1, (128, 32, 32, 3)),
-    ((32, 32), 4, 2, (128, 32, 32, 3)),  # 256 pixels with 32-wide channel tiles would take 8 warps
-    ((8, 8), 2, 1, (128, 32, 32, 3)),  # 16-bit: 32-wide tiles over 4 groups load 128 bits
-    ((8, 8), 2, 2, (128, 32, 32, 3)),  # and gain nothing from 256 pixels
-    ((4, 4), 2, 1, (128, 16, 16, 3)),  # 32 wide would span 8 groups: 8x the MMA work
-    ((4, 8), 2, 0, (64, 16, 32, 3)),  # a channel multiplier: each side on its own
-    ((5, 64), 2, 1, (128, 16, 32, 3)),
+_DEFAULT_GATHER_TILES = [  # (dst, red) per group, element size, pixel bucket, BatchNorm across the tile
+    #                        -> (BLOCK_P, BLOCK_DST, BLOCK_RED, stages, maxnreg or 0)
+    ((8, 8), 4, 2, False, (256, 16, 16, 2, 0)),  # fp32: 16-wide channel tiles at every group size up to 16
+    ((8, 8), 4, 2, True, (256, 16, 16, 2, 0)),
+    ((8, 8), 4, 1, False, (128, 32, 32, 3, 0)),  # fewer pixels: 128, 32 wide where that spans at most 4 groups
+    ((8, 8), 4, 1, True, (128, 16, 16, 3, 0)),  # but with a BatchNorm across the tile
+    ((4, 4), 4, 1, False, (128, 16, 16, 3, 0)),  # 32 wide would span 8 groups: 8x the MMA work
+    ((8, 8), 4, 0, False, (64, 16, 16, 3, 0)),  # fewest: narrow tiles keep the SMs busy
+    ((32, 32), 4, 1, False, (128, 32, 32, 3, 0)),
+    ((32, 32), 4, 2, False, (128, 32, 32, 3, 0)),  # fp32 256x32x32 would take 8 warps or 239 registers
+    ((8, 8), 2, 1, False, (128, 32, 32, 3, 0)),  # 16-bit: 32-wide tiles over 4 groups load 128 bits
+    ((8, 8), 2, 2, False, (256, 32, 32, 2, 168)),  # 256 pixels at 3 CTAs' registers
+    ((8, 8), 2, 2, True, (128, 32, 32, 3, 0)),  # a BatchNorm across the tile would need 233-255
+    ((4, 4), 2, 1, False, (128, 16, 16, 3, 0)),  # 32 wide would span 8 groups: 8x the MMA work
+    ((4, 4), 2, 2, True, (256, 16, 16, 2, 0)),
+    ((4, 8), 2, 0, False, (64, 16, 32, 3, 0)),  # a channel multiplier: each side on its own
+    ((5, 64), 2, 1, False, (128, 16, 32, 3, 0)),
+    ((5, 64), 2, 2, False, (128, 16, 32, 3, 0)),  # mixed widths keep 128 pixels
 ]
 
 
 def test_default_gather_tile_follows_the_codegen_study():
     """The default gather tile (no autotuning, sm_90 compiler path): 128 pixels from the first pixel bucket
-    on, 256 at two stages from the second in fp32; 16-bit tiles 32 wide where they span at most 4 groups."""
+    on, 256 at two stages from the second with 16-wide channel tiles, and with 32-wide 16-bit ones (registers
+    capped) unless a BatchNorm spans the tile; tiles 32 wide where they span at most 4 groups in 16-bit, and
+    in fp32 in the middle pixel bucket without a BatchNorm across the tile."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
     code = ("from mgiad_kernels.kernels import conv\n"
-            f"for (dst, red), size, wide, _ in {_DEFAULT_GATHER_TILES!r}:\n"
-            "    c = conv.default_gather_config(dst, red, size, wide)\n"
-            "    print(c.kwargs['BLOCK_P'], c.kwargs['BLOCK_DST'], c.kwargs['BLOCK_RED'], c.num_warps, c.num_stages)")
+            f"for (dst, red), size, wide, bn, _ in {_DEFAULT_GATHER_TILES!r}:\n"
+            "    c = conv.default_gather_config(dst, red, size, wide, tile_batchnorm=bn)\n"
+            "    print(c.kwargs['BLOCK_P'], c.kwargs['BLOCK_DST'], c.kwargs['BLOCK_RED'], c.num_warps, c.num_stages,"
+            " c.maxnreg or 0)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     got = [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
-    assert got == [(*tile[:3], 4, tile[3]) for *_, tile in _DEFAULT_GATHER_TILES]
+    assert got == [(*tile[:3], 4, *tile[3:]) for *_, tile in _DEFAULT_GATHER_TILES]

@@ -12,9 +12,11 @@ import triton.runtime.jit
 from support import DEVICE, ON_GPU, REL_TOL, TRITON_DTYPES, rel_err
 from torch import nn
 
-from mgiad_kernels import (FASRestriction, GroupedConv2d, ProlongationCorrection, SmoothingStep, fas_restriction,
-                           prolongation_correction, residual_conv2d, smoothing_step, smoothing_steps)
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from mgiad_kernels import (FASRestriction, GroupedConv2d, ProlongationCorrection, SmoothingStep, fas_restriction,
+                           launch_plans, launchers, prolongation_correction, residual_conv2d, smoothing_step,
+                           smoothing_steps)
 
 # (N, C, H, W, channels per group, kernel, dilation, bias, channels_last), named after what makes them awkward
 STEP_CASES = [
@@ -122,6 +124,47 @@ def test_fused_step_matches_eager_float64(n, c, h, w, group_size, kernel, dilati
     fused = _check_step(step, u, f, grad, dtype, train)
     if channels_last:
         assert fused["output"].is_contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last(*shape):
+    return torch.empty(*shape).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("make,evenly_spaced", [
+    pytest.param(lambda: _channels_last(2, 8, 5, 3), True, id="channels_last"),
+    pytest.param(lambda: torch.empty(2, 8, 5, 3), False, id="NCHW"),
+    pytest.param(lambda: torch.empty(1, 8, 5, 3), True, id="NCHW-N1"),
+    pytest.param(lambda: _channels_last(2, 16, 5, 3)[:, :8], True, id="channels_last-channel-slice"),
+    pytest.param(lambda: _channels_last(2, 8, 5, 6)[..., :3], False, id="channels_last-column-slice"),
+    pytest.param(lambda: _channels_last(4, 8, 5, 3)[::2], False, id="channels_last-every-other-image"),
+    pytest.param(lambda: _channels_last(2, 8, 1, 3), True, id="channels_last-one-row"),
+    pytest.param(lambda: torch.empty(2, 8, 1, 3), False, id="NCHW-one-row"),
+])
+def test_batchnorm_kernels_index_evenly_spaced_pixels_without_division(make, evenly_spaced):
+    """PIXEL_DENSE (pixel p at p * stride_w) exactly when the tensor's pixels are evenly spaced."""
+    t = make()
+    assert launchers._pixels_evenly_spaced(t) == evenly_spaced
+    if evenly_spaced:
+        n, c, h, w = t.shape
+        flat = torch.arange(n * h * w)
+        nn_, hh, ww = flat // (h * w), flat // w % h, flat % w
+        by_nhw = nn_ * t.stride(0) + hh * t.stride(2) + ww * t.stride(3)
+        assert torch.equal(by_nhw, flat * t.stride(3))
+
+
+def test_fused_step_reads_a_gradient_with_gaps_between_rows():
+    """A gradient sliced from a wider channels_last tensor: the BatchNorm kernels index it by (n, h, w)
+    (PIXEL_DENSE off) and the step still matches float64."""
+    step = _make_step(8, 4, 3, 1, False, "triton")
+    u, f, _ = _inputs(2, 8, 5, 4, torch.float32, True)
+    wide = torch.randn(2, 8, 5, 7, generator=torch.Generator().manual_seed(3))
+    grad = wide.to(DEVICE).contiguous(memory_format=torch.channels_last)[..., 2:6]
+    assert not launchers._pixels_evenly_spaced(grad)
+    launch_plans.clear()
+    _check_step(step, u, f, grad, torch.float32, True)
+    dense = {site.constexprs["PIXEL_DENSE"] for site in launch_plans.SITES.values()
+             if "PIXEL_DENSE" in site.constexprs}
+    assert dense == {True, False}, dense  # the update reads evenly spaced u, s; the backward the sliced grad
 
 
 @pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)

@@ -17,12 +17,17 @@ from .split_reduction import last_to_arrive, sum_rows
 
 
 @triton.jit
-def _tile_offsets(offs_p, offs_c, HW, W, stride_n, stride_c, stride_h, stride_w):
-    """(BLOCK_P, BLOCK_C) element offsets of flat pixel indices n*H*W + h*W + w and channels."""
-    n = offs_p // HW
-    rem = offs_p - n * HW
-    h = rem // W
-    pixel = n * stride_n + h * stride_h + (rem - h * W) * stride_w
+def _tile_offsets(offs_p, offs_c, HW, W, stride_n, stride_c, stride_h, stride_w, PIXEL_DENSE: tl.constexpr):
+    """(BLOCK_P, BLOCK_C) element offsets of flat pixel indices n*H*W + h*W + w and channels. PIXEL_DENSE:
+    the tensor's pixels are evenly spaced (stride_h = W*stride_w, stride_n = H*W*stride_w: channels_last
+    without gaps), so a flat index sits at index * stride_w, with no division."""
+    if PIXEL_DENSE:
+        pixel = offs_p * stride_w
+    else:
+        n = offs_p // HW
+        rem = offs_p - n * HW
+        h = rem // W
+        pixel = n * stride_n + h * stride_h + (rem - h * W) * stride_w
     return pixel[:, None] + offs_c[None, :].to(tl.int64) * stride_c
 
 
@@ -48,6 +53,7 @@ def bn_relu_residual_kernel(
     P, HW, W, C,  # pixels N*H*W, H*W, W, channels
     bn_eps,  # float
     COUNT_BATCH: tl.constexpr,  # training: add one to both num_batches_tracked, as nn.BatchNorm2d does
+    PIXEL_DENSE: tl.constexpr,  # every tensor's pixels evenly spaced (see _tile_offsets)
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known.
@@ -60,13 +66,14 @@ def bn_relu_residual_kernel(
             tl.store(batches2_ptr, tl.load(batches2_ptr) + 1)
     offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     _, _, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps, offs_c, c_mask)
-    x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
-                mask=mask, other=0.0).to(tl.float32)
-    res_offs = _tile_offsets(offs_p, offs_c, HW, W, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
+    x_offs = _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w, PIXEL_DENSE)
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+    res_offs = _tile_offsets(offs_p, offs_c, HW, W, res_stride_n, res_stride_c, res_stride_h, res_stride_w, PIXEL_DENSE)
     res = tl.load(residual_ptr + res_offs, mask=mask, other=0.0).to(tl.float32)
     out = res + relu(x * scale[None, :] + shift[None, :])
-    tl.store(out_ptr + _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w),
-             out.to(out_ptr.dtype.element_ty), mask=mask)
+    out_offs = _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w,
+                             PIXEL_DENSE)
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["P", "HW", "W", "C", "ROWS"])
@@ -81,6 +88,7 @@ def bn_relu_grad_sums_kernel(
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
     P, HW, W, C, ROWS,  # pixels N*H*W, H*W, W, channels, rows of partial_ptr (pixel tiles)
     bn_eps,  # float
+    PIXEL_DENSE: tl.constexpr,  # every tensor's pixels evenly spaced (see _tile_offsets)
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """BatchNorm-backward reductions through a ReLU: d gamma = sum g x_hat, d beta = sum g; the last pixel
@@ -89,10 +97,11 @@ def bn_relu_grad_sums_kernel(
     offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                               offs_c, c_mask)
-    grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w)
+    grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w,
+                              PIXEL_DENSE)
     grad = tl.load(grad_ptr + grad_offs, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
-                mask=mask, other=0.0).to(tl.float32)
+    x_offs = _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w, PIXEL_DENSE)
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.where(mask, relu_grad(grad, x * scale[None, :] + shift[None, :]), 0.0)
     x_hat = (x - mean[None, :]) * rstd[None, :]
     tl.store(partial_ptr + pid_p * C + offs_c, tl.sum(g, axis=0), mask=c_mask)
@@ -123,17 +132,19 @@ def bn_backward_kernel(
     RELU_MASK: tl.constexpr,  # g = grad * (bn(x) > 0): backward through relu(bn(x))
     BATCH_STATS: tl.constexpr,  # normalized with batch statistics (training) or fixed ones (eval)
     CARRIES: tl.constexpr,  # 0-2: also store dx + the carries, x's gradient summed with other uses', in one pass
+    PIXEL_DENSE: tl.constexpr,  # every tensor's pixels evenly spaced (see _tile_offsets)
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx = gamma * rstd * (g - mean(g) - x_hat * mean(g x_hat)) with batch statistics, else gamma * rstd * g."""
     offs_p, offs_c, c_mask, mask = _elementwise_tile(P, C, BLOCK_P, BLOCK_C)
     mean, rstd, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                               offs_c, c_mask)
-    grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w)
+    grad_offs = _tile_offsets(offs_p, offs_c, HW, W, grad_stride_n, grad_stride_c, grad_stride_h, grad_stride_w,
+                              PIXEL_DENSE)
     g = tl.load(grad_ptr + grad_offs, mask=mask, other=0.0).to(tl.float32)
     if RELU_MASK or BATCH_STATS:
-        x = tl.load(x_ptr + _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w),
-                    mask=mask, other=0.0).to(tl.float32)
+        x_offs = _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w, PIXEL_DENSE)
+        x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
     if RELU_MASK:
         g = relu_grad(g, x * scale[None, :] + shift[None, :])
     if BATCH_STATS:
@@ -142,14 +153,14 @@ def bn_backward_kernel(
         x_hat = (x - mean[None, :]) * rstd[None, :]
         g = g - mean_g[None, :] - x_hat * mean_gx[None, :]
     dx = g * scale[None, :]
-    out_offs = _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w)
+    out_offs = _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w, PIXEL_DENSE)
     tl.store(out_ptr + out_offs, dx.to(out_ptr.dtype.element_ty), mask=mask)
     if CARRIES >= 1:
         carry_offs = _tile_offsets(offs_p, offs_c, HW, W, carry_stride_n, carry_stride_c, carry_stride_h,
-                                   carry_stride_w)
+                                   carry_stride_w, PIXEL_DENSE)
         total = dx + tl.load(carry_ptr + carry_offs, mask=mask, other=0.0).to(tl.float32)
         if CARRIES >= 2:
             carry2_offs = _tile_offsets(offs_p, offs_c, HW, W, carry2_stride_n, carry2_stride_c, carry2_stride_h,
-                                        carry2_stride_w)
+                                        carry2_stride_w, PIXEL_DENSE)
             total += tl.load(carry2_ptr + carry2_offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(total_ptr + out_offs, total.to(total_ptr.dtype.element_ty), mask=mask)

@@ -53,10 +53,23 @@ _MERGE_BLOCK_ROWS: tl.constexpr = tl.constexpr(32)  # partial rows per step of t
 GATHER_MIN_BLOCK_P: tl.constexpr = tl.constexpr(64)  # the smallest BLOCK_P below: sizes the statistics buffers
 
 
+# ptxas's own register choice for the 16-bit 256x32x32 gather tile is 165-176 registers, and from 169 on
+# a 4-warp CTA fits 2 times per SM instead of 3; capped at 168 (.maxnreg) it spills in no launch that
+# takes it by default (codegen report) and issues ~5% more instructions.
+_WIDE_GATHER_MAX_REGISTERS = 168
+
+# ptxas's own register choice for the 4-warp grad-weight tile spilled 8 B at 128 registers (bf16 g_s = 4,
+# BatchNorm recompute; 64-bit loads); told it may use 192 (.maxnreg: at least 2 CTAs of 4 warps per SM) it spills at
+# no shape of the codegen report and issues 2-6% fewer instructions in bf16 (fp32: -6% to +2%). At 168 the
+# fp32 tile spilled 32 B.
+_GRAD_WEIGHT_MAX_REGISTERS = 192
+
+
 def _gather_configs():
-    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter): the default tile and the
-    others that spill at no shape of the codegen report (benchmarks/results/codegen-sm90.md; 64-128 wide
-    channel tiles spilled 0.1-4 KB per thread on sm_90 and are not listed)."""
+    """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter): the default tiles (the
+    16-bit 256x32x32 one spills in fp32, where the autotuner's benchmarks weigh it) and others that spill
+    at no shape of the codegen report (benchmarks/results/codegen-sm90.md; 64-128 wide channel tiles
+    spilled 0.1-4 KB per thread on sm_90 and are not listed)."""
     if interpreter_enabled():  # large blocks keep the interpreter fast
         return [_INTERPRETER_GATHER]
     return [
@@ -64,7 +77,8 @@ def _gather_configs():
         for bp, bd, br, w, s in [
             (128, 32, 32, 4, 3), (64, 16, 16, 4, 3), (128, 16, 16, 4, 3), (256, 32, 32, 8, 3), (256, 16, 16, 4, 2),
         ]
-    ]
+    ] + [triton.Config({"BLOCK_P": 256, "BLOCK_DST": 32, "BLOCK_RED": 32}, num_warps=4, num_stages=2,
+                       maxnreg=_WIDE_GATHER_MAX_REGISTERS)]  # the 16-bit default; it spills in fp32
 
 
 def _grad_weight_configs():
@@ -74,8 +88,8 @@ def _grad_weight_configs():
     if interpreter_enabled():
         return [_INTERPRETER_GRAD_WEIGHT]
     return [
-        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi}, num_warps=w, num_stages=s)
-        for bo, bi, w, s in [(16, 16, 4, 2), (32, 16, 4, 3), (16, 16, 8, 3)]
+        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi}, num_warps=w, num_stages=s, maxnreg=r)
+        for bo, bi, w, s, r in [(16, 16, 4, 2, _GRAD_WEIGHT_MAX_REGISTERS), (32, 16, 4, 3, None), (16, 16, 8, 3, None)]
     ]
 
 
@@ -94,10 +108,11 @@ GATHER_WIDE_PIXELS = 4096  # the pixel-count bucket from which the default gathe
 GATHER_WIDEST_PIXELS = 32768  # and from which the fp32 one is 256 pixels wide
 
 
-def _half_precision_channel_tile(per_group: int) -> int:
-    """The 16-bit gather's channel tile: 32 wherever it spans at most 4 groups (at most 4x the MMA work it
-    needs, issue 13), else the narrowest tile. A 16-wide 16-bit weight tile is 2 elements per thread, so
-    its loads are 32-bit; at 32 wide they are 128-bit (codegen report, 128x32x32 at g_s = 8)."""
+def _wide_channel_tile(per_group: int) -> int:
+    """A gather channel tile 32 wide wherever it spans at most 4 groups (at most 4x the MMA work it needs,
+    issue 13), else the narrowest tile: each step's weight tile and pixel addressing serve twice the
+    channels. A 16-wide 16-bit weight tile is 2 elements per thread, so its loads are 32-bit; at 32 wide
+    they are 128-bit (codegen report, 128x32x32 at g_s = 8)."""
     return 32 if 4 * per_group >= 32 else _channel_tile(per_group)
 
 
@@ -108,28 +123,39 @@ def gather_pixels_bucket(pixels: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def default_gather_config(dst_per_group: int, red_per_group: int, element_size: int,
-                          pixels_bucket: int) -> triton.Config:
+def default_gather_config(dst_per_group: int, red_per_group: int, element_size: int, pixels_bucket: int,
+                          tile_batchnorm: bool = False) -> triton.Config:
     """The gather tile launched when autotuning is off (the default), from what changes the best tile:
-    the group sizes, the element size and the pixel-count bucket (``gather_pixels_bucket``), so a first
-    training step compiles one variant per key and benchmarks nothing.
+    the group sizes, the element size, the pixel-count bucket (``gather_pixels_bucket``) and whether the
+    launch applies a BatchNorm across its tile (``tile_batchnorm``: a prologue relu(bn(src)) or the
+    bn_grad sums of the smoothing step's B^T), so a first training step compiles one variant per key and
+    benchmarks nothing.
 
     From the codegen report's sweep on sm_90 (benchmarks/results/codegen-sm90.md, N=128, every shape):
     wider pixel tiles issue fewer instructions per pixel, as a CTA's fixed work (the pixel decomposition,
-    the pipeline's prologue, the epilogue) is shared by more pixels. fp32 256x16x16 at two stages takes
-    128 registers, 4 CTAs per SM, 0.63 of copy bandwidth at C=64 H=32 g_s=8 by the issue-13 model, against
-    0.47 at 128x16x16 and 0.26 at 64x16x16. bf16 128x32x32 at g_s = 8 loads 128 bits and reaches 0.47;
-    wider bf16 tiles gain nothing. Fewer pixels keep narrower tiles, so the grid still fills the SMs:
-    128 pixels from GATHER_WIDE_PIXELS, 256 (fp32) from GATHER_WIDEST_PIXELS."""
+    the pipeline's prologue, the epilogue) and each step's weight tile are shared by more pixels. fp32
+    256x16x16 at two stages takes 128 registers, 4 CTAs per SM, 0.63 of copy bandwidth at C=64 H=32 g_s=8
+    by the issue-13 model, against 0.47 at 128x16x16 and 0.26 at 64x16x16. 16-bit 256x16x16 (g_s = 4)
+    reaches 0.41 against 0.27 at 128 pixels, and 16-bit 256x32x32 (g_s >= 8) at most 168 registers
+    (_WIDE_GATHER_MAX_REGISTERS) 0.65 against 0.47; with a BatchNorm across the tile that tile spills or
+    needs 233-255 registers, so those launches keep 128 pixels. Between the two pixel buckets fp32 tiles
+    are 32 channels wide where that spans at most 4 groups (C=256 H=8 g_s=8: 128x32x32 0.63, 128-162
+    registers, against 0.48 at 128x16x16), but for a BatchNorm across the tile (206 registers). Fewer
+    pixels keep narrower tiles, so the grid still fills the SMs: 128 pixels from GATHER_WIDE_PIXELS, 256
+    from GATHER_WIDEST_PIXELS."""
     if interpreter_enabled():
         return _INTERPRETER_GATHER
-    channel_tile = _half_precision_channel_tile if element_size == 2 else _channel_tile
+    wide_channels = element_size == 2 or (pixels_bucket == 1 and not tile_batchnorm)
+    channel_tile = _wide_channel_tile if wide_channels else _channel_tile
     block_dst, block_red = channel_tile(dst_per_group), channel_tile(red_per_group)
-    # 256 pixels only with 16-wide channel tiles: the swept 256-pixel tiles with 32-wide ones take 8 warps
-    widest = element_size == 4 and block_dst == block_red == 16
-    block_p = (64, 128, 256 if widest else 128)[pixels_bucket]
+    narrow = block_dst == block_red == 16
+    # 256 pixels with 16-wide channel tiles, or 32-wide 16-bit ones capped at 3 CTAs' registers; the swept
+    # fp32 256-pixel tiles with 32-wide ones take 8 warps or 239 registers
+    wide_half = element_size == 2 and block_dst == block_red == 32 and not tile_batchnorm
+    block_p = (64, 128, 256 if narrow or wide_half else 128)[pixels_bucket]
     return triton.Config({"BLOCK_P": block_p, "BLOCK_DST": block_dst, "BLOCK_RED": block_red}, num_warps=4,
-                         num_stages=2 if block_p == 256 else 3)
+                         num_stages=2 if block_p == 256 else 3,
+                         maxnreg=_WIDE_GATHER_MAX_REGISTERS if block_p == 256 and not narrow else None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,11 +163,12 @@ def default_grad_weight_config(out_per_group: int, in_per_group: int) -> triton.
     """The grad-weight tile launched when autotuning is off (the default), chosen from the group sizes.
     Two stages: on sm_90 (codegen report, 16x16 channel tile, a kernel row of 3 taps, g_s = 8) the loop
     issues 5-10% fewer instructions than with three, and the bf16 BatchNorm-recompute variant does not
-    spill (it spilled 8 B at three stages); wider channel tiles or 8 warps issue more per pixel."""
+    spill (it spilled 8 B at three stages); wider channel tiles or 8 warps issue more per pixel.
+    Registers capped at _GRAD_WEIGHT_MAX_REGISTERS (see there)."""
     if interpreter_enabled():
         return _INTERPRETER_GRAD_WEIGHT
     return triton.Config({"BLOCK_OUT": _channel_tile(out_per_group), "BLOCK_IN": _channel_tile(in_per_group)},
-                         num_warps=4, num_stages=2)
+                         num_warps=4, num_stages=2, maxnreg=_GRAD_WEIGHT_MAX_REGISTERS)
 
 
 @triton.jit
