@@ -448,7 +448,8 @@ def _row(call: Call, shape, dtype: str, launched: bool, analysis_cache: dict) ->
     row = {
         "kind": "kernel", "shape": f"C={c} H={h} g_s={gs}", "C": c, "H": h, "W": h, "group_size": gs, "N": N_BATCH,
         "dtype": dtype, "kernel": call.name, "variant": variant_name(call.name, call.args), "ops": [call.op],
-        "launches": 1, "config": config_label(call.args, warps, stages, getattr(kernel.metadata, "maxnreg", None)), "launched_default": launched,
+        "launches": 1, "config": config_label(call.args, warps, stages, getattr(kernel.metadata, "maxnreg", None)),
+        "launched_default": launched,
         "grid": list(call.grid), "ctas": call.grid[0] * call.grid[1] * call.grid[2], "num_warps": warps,
         "num_stages": stages, "regs": res["REG"], "spill_bytes": res.get("STACK", 0) + res.get("LOCAL", 0),
         "stack_bytes": res.get("STACK", 0), "spill_instructions": analysis["spill_instructions"],

@@ -77,20 +77,18 @@ class ConvGeometry:
     dilation: tuple[int, int]
     out_hw: tuple[int, int]
 
-    def __post_init__(self):
-        # launch-site keys hold a geometry and are hashed on every launch: hash the fields once
-        try:
-            fields_hash = hash(self._fields())
-        except TypeError:  # symbolic sizes (tracing with dynamic shapes) are not hashable
-            fields_hash = None
-        object.__setattr__(self, "_hash", fields_hash)
-
     def _fields(self) -> tuple:
         return (self.in_channels, self.out_channels, self.groups, self.kernel_h, self.kernel_w, self.stride,
                 self.padding, self.dilation, self.out_hw)
 
     def __hash__(self) -> int:
-        return self._hash if self._hash is not None else hash(self._fields())
+        # launch-site keys hold a geometry and are hashed on every launch: hash the fields once, at the first
+        # use (not when built: under torch.compile hashing a symbolic size would specialize it)
+        fields_hash = self.__dict__.get("_hash")
+        if fields_hash is None:
+            fields_hash = hash(self._fields())
+            object.__setattr__(self, "_hash", fields_hash)
+        return fields_hash
 
     @property
     def in_per_group(self) -> int:

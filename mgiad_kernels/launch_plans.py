@@ -63,7 +63,7 @@ def _triton_runtime() -> list:
         from triton.runtime.driver import driver
         from triton.runtime.jit import JITFunction
 
-        _TRITON.extend((knobs.runtime, driver, JITFunction))
+        _TRITON[:] = (knobs.runtime, driver, JITFunction)  # one assignment: threads may race here
     return _TRITON
 
 

@@ -66,18 +66,34 @@ _DEFAULT_GATHER_TILES = [  # (dst, red) per group, element size, pixel bucket, B
 ]
 
 
+def _configs_off_the_interpreter(loop: str, call: str, tile: str) -> list[tuple]:
+    """Run ``for {loop}: c = {call}; print({tile})`` in a process without the interpreter (the sm_90 configs)
+    and return the printed rows as int tuples."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
+    code = f"from mgiad_kernels.kernels import conv\nfor {loop}:\n    c = {call}\n    print({tile})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
+
+
 def test_default_gather_tile_follows_the_codegen_study():
     """The default gather tile (no autotuning, sm_90 compiler path): 128 pixels from the first pixel bucket
     on, 256 at two stages from the second with 16-wide channel tiles, and with 32-wide 16-bit ones (registers
     capped) unless a BatchNorm spans the tile; tiles 32 wide where they span at most 4 groups in 16-bit, and
     in fp32 in the middle pixel bucket without a BatchNorm across the tile."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
-    code = ("from mgiad_kernels.kernels import conv\n"
-            f"for (dst, red), size, wide, bn, _ in {_DEFAULT_GATHER_TILES!r}:\n"
-            "    c = conv.default_gather_config(dst, red, size, wide, tile_batchnorm=bn)\n"
-            "    print(c.kwargs['BLOCK_P'], c.kwargs['BLOCK_DST'], c.kwargs['BLOCK_RED'], c.num_warps, c.num_stages,"
-            " c.maxnreg or 0)")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
+    got = _configs_off_the_interpreter(
+        f"(dst, red), size, wide, bn, _ in {_DEFAULT_GATHER_TILES!r}",
+        "conv.default_gather_config(dst, red, size, wide, tile_batchnorm=bn)",
+        "c.kwargs['BLOCK_P'], c.kwargs['BLOCK_DST'], c.kwargs['BLOCK_RED'], c.num_warps, c.num_stages, c.maxnreg or 0")
     assert got == [(*tile[:3], 4, *tile[3:]) for *_, tile in _DEFAULT_GATHER_TILES]
+
+
+def test_default_grad_weight_tile_caps_registers_only_where_that_cannot_spill():
+    """16x16 channel tiles at two stages; ptxas may use 192 registers for them (it stopped at 128 and spilled),
+    while 32-wide tiles, which need 237-255, keep its own choice."""
+    got = _configs_off_the_interpreter(
+        "out_pg, in_pg in [(4, 4), (8, 8), (16, 16), (8, 32), (32, 32), (64, 64)]",
+        "conv.default_grad_weight_config(out_pg, in_pg)",
+        "c.kwargs['BLOCK_OUT'], c.kwargs['BLOCK_IN'], c.num_warps, c.num_stages, c.maxnreg or 0")
+    assert got == [(16, 16, 4, 2, 192), (16, 16, 4, 2, 192), (16, 16, 4, 2, 192), (16, 32, 4, 2, 0),
+                   (32, 32, 4, 2, 0), (32, 32, 4, 2, 0)]

@@ -228,14 +228,19 @@ def test_torch_compile_traces_without_graph_breaks():
 
 
 def test_torch_compile_with_dynamic_shapes():
-    """Symbolic sizes reach the convolution's geometry (not hashable: it is built, not looked up)."""
+    """Symbolic sizes reach the convolution's geometry (not hashable: it is built, not looked up) and stay
+    symbolic: one graph serves both sizes."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
     torch.manual_seed(8)
     mod = GroupedConv2d(8, 8, 3, padding=1, groups=2, backend="triton").to(DEVICE)
-    compiled = torch.compile(mod, fullgraph=True, dynamic=True, backend="aot_eager" if not ON_GPU else "inductor")
+    counter = CompileCounterWithBackend("aot_eager" if not ON_GPU else "inductor")
+    compiled = torch.compile(mod, fullgraph=True, dynamic=True, backend=counter)
     for hw in (5, 7):
         x = torch.randn(2, 8, hw, hw, device=DEVICE)
         assert_close_rel(compiled(x), F.conv2d(x, mod.weight, mod.bias, padding=1, groups=2), torch.float32,
                          f"compiled output at {hw}x{hw}")
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs: a size was specialized"
 
 
 def test_triton_without_a_runner_falls_back_with_one_warning(monkeypatch):

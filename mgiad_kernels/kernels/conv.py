@@ -58,10 +58,10 @@ GATHER_MIN_BLOCK_P: tl.constexpr = tl.constexpr(64)  # the smallest BLOCK_P belo
 # takes it by default (codegen report) and issues ~5% more instructions.
 _WIDE_GATHER_MAX_REGISTERS = 168
 
-# ptxas's own register choice for the 4-warp grad-weight tile spilled 8 B at 128 registers (bf16 g_s = 4,
-# BatchNorm recompute; 64-bit loads); told it may use 192 (.maxnreg: at least 2 CTAs of 4 warps per SM) it spills at
-# no shape of the codegen report and issues 2-6% fewer instructions in bf16 (fp32: -6% to +2%). At 168 the
-# fp32 tile spilled 32 B.
+# ptxas's own register choice for the 4-warp 16x16 grad-weight tile spilled 8 B at 128 registers (bf16 g_s = 4,
+# BatchNorm recompute; 64-bit loads); told it may use 192 (.maxnreg: at least 2 CTAs of 4 warps per SM) it
+# spills at no shape of the codegen report and issues 2-6% fewer instructions in bf16 (fp32: -6% to +2%). At
+# 168 the fp32 tile spilled 32 B. The 32x32 tile (g_s >= 32) needs 237-255 and keeps ptxas's choice.
 _GRAD_WEIGHT_MAX_REGISTERS = 192
 
 
@@ -164,11 +164,13 @@ def default_grad_weight_config(out_per_group: int, in_per_group: int) -> triton.
     Two stages: on sm_90 (codegen report, 16x16 channel tile, a kernel row of 3 taps, g_s = 8) the loop
     issues 5-10% fewer instructions than with three, and the bf16 BatchNorm-recompute variant does not
     spill (it spilled 8 B at three stages); wider channel tiles or 8 warps issue more per pixel.
-    Registers capped at _GRAD_WEIGHT_MAX_REGISTERS (see there)."""
+    16x16 tiles capped at _GRAD_WEIGHT_MAX_REGISTERS (see there)."""
     if interpreter_enabled():
         return _INTERPRETER_GRAD_WEIGHT
-    return triton.Config({"BLOCK_OUT": _channel_tile(out_per_group), "BLOCK_IN": _channel_tile(in_per_group)},
-                         num_warps=4, num_stages=2, maxnreg=_GRAD_WEIGHT_MAX_REGISTERS)
+    block_out, block_in = _channel_tile(out_per_group), _channel_tile(in_per_group)
+    narrow = block_out == block_in == 16  # 32-wide tiles take 237-255 registers: capped at 192 they spill
+    return triton.Config({"BLOCK_OUT": block_out, "BLOCK_IN": block_in}, num_warps=4, num_stages=2,
+                         maxnreg=_GRAD_WEIGHT_MAX_REGISTERS if narrow else None)
 
 
 @triton.jit
