@@ -402,9 +402,14 @@ def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: b
     pixels = n_batch * h_out * w_out
     tile = grad_weight_pixel_box(n_batch, h_out, w_out)
     units = _cdiv(n_batch, tile[0]) * _cdiv(h_out, tile[1]) * _cdiv(w_out, tile[2])
-    # enough splits to fill the device, none smaller than _UNITS_PER_SPLIT_MIN boxes
+    conv = _kernels()
+    config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
+                                                                                   geo.in_per_group)
+    # enough splits that the grid offers the programs the device wants (kernel rows x channel tiles x
+    # splits; the autotuner's tile is not known yet: its widest), none smaller than _UNITS_PER_SPLIT_MIN boxes
+    channel_tiles = _cdiv(c_out, config.kwargs["BLOCK_OUT"] if config is not None else 32)
     max_splits = max(1, _cdiv(units, _UNITS_PER_SPLIT_MIN))
-    splits = max(1, min(max_splits, _cdiv(parallel_programs_wanted(x.device), geo.kernel_h * _cdiv(c_out, 32))))
+    splits = max(1, min(max_splits, _cdiv(parallel_programs_wanted(x.device), geo.kernel_h * channel_tiles)))
     units_per_split = _cdiv(max(units, 1), splits)
     splits = max(1, _cdiv(units, units_per_split))
     w_strides = torch.empty(w_shape, device="meta", memory_format=memory_format).stride()
@@ -415,7 +420,6 @@ def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: b
             *carry_w_strides, *carry_b_strides,
             n_batch, h, w, h_out, w_out, c_out, c_in, geo.out_per_group, geo.in_per_group, units_per_split,
             float(alpha), float(x_bn.eps) if x_bn is not None else 0.0)
-    conv = _kernels()
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, KW_BLOCK=_next_power_of_2(geo.kernel_w), STRIDE_H=geo.stride[0],
         STRIDE_W=geo.stride[1], PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0],
@@ -424,8 +428,6 @@ def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: b
         IN_ALIGN=channel_alignment(geo.in_per_group), WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT,
         INPUT_PRECISION=_input_precision(x.dtype), TILE_N=tile[0], TILE_H=tile[1], TILE_W=tile[2])
     grid = lambda meta: (geo.kernel_h, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
-    config = None if conv.autotune_enabled() else conv.default_grad_weight_config(geo.out_per_group,
-                                                                                   geo.in_per_group)
     site = _tiled_site(conv.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
     counters = geo.kernel_h * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
     return site, w_strides, ((splits, *w_shape), (splits, *g_shape)), counters, scratch(x.device)

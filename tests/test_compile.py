@@ -97,3 +97,24 @@ def test_default_grad_weight_tile_caps_registers_only_where_that_cannot_spill():
         "c.kwargs['BLOCK_OUT'], c.kwargs['BLOCK_IN'], c.num_warps, c.num_stages, c.maxnreg or 0")
     assert got == [(16, 16, 4, 2, 192), (16, 16, 4, 2, 192), (16, 16, 4, 2, 192), (16, 32, 4, 2, 0),
                    (32, 32, 4, 2, 0), (32, 32, 4, 2, 0)]
+
+
+def test_grad_weight_grid_offers_the_programs_the_device_wants():
+    """Kernel rows x channel tiles of the launched tile x splits = parallel_programs_wanted (4 per SM) at the
+    codegen report's shapes: not twice that, as when the splits assumed 32-wide channel tiles."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
+    code = ("import torch\n"
+            "from mgiad_kernels import launchers\n"
+            "from mgiad_kernels.conv_geometry import ConvGeometry\n"
+            "launchers.parallel_programs_wanted = lambda device: 4 * 132\n"
+            "for c, hw in [(64, 32), (128, 16), (256, 8)]:\n"
+            "    x = torch.empty(128, c, hw, hw).contiguous(memory_format=torch.channels_last)\n"
+            "    geo = ConvGeometry.of(x.shape, (c, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), c // 8)\n"
+            "    site = launchers._grad_weight_site(x, x, geo, (c, 8, 3, 3), False, None, 1.0,\n"
+            "                                       torch.channels_last, ())[0]\n"
+            "    print(*site.grid)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grids = [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
+    assert [g[:2] for g in grids] == [(3, 4), (3, 8), (3, 16)]  # 16-wide tiles at g_s = 8
+    assert [g[0] * g[1] * g[2] for g in grids] == [4 * 132] * 3, grids
