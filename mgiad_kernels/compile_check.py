@@ -108,6 +108,7 @@ def jobs(dtypes, quick: bool = False):
 
     Gather variants compile with the first and the last config of the autotune list, or the last only if ``quick``.
     """
+    from . import launchers
     from .kernels import batchnorm, conv
 
     out = []
@@ -125,15 +126,17 @@ def jobs(dtypes, quick: bool = False):
             out.append((f"{label} {cfg.kwargs}", conv.conv2d_grad_weight_kernel,
                         {**flags, "INPUT_PRECISION": precision, **cfg.kwargs}, dtype, cfg.num_warps, cfg.num_stages,
                         cfg.maxnreg))
-        block = dict(BLOCK_P=64, BLOCK_C=32, PIXEL_DENSE=True)  # channels_last activations, as mgiad trains
+        # channels_last activations, as mgiad trains
+        block = dict(BLOCK_P=launchers._ELEMENTWISE_BLOCK_P, BLOCK_C=launchers._ELEMENTWISE_BLOCK_C, PIXEL_DENSE=True)
+        sums_block, sums_warps = dict(block, BLOCK_P=launchers._GRAD_SUMS_BLOCK_P), launchers._GRAD_SUMS_WARPS
         out += [
             ("bn_relu_residual, batch counted", batchnorm.bn_relu_residual_kernel, dict(block, COUNT_BATCH=True),
              dtype, 4, 3, None),
-            ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, block, dtype, 4, 3, None),
+            ("bn_relu_grad_sums", batchnorm.bn_relu_grad_sums_kernel, sums_block, dtype, sums_warps, 3, None),
             ("bn_relu_residual, pixels by (n, h, w)", batchnorm.bn_relu_residual_kernel,
              dict(block, COUNT_BATCH=False, PIXEL_DENSE=False), dtype, 4, 3, None),
             ("bn_relu_grad_sums, pixels by (n, h, w)", batchnorm.bn_relu_grad_sums_kernel,
-             dict(block, PIXEL_DENSE=False), dtype, 4, 3, None),
+             dict(sums_block, PIXEL_DENSE=False), dtype, sums_warps, 3, None),
             ("bn_backward relu, batch stats, pixels by (n, h, w)", batchnorm.bn_backward_kernel,
              dict(block, RELU_MASK=True, BATCH_STATS=True, CARRIES=0, PIXEL_DENSE=False), dtype, 4, 3, None),
             ("bn_backward relu, batch stats", batchnorm.bn_backward_kernel,

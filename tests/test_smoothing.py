@@ -126,6 +126,24 @@ def test_fused_step_matches_eager_float64(n, c, h, w, group_size, kernel, dilati
         assert fused["output"].is_contiguous(memory_format=torch.channels_last)
 
 
+def test_fused_step_sums_bn2_gradients_over_several_pixel_tiles(monkeypatch):
+    """bn2's backward sums take 256-pixel tiles (launchers._GRAD_SUMS_BLOCK_P): 2*17*16 = 544 pixels make three
+    partial rows, the last one part-filled, merged in order by the last tile to arrive; matches float64."""
+    rows = []
+    original = launchers._elementwise
+
+    def record(kernel, grid, *args, **kwargs):
+        if kernel is launchers._batchnorm_kernels().bn_relu_grad_sums_kernel:
+            rows.append(grid[0])
+        return original(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(launchers, "_elementwise", record)
+    step = _make_step(8, 4, 3, 1, False, "triton")
+    u, f, grad = _inputs(2, 8, 17, 16, torch.float32, True)
+    _check_step(step, u, f, grad, torch.float32, True)
+    assert rows == [3]
+
+
 def _channels_last(*shape):
     return torch.empty(*shape).contiguous(memory_format=torch.channels_last)
 
@@ -539,6 +557,30 @@ def test_fused_step_gives_the_eager_nonfinite_pattern(case, value, train):
         assert torch.equal(got.isnan(), expect.isnan()), f"{name}: {got.isnan().sum()} NaN vs {expect.isnan().sum()}"
         assert torch.equal(got.isinf(), expect.isinf()), name
     assert outs[1][0].isnan().any() or outs[1][0].isinf().any()
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
+                                  if c.id in ("dense", "g4-oddHW")])
+def test_fused_step_gives_the_eager_pattern_of_an_infinite_batchnorm_shift(case, train):
+    """bn1's bias at +inf: t = relu(bn1(r)) is +inf on the grid and 0 in B's padding. With B's weights
+    positive, eager's B t is +inf at every pixel (no NaN): the prologue's padding, zeroed by a product
+    with 0 (inf * 0 = NaN), must be recomputed exactly, or the border pixels would come out NaN."""
+    n, c, h, w, group_size, kernel, dilation, bias, channels_last = case
+    step = _make_step(c, group_size, kernel, dilation, bias, "triton").train(train)
+    with torch.no_grad():
+        step.bn1.bias[1] = float("inf")
+        step.B.weight.abs_()
+    eager = copy.deepcopy(step)
+    eager.backend = "torch"
+    u, f, grad = _inputs(n, c, h, w, torch.float32, channels_last)
+    fused, expect = (_run(module, u, f, grad) for module in (step, eager))
+    assert expect["output"].isinf().any() or train  # train: bn2's batch mean is inf, its output NaN
+    for name, value in expect.items():
+        if value is not None and value.is_floating_point():
+            got = fused[name]
+            assert torch.equal(got.isnan(), value.isnan()), f"{name}: {got.isnan().sum()} NaN vs {value.isnan().sum()}"
+            assert torch.equal(got.isinf(), value.isinf()), name
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])

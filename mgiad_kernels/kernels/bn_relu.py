@@ -23,8 +23,9 @@ def bn_scale_shift(mean_ptr, var_ptr, gamma_ptr, beta_ptr, eps, offs, mask):
 
 @triton.jit
 def relu(x):
-    """max(x, 0) that keeps NaN, as torch.relu does (tl.maximum would return 0 for NaN)."""
-    return tl.where(x < 0.0, 0.0, x)
+    """max(x, 0) that keeps NaN, as torch.relu does (one max.NaN, which ptxas folds into a following
+    conversion's .relu; -0.0 may come out as +0.0, equal to it)."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit

@@ -289,9 +289,12 @@ def _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w
                               STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED)
     a_mask = valid[:, None] & r_mask[None, :]
     a = tl.load(pixels[:, None] + src_channel[None, :], mask=a_mask, other=0.0)
-    if PROLOGUE_BN_RELU:  # t = relu(bn1(r)) as it is loaded, rounded like a stored t
-        t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :])
-        a = tl.where(a_mask, t, 0.0).to(a.dtype)
+    if PROLOGUE_BN_RELU:
+        # t = relu(bn1(r)) as it is loaded, rounded like a stored t. Padding (r = 0 loaded) is zeroed by a
+        # product with the row's 0/1 validity, packed two to a register in 16 bits: exact wherever t is
+        # finite (a non-finite t leaves NaN in the accumulator, and the tile is recomputed exactly)
+        t = relu(a.to(tl.float32) * scale_r[None, :] + shift_r[None, :]).to(a.dtype)
+        a = t * valid.to(a.dtype)[:, None]
     b = tl.load(weight_ptr + (w_block + kh * w_stride_kh + kw * w_stride_kw), mask=w_mask, other=0.0)
     return tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
 
@@ -448,9 +451,10 @@ def conv2d_gather_kernel(
             kw = tl.where(next_row, 0, kw)
             kh = tl.where(next_row, kh + 1, kh)
 
-    # A tile spanning several groups multiplied every group's inputs by the others' zero weights:
-    # exact unless a NaN or Inf went in, which leaves its mark on the accumulator; then redo it.
-    if red_end - red_start > RED_PER_GROUP:
+    # A tile spanning several groups multiplied every group's inputs by the others' zero weights, and the
+    # prologue multiplied padding by zero: exact unless a NaN or Inf went in, which leaves its mark on the
+    # accumulator; then redo it.
+    if (red_end - red_start > RED_PER_GROUP) | PROLOGUE_BN_RELU:
         if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:
             acc = _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
                                       bn_eps, offs_c, group_c, local_c, c_mask, red_start, red_end,
