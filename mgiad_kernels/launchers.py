@@ -480,7 +480,6 @@ def _batchnorm_kernels():
     return batchnorm
 
 
-_ELEMENTWISE_TILE = {"BLOCK_P": _ELEMENTWISE_BLOCK_P, "BLOCK_C": _ELEMENTWISE_BLOCK_C}
 # bn_relu_grad_sums stores no tile, only two sums per channel: 256 pixels share each tile's fixed work (the
 # BatchNorm's parameters, the cross-warp sums, the partial row, the arrival) four times as widely as 64 (sm_90
 # codegen report, bf16: 16.3M -> 8.7M issued instructions, 184 registers, no spill)
