@@ -6,6 +6,7 @@ assumes shapes that already agree.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -166,6 +167,21 @@ def channel_alignment(per_group: int) -> int:
     return min(16, per_group & -per_group)
 
 
+def full_channel_blocks(c_dst: int, dst_per_group: int, red_per_group: int, tiles) -> bool:
+    """The gather kernel's FULL_CHANNEL_BLOCKS for each (BLOCK_DST, BLOCK_RED) of ``tiles``: every tile of
+    BLOCK_DST dst channels is whole, and the channels it reduces over (all of the groups it touches) are whole
+    blocks of BLOCK_RED. The pattern of groups touched repeats every lcm(BLOCK_DST, dst_per_group) channels."""
+    for block_dst, block_red in tiles:
+        if c_dst % block_dst:
+            return False
+        period = block_dst * dst_per_group // math.gcd(block_dst, dst_per_group)
+        for c0 in range(0, min(c_dst, period), block_dst):
+            groups = (c0 + block_dst - 1) // dst_per_group - c0 // dst_per_group + 1
+            if groups * red_per_group % block_red:
+                return False
+    return True
+
+
 def weight_alignment(strides: Sequence[int]) -> int:
     """The largest power of two, at most 16, dividing a weight's out-channel and tap strides (0 divides by
     anything): 16 / element size of it make a vector load along the in-channels aligned where their stride is 1
@@ -265,6 +281,10 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
     config = None if conv.autotune_enabled() else conv.default_gather_config(
         dst_per_group, red_per_group, src.element_size(), conv.gather_pixels_bucket(pixels),
         tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad")
+    # autotuned, the flag must hold for whichever config the autotuner picks
+    configs = conv.conv2d_gather_kernel.configs if config is None else (config,)
+    constexprs["FULL_CHANNEL_BLOCKS"] = full_channel_blocks(
+        c_dst, dst_per_group, red_per_group, [(c.kwargs["BLOCK_DST"], c.kwargs["BLOCK_RED"]) for c in configs])
     return launch_plans.SITES.put(key, _tiled_site(conv.conv2d_gather_kernel, grid, rest, constexprs, config))
 
 

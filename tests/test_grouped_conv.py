@@ -164,6 +164,37 @@ def test_grad_weight_with_64_bit_pixel_indices(monkeypatch):
         launch_plans.clear()
 
 
+@pytest.mark.parametrize("wide_pixel_index", [False, True], ids=["32-bit", "64-bit"])
+@pytest.mark.parametrize("n, h, w, stride, dilation", [
+    pytest.param(5, 9, 11, 1, 1, id="3x3-boxes-splits-start-mid-image"),  # 2 x 3 x 3 boxes in 5 splits of 4
+    pytest.param(5, 21, 10, 2, 2, id="strided-dilated-3x2-boxes"),  # 11 x 5 out: 2 x 3 x 2 boxes, 3 splits of 4
+])
+def test_grad_weight_splits_step_across_box_rows_and_images(monkeypatch, n, h, w, stride, dilation, wide_pixel_index):
+    """With the splits a GPU gets, a split starts at any box and steps its corner along W, then H, then to
+    the next images: grad weight and grad bias against float64 at every crossing."""
+    from mgiad_kernels import launch_plans, launchers
+
+    monkeypatch.setattr(launchers, "parallel_programs_wanted", lambda device: 64)
+    if wide_pixel_index:
+        monkeypatch.setattr(launchers, "_PIXEL_INDEX_LIMIT", 0)
+    launch_plans.clear()
+    try:
+        torch.manual_seed(7)
+        x, wt, b = _make(n, 8, 8, h, w, 3, 2, True, torch.float32)
+        x, wt, b = x.requires_grad_(), wt.requires_grad_(), b.requires_grad_()
+        y = grouped_conv2d(x, wt, b, stride=stride, padding=2, dilation=dilation, groups=2, backend="triton")
+        grad_y = torch.randn_like(y)
+        y.backward(grad_y)
+        ref = [t.detach().double().requires_grad_() for t in (x, wt, b)]
+        y_ref = F.conv2d(*ref, stride=stride, padding=2, dilation=dilation, groups=2)
+        y_ref.backward(grad_y.double())
+        for name, out, expect in (("output", y, y_ref), ("grad_input", x.grad, ref[0].grad),
+                                  ("grad_weight", wt.grad, ref[1].grad), ("grad_bias", b.grad, ref[2].grad)):
+            assert_close_rel(out, expect, torch.float32, name)
+    finally:
+        launch_plans.clear()
+
+
 def test_gradcheck_torch_path_float64():
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -377,6 +408,52 @@ def test_weight_alignment_divides_the_strides_the_gather_rounds(layout):
     assert all(s % align == 0 for s in (w.stride(0), w.stride(2), w.stride(3))), (w.stride(), align)
     expected = {"OIHW": 1, "channels_last": 8, "channels_last-g3": 1, "sliced-out-channels": 1, "expanded": 1}
     assert align == expected[layout]
+
+
+def _every_channel_block_whole(c_dst, dst_per_group, red_per_group, block_dst, block_red):
+    """What FULL_CHANNEL_BLOCKS promises, walked tile by tile as conv2d_gather_kernel walks them."""
+    for c0 in range(0, c_dst, block_dst):
+        if c0 + block_dst > c_dst:
+            return False
+        red_start = c0 // dst_per_group * red_per_group
+        red_end = ((c0 + block_dst - 1) // dst_per_group + 1) * red_per_group
+        if (red_end - red_start) % block_red:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("c_dst, dst_per_group, red_per_group, tiles, expected", [
+    (64, 8, 8, [(32, 32)], True),  # g_s=8: a tile spans 4 whole groups
+    (48, 8, 8, [(32, 32)], False),  # C not a multiple of BLOCK_DST: the last tile is partial
+    (96, 24, 24, [(32, 32)], False),  # tiles straddle groups: 2 groups = 48 reduced channels
+    (96, 24, 16, [(32, 32)], True),  # ... 2 groups of 16 = 32 reduced channels, every tile
+    (64, 64, 64, [(32, 32)], True),  # dense
+    (64, 64, 8, [(32, 32)], False),  # halving-like 1x1: 8 reduced channels per tile, BLOCK_RED 32
+    (128, 8, 8, [(32, 32), (64, 16)], True),  # every config of an autotune list
+    (128, 8, 8, [(32, 32), (16, 32)], False),  # ... one config with a partial reduced block
+    (6, 3, 3, [(16, 16)], False),  # fewer channels than one tile
+])
+def test_full_channel_blocks_matches_the_kernels_tile_walk(c_dst, dst_per_group, red_per_group, tiles, expected):
+    """The launcher drops the gather's channel masks only if every tile of every config it may launch is
+    whole, as checked by walking the kernel's tiles."""
+    from mgiad_kernels.launchers import full_channel_blocks
+
+    walked = all(_every_channel_block_whole(c_dst, dst_per_group, red_per_group, bd, br) for bd, br in tiles)
+    assert walked == expected
+    assert full_channel_blocks(c_dst, dst_per_group, red_per_group, tiles) == expected
+
+
+def test_full_channel_blocks_agrees_with_the_tile_walk_on_every_small_shape():
+    from mgiad_kernels.launchers import full_channel_blocks
+
+    for groups in (1, 2, 3, 4, 6, 8):
+        for dst_per_group in (1, 2, 3, 4, 8, 12, 16, 24, 64):
+            for red_per_group in (1, 4, 8, 16, 24, 32):
+                for tile in ((16, 16), (32, 32), (64, 16), (32, 64)):
+                    c_dst = groups * dst_per_group
+                    assert full_channel_blocks(c_dst, dst_per_group, red_per_group, [tile]) == \
+                        _every_channel_block_whole(c_dst, dst_per_group, red_per_group, *tile), \
+                        (c_dst, dst_per_group, red_per_group, tile)
 
 
 def test_launch_site_caches_are_bounded_oldest_first_and_cleared_together():

@@ -25,7 +25,8 @@ from .split_reduction import exponential_average, last_to_arrive, merge_moments,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
                "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
-               "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
+               "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS", "WIDE_PIXEL_INDEX",
+               "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
                     "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION",
                     "TILE_N", "TILE_H", "TILE_W"]
@@ -216,7 +217,8 @@ def _tap_rows(rows, ih0, iw0, kh, kw, src_stride_h, src_stride_w, H_src, W_src,
         valid = (th >= 0) & (tw >= 0) & (th % STRIDE_H == 0) & (tw % STRIDE_W == 0)
         valid = valid & (ih < H_src) & (iw < W_src)
         return rows + (ih.to(tl.int64) * src_stride_h + iw.to(tl.int64) * src_stride_w), valid
-    valid = (th >= 0) & (th < H_src) & (tw >= 0) & (tw < W_src)
+    # 0 <= th < H_src as one unsigned compare (a negative th wraps past any size)
+    valid = (th.to(tl.uint32) < H_src.to(tl.uint32)) & (tw.to(tl.uint32) < W_src.to(tl.uint32))
     return rows + (dh.to(tl.int64) * src_stride_h + dw.to(tl.int64) * src_stride_w), valid
 
 
@@ -259,11 +261,15 @@ def _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_
 @triton.jit
 def _reduced_block(r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
                    w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP,
-                   TRANSPOSED: tl.constexpr, RED_ALIGN: tl.constexpr, BLOCK_RED: tl.constexpr):
+                   TRANSPOSED: tl.constexpr, RED_ALIGN: tl.constexpr, FULL_CHANNEL_BLOCKS: tl.constexpr,
+                   BLOCK_RED: tl.constexpr):
     """What a block of BLOCK_RED reduced channels from r0 fixes for every tap: its mask, the channels'
     offsets in src, the block-diagonal weight tile's offsets (before the tap's) and mask."""
     offs_r = r0 + tl.arange(0, BLOCK_RED)
-    r_mask = offs_r < red_end
+    if FULL_CHANNEL_BLOCKS:  # the launcher checked that every block is whole: no mask to compute per row
+        r_mask = tl.full([BLOCK_RED], 1, tl.int1)
+    else:
+        r_mask = offs_r < red_end
     group_r = ((offs_r.to(tl.int64) * red_group_magic) >> 31).to(tl.int32)  # offs_r // RED_PER_GROUP
     local_r = tl.max_contiguous(tl.multiple_of(offs_r - group_r * RED_PER_GROUP, RED_ALIGN), RED_ALIGN)
     group_r = tl.max_constancy(group_r, RED_ALIGN)
@@ -350,6 +356,7 @@ def conv2d_gather_kernel(
     RED_ALIGN: tl.constexpr,  # the largest power of two (at most 16) dividing RED_PER_GROUP
     DST_ALIGN: tl.constexpr,  # the same for DST_PER_GROUP
     W_ALIGN: tl.constexpr,  # a power of two (at most 16) dividing the weight's out-channel and tap strides
+    FULL_CHANNEL_BLOCKS: tl.constexpr,  # every channel tile is whole and its reduced channels whole BLOCK_REDs
     WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_dst*W_dst >= 2^31: the tile's pixel indices in 64 bits
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
@@ -380,7 +387,10 @@ def conv2d_gather_kernel(
 
     c0 = pid_c * BLOCK_DST
     offs_c = c0 + tl.arange(0, BLOCK_DST)
-    c_mask = offs_c < C_DST // DST_ALIGN * DST_ALIGN  # C_DST itself: groups divide it; the rounding says so
+    if FULL_CHANNEL_BLOCKS:
+        c_mask = tl.full([BLOCK_DST], 1, tl.int1)
+    else:
+        c_mask = offs_c < C_DST // DST_ALIGN * DST_ALIGN  # C_DST itself: groups divide it; the rounding says so
     group_c = offs_c // DST_PER_GROUP
     local_c = offs_c - group_c * DST_PER_GROUP
     # the reduced channels this tile needs: all channels of the groups it touches
@@ -412,7 +422,8 @@ def conv2d_gather_kernel(
         for r0 in range(red_start, red_end, BLOCK_RED):
             r_mask, src_channel, w_block, w_mask = _reduced_block(
                 r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
-                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN, BLOCK_RED)
+                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN,
+                FULL_CHANNEL_BLOCKS, BLOCK_RED)
             _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                     r0 + tl.arange(0, BLOCK_RED), r_mask)
             kh = 0
@@ -438,7 +449,8 @@ def conv2d_gather_kernel(
         for step in range(0, KH * KW * red_blocks):
             r_mask, src_channel, w_block, w_mask = _reduced_block(
                 r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
-                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN, BLOCK_RED)
+                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN,
+                FULL_CHANNEL_BLOCKS, BLOCK_RED)
             acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
                                1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
                                H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
@@ -566,6 +578,61 @@ def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, running_mean_ptr, run
                                                             _MERGE_BLOCK_ROWS, BLOCK_DST), mask=c_mask)
 
 
+@triton.jit
+def _grad_weight_block_sums(x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
+                            scale_ci, shift_ci, STRIDE_H: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+                            STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            X_BN_RELU: tl.constexpr, PADDING_BY_PRODUCT: tl.constexpr,
+                            INPUT_PRECISION: tl.constexpr, TILE_N: tl.constexpr, TILE_H: tl.constexpr,
+                            TILE_W: tl.constexpr, BLOCK_OUT: tl.constexpr, COLUMNS: tl.constexpr):
+    """grad_y tile @ x tile summed over the pixel boxes u_start..u_end of one kernel row and input-channel
+    block (see conv2d_grad_weight_kernel), and grad_y's sums for the bias.
+
+    ``corner``: the first box (box_n, box_h, box_w) and its offsets in grad_y and x; ``steps``: how those
+    offsets change to the next box along W, at the end of a box row, at the end of an image; ``lanes``: a
+    lane's (n, h, w), its input row, its offsets from the corner in grad_y and (with each column's) in x, and
+    its input column with each column's; ``sizes``: N, H, W, H_out, W_out and the boxes along H and W.
+    X_BN_RELU: x is loaded as relu(scale_ci * x + shift_ci), padding zeroed by a product with the 0/1 mask
+    (PADDING_BY_PRODUCT: exact where that t is finite) or selected."""
+    box_n, box_h, box_w, gy_corner, x_corner = corner
+    gy_next_w, gy_next_h, gy_next_n, x_next_w, x_next_h, x_next_n = steps
+    lane_n, lane_h, lane_w, lane_ih, gy_lane, x_lane_col, lane_col_iw = lanes
+    N, H, W, H_out, W_out, tiles_h, tiles_w = sizes
+    acc = tl.zeros([BLOCK_OUT, COLUMNS], dtype=tl.float32)
+    bias_acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+    for unit in range(u_start, u_end):
+        n0 = box_n * TILE_N
+        oh0 = box_h * TILE_H
+        ow0 = box_w * TILE_W
+        p_mask = (lane_n < N - n0) & (lane_h < H_out - oh0) & (lane_w < W_out - ow0)
+        gy_t = tl.load(grad_y_ptr + gy_corner + gy_lane, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
+        ih0 = oh0 * STRIDE_H - PAD_H + kh * DIL_H  # the corner's input row and column
+        iw0 = ow0 * STRIDE_W - PAD_W
+        # 0 <= i < size as one unsigned compare (a negative i wraps past any size)
+        row_valid = p_mask & ((ih0 + lane_ih).to(tl.uint32) < H.to(tl.uint32))
+        x_mask = row_valid[:, None] & ((iw0 + lane_col_iw).to(tl.uint32) < W.to(tl.uint32)) & ci_mask[None, :]
+        x_tile = tl.load(x_ptr + x_corner + x_lane_col, mask=x_mask, other=0.0)
+        if X_BN_RELU:
+            t = relu(x_tile.to(tl.float32) * scale_ci[None, :] + shift_ci[None, :])
+            if PADDING_BY_PRODUCT:  # packed two to a register in 16 bits
+                x_tile = t.to(x_tile.dtype) * x_mask.to(x_tile.dtype)
+            else:
+                x_tile = tl.where(x_mask, t, 0.0).to(x_tile.dtype)
+        acc = tl.dot(gy_t, x_tile.to(gy_t.dtype), acc, input_precision=INPUT_PRECISION)
+        if HAS_BIAS:
+            bias_acc += tl.sum(gy_t.to(tl.float32), axis=1)
+        box_w += 1  # the next box: along W, then H, then the batch
+        row_done = box_w == tiles_w
+        box_w = tl.where(row_done, 0, box_w)
+        box_h += row_done.to(tl.int32)
+        image_done = box_h == tiles_h
+        box_h = tl.where(image_done, 0, box_h)
+        box_n += image_done.to(box_n.dtype)
+        gy_corner += tl.where(image_done, gy_next_n, tl.where(row_done, gy_next_h, gy_next_w))
+        x_corner += tl.where(image_done, x_next_n, tl.where(row_done, x_next_h, x_next_w))
+    return acc, bias_acc
+
+
 @triton.autotune(configs=_grad_weight_configs(), key=_GRAD_WEIGHT_KEY, cache_results=True)
 @triton.jit(do_not_specialize=["N", "H", "W", "H_out", "W_out", "C_OUT", "C_IN", "UNITS_PER_SPLIT"])
 def conv2d_grad_weight_kernel(
@@ -629,10 +696,12 @@ def conv2d_grad_weight_kernel(
     in_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP, IN_ALIGN)
 
     # The pixels come in (TILE_N, TILE_H, TILE_W) boxes of the output, all powers of two: a box's pixel
-    # (n, oh, ow) is its corner plus shifts and masks of the lane index, no per-pixel division. A split
-    # reduces over UNITS_PER_SPLIT consecutive boxes.
+    # (n, oh, ow) is its corner plus shifts and masks of the lane index. A split reduces over UNITS_PER_SPLIT
+    # consecutive boxes, stepping the corner box by box (no division in the loop); an offset is the corner's
+    # (a scalar) plus the lane's (hoisted), a pixel's bounds the lane's index against what the corner leaves.
     tiles_w = tl.cdiv(W_out, TILE_W)
-    tiles_hw = tl.cdiv(H_out, TILE_H) * tiles_w
+    tiles_h = tl.cdiv(H_out, TILE_H)
+    tiles_hw = tiles_h * tiles_w
     if WIDE_PIXEL_INDEX:
         units = tl.cdiv(N, TILE_N).to(tl.int64) * tiles_hw
         u_start = pid_split.to(tl.int64) * UNITS_PER_SPLIT
@@ -640,10 +709,33 @@ def conv2d_grad_weight_kernel(
         units = tl.cdiv(N, TILE_N) * tiles_hw
         u_start = pid_split * UNITS_PER_SPLIT
     u_end = tl.minimum(u_start + UNITS_PER_SPLIT, units)
+    start_n = u_start // tiles_hw  # the first box's corner, in boxes
+    start_hw = (u_start - start_n * tiles_hw).to(tl.int32)
+    start_h = start_hw // tiles_w
+    start_w = start_hw - start_h * tiles_w
     lane = tl.arange(0, TILE_N * TILE_H * TILE_W)
     lane_n = lane // (TILE_H * TILE_W)
     lane_h = (lane // TILE_W) % TILE_H
     lane_w = lane % TILE_W
+    # a lane's offsets from its box's corner (int64: a box may span images of more than 2^31 elements)
+    gy_lane = lane_n.to(tl.int64) * gy_stride_n + (lane_h * gy_stride_h).to(tl.int64) \
+        + (lane_w * gy_stride_w).to(tl.int64)
+    gy_lane = gy_lane[None, :] + offs_co[:, None].to(tl.int64) * gy_stride_c
+    x_lane = lane_n.to(tl.int64) * x_stride_n + (lane_h * STRIDE_H).to(tl.int64) * x_stride_h \
+        + (lane_w * STRIDE_W).to(tl.int64) * x_stride_w
+    lane_ih = lane_h * STRIDE_H
+    lane_iw = lane_w * STRIDE_W
+    # how a corner's offsets change from one box to the next: along W, wrapping to the next box row, wrapping
+    # to the next image
+    # (tl.cast: a stride of 1 is a constexpr int)
+    gy_next_w = TILE_W * tl.cast(gy_stride_w, tl.int64)
+    gy_next_h = gy_next_w + TILE_H * tl.cast(gy_stride_h, tl.int64) - tiles_w.to(tl.int64) * TILE_W * gy_stride_w
+    gy_next_n = gy_next_h + TILE_N * tl.cast(gy_stride_n, tl.int64) - tiles_h.to(tl.int64) * TILE_H * gy_stride_h
+    x_next_w = (TILE_W * STRIDE_W) * tl.cast(x_stride_w, tl.int64)
+    x_next_h = x_next_w + (TILE_H * STRIDE_H) * tl.cast(x_stride_h, tl.int64) \
+        - tiles_w.to(tl.int64) * (TILE_W * STRIDE_W) * x_stride_w
+    x_next_n = x_next_h + TILE_N * tl.cast(x_stride_n, tl.int64) \
+        - tiles_h.to(tl.int64) * (TILE_H * STRIDE_H) * x_stride_h
     taps = KH * KW
     w_split_stride = C_OUT * IN_PER_GROUP * taps
     splits = tl.num_programs(2)
@@ -658,38 +750,38 @@ def conv2d_grad_weight_kernel(
         offs_ci = ci0 + col_ci
         ci_mask = (offs_ci < in_end) & (col_kw < KW)
         group_ci = offs_ci // IN_PER_GROUP
-        col_offs = col_dw.to(tl.int64) * x_stride_w + offs_ci.to(tl.int64) * x_stride_c
+        # one x tile serves the row's KW taps: pixel (ih, iw) and its KW - 1 neighbours along W
+        x_lane_col = x_lane[:, None] + (col_dw.to(tl.int64) * x_stride_w + offs_ci.to(tl.int64) * x_stride_c)[None, :]
+        lane_col_iw = lane_iw[:, None] + col_dw[None, :]
+        gy_corner = (start_n * TILE_N).to(tl.int64) * gy_stride_n + (start_h * TILE_H).to(tl.int64) * gy_stride_h \
+            + (start_w * TILE_W).to(tl.int64) * gy_stride_w
+        x_corner = (start_n * TILE_N).to(tl.int64) * x_stride_n \
+            + (start_h * TILE_H * STRIDE_H - PAD_H + kh * DIL_H).to(tl.int64) * x_stride_h \
+            + (start_w * TILE_W * STRIDE_W - PAD_W).to(tl.int64) * x_stride_w
+        corner = (start_n, start_h, start_w, gy_corner, x_corner)
+        steps = (gy_next_w, gy_next_h, gy_next_n, x_next_w, x_next_h, x_next_n)
+        lanes = (lane_n, lane_h, lane_w, lane_ih, gy_lane, x_lane_col, lane_col_iw)
+        sizes = (N, H, W, H_out, W_out, tiles_h, tiles_w)
         if X_BN_RELU:
             _, _, scale_ci, shift_ci = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                       offs_ci, ci_mask)
-        acc = tl.zeros([BLOCK_OUT, KW_BLOCK * BLOCK_IN], dtype=tl.float32)
-        bias_acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
-        for unit in range(u_start, u_end):
-            box_n = unit // tiles_hw
-            box_hw = (unit - box_n * tiles_hw).to(tl.int32)
-            box_h = box_hw // tiles_w
-            n = box_n.to(tl.int32) * TILE_N + lane_n
-            oh = box_h * TILE_H + lane_h
-            ow = (box_hw - box_h * tiles_w) * TILE_W + lane_w
-            p_mask = (n < N) & (oh < H_out) & (ow < W_out)
-            n = n.to(tl.int64)  # element offsets may pass 2^31 where pixel indices do not
-            gy_offs = (n * gy_stride_n + oh.to(tl.int64) * gy_stride_h + ow.to(tl.int64) * gy_stride_w)[None, :] \
-                + offs_co[:, None].to(tl.int64) * gy_stride_c
-            gy_t = tl.load(grad_y_ptr + gy_offs, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
-            # one x tile serves the row's KW taps: pixel (ih, iw0) and its KW - 1 neighbours along W
-            ih = oh * STRIDE_H - PAD_H + kh * DIL_H
-            iw0 = ow * STRIDE_W - PAD_W
-            rows = n * x_stride_n + ih.to(tl.int64) * x_stride_h + iw0.to(tl.int64) * x_stride_w
-            row_valid = p_mask & (ih >= 0) & (ih < H)
-            iw = iw0[:, None] + col_dw[None, :]
-            x_mask = row_valid[:, None] & (iw >= 0) & (iw < W) & ci_mask[None, :]
-            x_tile = tl.load(x_ptr + (rows[:, None] + col_offs[None, :]), mask=x_mask, other=0.0)
-            if X_BN_RELU:
-                t = relu(x_tile.to(tl.float32) * scale_ci[None, :] + shift_ci[None, :])
-                x_tile = tl.where(x_mask, t, 0.0).to(x_tile.dtype)
-            acc = tl.dot(gy_t, x_tile.to(gy_t.dtype), acc, input_precision=INPUT_PRECISION)
-            if HAS_BIAS:
-                bias_acc += tl.sum(gy_t.to(tl.float32), axis=1)
+            # padding (x = 0 loaded) is zeroed by a product with the 0/1 mask where that is exact: every
+            # t = relu(scale * 0 + shift) finite; else (a cold path) selected
+            if tl.sum((scale_ci * 0.0 + shift_ci * 0.0 != 0.0).to(tl.int32), axis=0) == 0:
+                acc, bias_acc = _grad_weight_block_sums(
+                    x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
+                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, True,
+                    INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
+            else:
+                acc, bias_acc = _grad_weight_block_sums(
+                    x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
+                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, False,
+                    INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
+        else:
+            acc, bias_acc = _grad_weight_block_sums(
+                x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
+                co_mask, co_mask, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, False, False,
+                INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
         local_ci = offs_ci - group_ci * IN_PER_GROUP
         tap = kh * KW + col_kw
         tile_offs = offs_co[:, None] * (IN_PER_GROUP * taps) + (local_ci * taps + tap)[None, :]
