@@ -682,12 +682,14 @@ def test_auto_backend_never_takes_the_interpreter(launches):
 
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("bn_case", ["finite", "infinite-gamma-negative-x", "nan-beta"])
-def test_grad_weight_of_a_batchnorm_relu_input_zeroes_its_padding_exactly(bn_case):
-    """B's weight gradient recomputes t = relu(bn1(r)) as it loads r, and t is zero in B's padding. Padding
-    is zeroed by a product with 0 where every channel's t = relu(bn1(0)) is finite, else selected: with
-    gamma = +inf on a channel whose r is negative everywhere eager's gradient is finite (t = 0), and a
-    product with 0 would give NaN. Against float64, with the NaN pattern."""
+def test_grad_weight_of_a_batchnorm_relu_input_zeroes_its_padding_exactly(bn_case, dtype):
+    """B's weight gradient recomputes t = relu(bn1(r)) as it loads r, and t is zero in B's padding. In
+    16-bit (run here in fp16 even under the interpreter) padding is zeroed by a product with 0 where every
+    channel's t = relu(bn1(0)) is finite, else selected, as in fp32: with gamma = +inf on a channel whose r
+    is negative everywhere eager's gradient is finite (t = 0), and a product with 0 would give NaN.
+    Against float64, with the NaN pattern."""
     from mgiad_kernels.conv_geometry import ConvGeometry
 
     torch.manual_seed(11)
@@ -703,13 +705,16 @@ def test_grad_weight_of_a_batchnorm_relu_input_zeroes_its_padding_exactly(bn_cas
     eps = 1e-5
     geo = ConvGeometry.of(x.shape, (c, c // groups, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), groups)
     grad_y = torch.randn(n, c, h, w, device=DEVICE)
+    x, grad_y = x.to(dtype), grad_y.to(dtype)
     grad_w, _ = launchers.conv2d_grad_weight(grad_y, x, geo, False,
                                              x_bn=launchers.BatchNormArgs(mean, var, gamma, beta, eps))
+    assert grad_w.dtype == dtype
     t = torch.relu((x.double() - mean.double()[:, None, None]) / (var.double()[:, None, None] + eps).sqrt()
                    * gamma.double()[:, None, None] + beta.double()[:, None, None])
+    t = t.to(dtype).double()  # t is rounded as a stored t would be
     expect = torch.nn.grad.conv2d_weight(t, (c, c // groups, 3, 3), grad_y.double(), padding=1, groups=groups)
     assert torch.equal(grad_w.isnan(), expect.isnan()), f"{grad_w.isnan().sum()} NaN vs {expect.isnan().sum()}"
     if bn_case == "infinite-gamma-negative-x":
         assert expect.isfinite().all()
     finite = expect.isfinite()
-    assert rel_err(grad_w[finite], expect[finite]) < REL_TOL[torch.float32]
+    assert rel_err(grad_w[finite], expect[finite]) < REL_TOL[dtype]

@@ -68,7 +68,8 @@ _GRAD_WEIGHT_MAX_REGISTERS = 192
 
 def _gather_configs():
     """The tiles MGIAD_KERNELS_AUTOTUNE=1 benchmarks (one under the interpreter): the default tiles (the
-    16-bit 256x32x32 one spills in fp32, where the autotuner's benchmarks weigh it) and others that spill
+    16-bit 256x32x32 one spills in fp32, the 16-bit 512x16x16 one in fp32 with a BatchNorm prologue, where
+    the autotuner's benchmarks weigh them) and others that spill
     at no shape of the codegen report (benchmarks/results/codegen-sm90.md; 64-128 wide channel tiles
     spilled 0.1-4 KB per thread on sm_90 and are not listed)."""
     if interpreter_enabled():  # large blocks keep the interpreter fast
@@ -77,6 +78,7 @@ def _gather_configs():
         triton.Config({"BLOCK_P": bp, "BLOCK_DST": bd, "BLOCK_RED": br}, num_warps=w, num_stages=s)
         for bp, bd, br, w, s in [
             (128, 32, 32, 4, 3), (64, 16, 16, 4, 3), (128, 16, 16, 4, 3), (256, 32, 32, 8, 3), (256, 16, 16, 4, 2),
+            (512, 16, 16, 4, 2),
         ]
     ] + [triton.Config({"BLOCK_P": 256, "BLOCK_DST": 32, "BLOCK_RED": 32}, num_warps=4, num_stages=2,
                        maxnreg=_WIDE_GATHER_MAX_REGISTERS)]  # the 16-bit default; it spills in fp32
@@ -136,14 +138,17 @@ def default_gather_config(dst_per_group: int, red_per_group: int, element_size: 
     wider pixel tiles issue fewer instructions per pixel, as a CTA's fixed work (the pixel decomposition,
     the pipeline's prologue, the epilogue) and each step's weight tile are shared by more pixels. fp32
     256x16x16 at two stages takes 128 registers, 4 CTAs per SM, 0.63 of copy bandwidth at C=64 H=32 g_s=8
-    by the issue-13 model, against 0.47 at 128x16x16 and 0.26 at 64x16x16. 16-bit 256x16x16 (g_s = 4)
-    reaches 0.41 against 0.27 at 128 pixels, and 16-bit 256x32x32 (g_s >= 8) at most 168 registers
+    by the issue-13 model, against 0.47 at 128x16x16 and 0.26 at 64x16x16. 16-bit 16x16 tiles (g_s = 4)
+    take 512 pixels from GATHER_WIDEST_PIXELS: 0.70 against 0.50 at 256 pixels and 0.27 at 128 (C=128
+    H=16; 219 SASS instructions per step for 512 pixels against 160 for 256, the weight tile and the tap's
+    bookkeeping shared by twice the pixels) at 176-180 registers, 2 CTAs per SM; a BatchNorm across the
+    tile takes 236-254 there, so those launches keep 256. 16-bit 256x32x32 (g_s >= 8) at most 168 registers
     (_WIDE_GATHER_MAX_REGISTERS) 0.65 against 0.47; with a BatchNorm across the tile that tile spills or
     needs 233-255 registers, so those launches keep 128 pixels. Between the two pixel buckets fp32 tiles
     are 32 channels wide where that spans at most 4 groups (C=256 H=8 g_s=8: 128x32x32 0.63, 128-162
     registers, against 0.48 at 128x16x16), but for a BatchNorm across the tile (206 registers). Fewer
     pixels keep narrower tiles, so the grid still fills the SMs: 128 pixels from GATHER_WIDE_PIXELS, 256
-    from GATHER_WIDEST_PIXELS."""
+    (or 512) from GATHER_WIDEST_PIXELS."""
     if interpreter_enabled():
         return _INTERPRETER_GATHER
     wide_channels = element_size == 2 or (pixels_bucket == 1 and not tile_batchnorm)
@@ -154,8 +159,10 @@ def default_gather_config(dst_per_group: int, red_per_group: int, element_size: 
     # fp32 256-pixel tiles with 32-wide ones take 8 warps or 239 registers
     wide_half = element_size == 2 and block_dst == block_red == 32 and not tile_batchnorm
     block_p = (64, 128, 256 if narrow or wide_half else 128)[pixels_bucket]
+    if block_p == 256 and narrow and element_size == 2 and not tile_batchnorm:
+        block_p = 512
     return triton.Config({"BLOCK_P": block_p, "BLOCK_DST": block_dst, "BLOCK_RED": block_red}, num_warps=4,
-                         num_stages=2 if block_p == 256 else 3,
+                         num_stages=2 if block_p >= 256 else 3,
                          maxnreg=_WIDE_GATHER_MAX_REGISTERS if block_p == 256 and not narrow else None)
 
 
@@ -467,7 +474,7 @@ def conv2d_gather_kernel(
     # prologue multiplied padding by zero: exact unless a NaN or Inf went in, which leaves its mark on the
     # accumulator; then redo it.
     if (red_end - red_start > RED_PER_GROUP) | PROLOGUE_BN_RELU:
-        if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:
+        if tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1)) > 0:  # over the whole tile, in any order
             acc = _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
                                       bn_eps, offs_c, group_c, local_c, c_mask, red_start, red_end,
                                       src_stride_c, src_stride_h, src_stride_w,
@@ -592,8 +599,8 @@ def _grad_weight_block_sums(x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps
     offsets change to the next box along W, at the end of a box row, at the end of an image; ``lanes``: a
     lane's (n, h, w), its input row, its offsets from the corner in grad_y and (with each column's) in x, and
     its input column with each column's; ``sizes``: N, H, W, H_out, W_out and the boxes along H and W.
-    X_BN_RELU: x is loaded as relu(scale_ci * x + shift_ci), padding zeroed by a product with the 0/1 mask
-    (PADDING_BY_PRODUCT: exact where that t is finite) or selected."""
+    X_BN_RELU: x is loaded as relu(scale_ci * x + shift_ci), padding zeroed by a product with the 0/1 mask,
+    two 16-bit values per instruction (PADDING_BY_PRODUCT: exact where that t is finite), or selected."""
     box_n, box_h, box_w, gy_corner, x_corner = corner
     gy_next_w, gy_next_h, gy_next_n, x_next_w, x_next_h, x_next_n = steps
     lane_n, lane_h, lane_w, lane_ih, gy_lane, x_lane_col, lane_col_iw = lanes
@@ -765,9 +772,15 @@ def conv2d_grad_weight_kernel(
         if X_BN_RELU:
             _, _, scale_ci, shift_ci = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                       offs_ci, ci_mask)
-            # padding (x = 0 loaded) is zeroed by a product with the 0/1 mask where that is exact: every
-            # t = relu(scale * 0 + shift) finite; else (a cold path) selected
-            if tl.sum((scale_ci * 0.0 + shift_ci * 0.0 != 0.0).to(tl.int32), axis=0) == 0:
+            # 16-bit padding (x = 0 loaded) is zeroed by a product with the 0/1 mask where that is exact: every
+            # t = relu(scale * 0 + shift) finite; else (a cold path) selected. fp32 selects: a product per
+            # element costs what a select does there.
+            if x_ptr.dtype.element_ty == tl.float32:
+                acc, bias_acc = _grad_weight_block_sums(
+                    x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
+                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, False,
+                    INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
+            elif tl.sum((scale_ci * 0.0 + shift_ci * 0.0 != 0.0).to(tl.int32), axis=0) == 0:
                 acc, bias_acc = _grad_weight_block_sums(
                     x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
                     scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, True,
