@@ -42,7 +42,7 @@ def test_autotune_is_opt_in(setting, autotunes):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     gather, grad_weight, enabled, tile = done.stdout.split()
-    assert (int(gather), int(grad_weight), enabled, int(tile)) == (6, 3, str(autotunes), 16)
+    assert (int(gather), int(grad_weight), enabled, int(tile)) == (7, 3, str(autotunes), 16)
 
 
 _DEFAULT_GATHER_TILES = [  # (dst, red) per group, element size, pixel bucket, BatchNorm across the tile
