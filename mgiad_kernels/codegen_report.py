@@ -282,6 +282,7 @@ _GATHER_VARIANTS = {  # (TRANSPOSED, PROLOGUE_BN_RELU, OTHER_MODE, EPILOGUE_BN_R
     (True, False, 0, False, 0): "grad input",
     (False, False, 1, False, 1): "smoothing A: f - A u, bn1 moments",
     (False, True, 0, False, 1): "smoothing B: bn1/relu prologue, bn2 moments",
+    (False, False, 0, False, 1): "smoothing B of t = relu(bn1(r)): bn2 moments",
     (True, False, 3, False, 2): "smoothing B^T: relu mask, bn1 grad sums",
     (True, False, 1, False, 0): "smoothing A^T: grad_out - A^T g",
     (False, False, 1, True, 0): "eval A: relu(bn1(f - A u))",
@@ -298,7 +299,7 @@ def variant_name(name: str, k: dict) -> str:
     if name == "conv2d_grad_weight_kernel":
         return ("grad weight of B, relu(bn1(r)) recomputed" if k["X_BN_RELU"] else "grad weight") + \
             (" + bias" if k.get("HAS_BIAS") else "")
-    flags = [f"{f}={int(k[f])}" for f in ("RELU_MASK", "BATCH_STATS", "CUMULATIVE") if f in k]
+    flags = [f"{f}={int(k[f])}" for f in ("RELU_MASK", "BATCH_STATS", "CUMULATIVE", "HAS_RESIDUAL") if f in k]
     return name.replace("_kernel", "") + (" " + ",".join(flags) if flags else "")
 
 
@@ -412,8 +413,8 @@ def _shape_ops(c: int, h: int, gs: int, dtype):
                                                         eps, None, updates)
 
     def smoothing_backward():
-        _, r, s, stats = state["fwd"]
-        launchers.smoothing_step_backward(gy, u, w_a, geo, w_b, geo, r, s, stats, bn1_affine, bn2_affine, eps,
+        _, r, s, stats, t = state["fwd"]
+        launchers.smoothing_step_backward(gy, u, w_a, geo, w_b, geo, r, s, t, stats, bn1_affine, bn2_affine, eps,
                                           True, (False, False), (True, True))
 
     def smoothing_eval():
@@ -547,7 +548,7 @@ def _sweeps(sweep: str, variant: str) -> bool:
         return True
     if sweep == "base":
         return variant in ("forward", "grad input", "grad weight", "smoothing B: bn1/relu prologue, bn2 moments",
-                           "grad weight of B, relu(bn1(r)) recomputed")
+                           "smoothing B of t = relu(bn1(r)): bn2 moments", "grad weight of B, relu(bn1(r)) recomputed")
     return False
 
 

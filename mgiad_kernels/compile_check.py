@@ -38,8 +38,8 @@ def _gather_variants():
     pool = dict(conv3x3, STRIDE_H=2, STRIDE_W=2)
     conv1x1 = dict(KH=1, KW=1, STRIDE_H=1, STRIDE_W=1, PAD_H=0, PAD_W=0, DIL_H=1, DIL_W=1)
     plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=other["none"], EPILOGUE_BN_RELU=False,
-                 STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8, DST_ALIGN=8, W_ALIGN=8,
-                 FULL_CHANNEL_BLOCKS=True, WIDE_PIXEL_INDEX=False)
+                 STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8, RED_RANGE_ALIGN=8, DST_ALIGN=8,
+                 W_ALIGN=8, FULL_CHANNEL_BLOCKS=True, WIDE_PIXEL_INDEX=False)
 
     def variant(geometry, transposed, **flags):
         needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]
@@ -66,8 +66,12 @@ def _gather_variants():
 
 def _grad_weight_variants():
     conv3x3 = dict(KH=3, KW=3, KW_BLOCK=4, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, OUT_ALIGN=8,
-                   IN_ALIGN=8, WIDE_PIXEL_INDEX=False, TILE_N=4, TILE_H=4, TILE_W=4)
+                   IN_ALIGN=8, FULL_CHANNEL_BLOCKS=False, FULL_BOXES=False, WIDE_PIXEL_INDEX=False, TILE_N=4,
+                   TILE_H=4, TILE_W=4)
     return [("grad weight + bias", {**conv3x3, "HAS_BIAS": True, "X_BN_RELU": False, "CARRIES": 0}),
+            ("grad weight, whole boxes and channel blocks",
+             {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": False, "CARRIES": 0, "FULL_CHANNEL_BLOCKS": True,
+              "FULL_BOXES": True}),
             ("grad weight of B, relu(bn1(r)) recomputed",
              {**conv3x3, "HAS_BIAS": False, "X_BN_RELU": True, "CARRIES": 0}),
             ("grad weight + bias of a run's step, two carried gradients added",

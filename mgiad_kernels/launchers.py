@@ -167,6 +167,30 @@ def channel_alignment(per_group: int) -> int:
     return min(16, per_group & -per_group)
 
 
+def channel_range_alignment(c_dst: int, dst_per_group: int, red_per_group: int, block_dsts) -> int:
+    """The largest power of two, at most 16, dividing the start and the end of the reduced channels (all
+    channels of the groups it touches) of every tile of BLOCK_DST dst channels, for each of ``block_dsts``.
+    A tile spanning whole groups starts on a multiple of the channels of the groups before it, so 4-channel
+    groups in 16-wide tiles still load 16 channels at once (16-bit: 128-bit loads, not 64)."""
+    align = 16
+    for block_dst in block_dsts:
+        for c0 in range(0, c_dst, block_dst):
+            start = (c0 // dst_per_group) * red_per_group
+            end = ((min(c0 + block_dst, c_dst) - 1) // dst_per_group + 1) * red_per_group
+            align = min(align, channel_alignment(start) if start else 16, channel_alignment(end))
+    return align
+
+
+def grad_weight_channel_blocks(c_out: int, out_per_group: int, in_per_group: int, tiles) -> tuple[int, int, bool]:
+    """The grad-weight kernel's (OUT_ALIGN, IN_ALIGN, FULL_CHANNEL_BLOCKS) for each (BLOCK_OUT, BLOCK_IN) of
+    ``tiles``: the largest powers of two, at most 16, dividing C_OUT and the input-channel range of every
+    tile of BLOCK_OUT output channels (``channel_range_alignment``); whether every such tile is whole and its
+    input channels whole blocks of BLOCK_IN."""
+    full = full_channel_blocks(c_out, out_per_group, in_per_group, tiles)
+    in_align = channel_range_alignment(c_out, out_per_group, in_per_group, sorted({t[0] for t in tiles}))
+    return channel_alignment(c_out), in_align, full
+
+
 def full_channel_blocks(c_dst: int, dst_per_group: int, red_per_group: int, tiles) -> bool:
     """The gather kernel's FULL_CHANNEL_BLOCKS for each (BLOCK_DST, BLOCK_RED) of ``tiles``: every tile of
     BLOCK_DST dst channels is whole, and the channels it reduces over (all of the groups it touches) are whole
@@ -285,6 +309,8 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
     configs = conv.conv2d_gather_kernel.configs if config is None else (config,)
     constexprs["FULL_CHANNEL_BLOCKS"] = full_channel_blocks(
         c_dst, dst_per_group, red_per_group, [(c.kwargs["BLOCK_DST"], c.kwargs["BLOCK_RED"]) for c in configs])
+    constexprs["RED_RANGE_ALIGN"] = channel_range_alignment(c_dst, dst_per_group, red_per_group,
+                                                            sorted({c.kwargs["BLOCK_DST"] for c in configs}))
     return launch_plans.SITES.put(key, _tiled_site(conv.conv2d_gather_kernel, grid, rest, constexprs, config))
 
 
@@ -444,9 +470,14 @@ def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: b
         KH=geo.kernel_h, KW=geo.kernel_w, KW_BLOCK=_next_power_of_2(geo.kernel_w), STRIDE_H=geo.stride[0],
         STRIDE_W=geo.stride[1], PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0],
         DIL_W=geo.dilation[1], HAS_BIAS=with_bias, X_BN_RELU=x_bn is not None, CARRIES=len(carries),
-        OUT_ALIGN=channel_alignment(geo.out_per_group),
-        IN_ALIGN=channel_alignment(geo.in_per_group), WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT,
+        WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT,
         INPUT_PRECISION=_input_precision(x.dtype), TILE_N=tile[0], TILE_H=tile[1], TILE_W=tile[2])
+    # autotuned, the flags must hold for whichever tile the autotuner picks
+    configs = conv.conv2d_grad_weight_kernel.configs if config is None else (config,)
+    constexprs["OUT_ALIGN"], constexprs["IN_ALIGN"], constexprs["FULL_CHANNEL_BLOCKS"] = grad_weight_channel_blocks(
+        c_out, geo.out_per_group, geo.in_per_group, sorted({(c.kwargs["BLOCK_OUT"], c.kwargs["BLOCK_IN"])
+                                                            for c in configs}))
+    constexprs["FULL_BOXES"] = n_batch % tile[0] == 0 and h_out % tile[1] == 0 and w_out % tile[2] == 0
     grid = lambda meta: (geo.kernel_h, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
     site = _tiled_site(conv.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
     counters = geo.kernel_h * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
@@ -534,48 +565,77 @@ def _empty_activation(like: torch.Tensor, memory_format: torch.memory_format) ->
     return torch.empty_like(like, memory_format=memory_format)
 
 
+def materializes_t(dtype: torch.dtype) -> bool:
+    """Whether the training smoothing step writes t = relu(bn1(r)) in a launch of its own (16-bit) rather
+    than recomputing it in B's prologue and again in B's grad weight (fp32).
+
+    From the sm_90 codegen report (issue-13 model, N=128, bf16 C=64 H=32 g_s=8): B with the prologue
+    issues 280 SASS instructions per 128x32x32 step, as every tap renormalizes its shifted tile (each
+    element 9 times), 38.6 us against 15.4 for the plain gather; its grad weight recomputing t takes 28.8
+    us against 16.1. The pass writing t costs two activation passes (11.2 us) and t is kept for the
+    backward pass (one more activation saved per step). In fp32 the pass costs twice as many bytes
+    while the prologue costs the same instructions, and the two come out even (44.6 + 43.6 us against
+    22.4 + 35 + 31), so fp32 keeps the fused prologue and saves no t."""
+    return dtype in (torch.float16, torch.bfloat16)
+
+
 def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
                            geo_a: ConvGeometry, weight_b: torch.Tensor, bias_b: torch.Tensor | None,
                            geo_b: ConvGeometry, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
                            running: tuple | None,
                            running_updates: tuple[RunningStatsUpdate, RunningStatsUpdate] | None = None
                            ) -> tuple[torch.Tensor, ...]:
-    """One smoothing step that keeps r = f - A u and s = B(relu(bn1(r))) for the backward pass.
+    """One smoothing step that keeps r = f - A u, s = B(t) and, in 16-bit, t = relu(bn1(r)) for the
+    backward pass.
 
     ``running`` None: training, normalized with the batch statistics computed in the convolutions'
     epilogues, which also update ``running_updates`` (bn1's, bn2's) if given. Else (running_mean1,
     running_var1, running_mean2, running_var2) are used. Launches: A (+ residual, + bn1 batch
-    statistics and running update), B (+ bn1/relu prologue, + bn2's), the update u + relu(bn2(s))
-    (+ num_batches_tracked). Returns (out, r, s, stats) with stats = (mean1, var1, mean2, var2), (4, C) fp32.
+    statistics and running update), B (+ bn1/relu prologue, or after a launch writing t where
+    ``materializes_t``; + bn2's), the update u + relu(bn2(s)) (+ num_batches_tracked). Returns
+    (out, r, s, stats, t) with stats = (mean1, var1, mean2, var2), (4, C) fp32, and t empty unless
+    materialized.
     """
     if running is not None and running_updates is not None:
         raise AssertionError("running statistics are updated in training (batch statistics) only")
     fmt = conv_output_memory_format(u, weight_a)
     n_batch, channels, h, w = u.shape
+    pixels = n_batch * h * w
     r, s, out = (_empty_activation(u, fmt) for _ in range(3))
+    t = _empty_activation(u, fmt) if materializes_t(u.dtype) else u.new_empty(0)
+    bnk = _batchnorm_kernels()
+    unused = scratch(u.device)
+
+    def b_of_relu_bn1(bn1, **stats_args):
+        if not t.numel():
+            _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, **stats_args)
+            return
+        _elementwise(bnk.bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
+                     (r, unused, t, *bn1.pointers(), unused, unused),
+                     (*r.stride(), 0, 0, 0, 0, *t.stride(), pixels, h * w, w, channels, bn1.eps), (r, t),
+                     HAS_RESIDUAL=False, COUNT_BATCH=False)
+        _gather(t, weight_b, bias_b, s, geo_b, False, **stats_args)
+
     if running is None:
         stats = torch.empty((4, channels), device=u.device, dtype=torch.float32)
         partials = gather_stats_buffer(u.shape, u.device)  # reused by B: launches run in stream order
         update1, update2 = running_updates if running_updates is not None else (None, None)
         _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0,
                 stats=partials, stats_mode="moments", reduced=stats[:2], running_update=update1)
-        bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
-        _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, stats=partials, stats_mode="moments",
-                reduced=stats[2:], running_update=update2)
+        b_of_relu_bn1(BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0]), stats=partials,
+                      stats_mode="moments", reduced=stats[2:], running_update=update2)
     else:
-        stats = torch.stack([t.float() for t in running])
-        bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
+        stats = torch.stack([v.float() for v in running])
         _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0)
-        _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1)
+        b_of_relu_bn1(BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0]))
     bn2 = BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1])
-    pixels = n_batch * h * w
     batches = ((running_updates[0].num_batches, running_updates[1].num_batches) if running_updates is not None
-               else (scratch(u.device),) * 2)
-    _elementwise(_batchnorm_kernels().bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
+               else (unused,) * 2)
+    _elementwise(bnk.bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
                  (s, u, out, *bn2.pointers(), *batches),
                  (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps), (s, u, out),
-                 COUNT_BATCH=running_updates is not None)
-    return out, r, s, stats
+                 HAS_RESIDUAL=True, COUNT_BATCH=running_updates is not None)
+    return out, r, s, stats, t
 
 
 def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
@@ -595,11 +655,12 @@ def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.T
 
 def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: torch.Tensor, geo_a: ConvGeometry,
                             weight_b: torch.Tensor, geo_b: ConvGeometry, r: torch.Tensor, s: torch.Tensor,
-                            stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
+                            t: torch.Tensor, stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
                             batch_stats: bool, has_bias: tuple[bool, bool],
                             needs_weight_grads: tuple[bool, bool],
                             carries: Sequence[tuple] = ()) -> tuple:
-    """Gradients of the smoothing step, recomputing t = relu(bn1(r)) and the relu masks from r and s.
+    """Gradients of the smoothing step, recomputing the relu masks from r and s, and t = relu(bn1(r)) in
+    B's grad weight unless the forward pass kept it (``t`` not empty: ``materializes_t``).
 
     Launches: bn2-backward sums, grad s, B^T (+ relu mask of bn1, + bn1-backward sums),
     grad B, grad r, A^T (+ grad_out), grad A. Returns (grad_u, grad_f, grad_weight_a,
@@ -613,10 +674,10 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
     if len(carries) > 2:
         raise AssertionError(f"a step adds at most two carried gradients per input, got {len(carries)}")
     carry_fs = [c[0] for c in carries if c[0] is not None]
-    for t in carry_fs:
-        if t.shape != u.shape or t.dtype != u.dtype or t.device != u.device:
-            raise AssertionError(f"carried f gradient {tuple(t.shape)} {t.dtype}, expected u's {tuple(u.shape)} "
-                                 f"{u.dtype}")
+    for carry_f in carry_fs:
+        if carry_f.shape != u.shape or carry_f.dtype != u.dtype or carry_f.device != u.device:
+            raise AssertionError(f"carried f gradient {tuple(carry_f.shape)} {carry_f.dtype}, expected u's "
+                                 f"{tuple(u.shape)} {u.dtype}")
     bnk = _batchnorm_kernels()
     fmt = conv_output_memory_format(u, weight_a)
     n_batch, channels, h, w = u.shape
@@ -644,7 +705,8 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
             stats=gather_stats_buffer(u.shape, u.device), stats_mode="bn_grad", reduced=sums1)
     grad_weight_b = grad_bias_b = None
     if needs_weight_grads[1]:
-        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, r, geo_b, has_bias[1], x_bn=bn1,
+        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, t if t.numel() else r, geo_b, has_bias[1],
+                                                        x_bn=None if t.numel() else bn1,
                                                         memory_format=weight_memory_format(weight_b),
                                                         carries=[c[3:5] for c in carries])
     grad_r = _empty_activation(u, fmt)

@@ -156,9 +156,10 @@ def _smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Ten
                    bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,
                    running_var2: Tensor, num_batches1: Tensor, num_batches2: Tensor, conv_a: List[int],
                    conv_b: List[int], eps1: float, eps2: float, batch_stats: bool,
-                   momentum: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """u + relu(bn2(B(relu(bn1(f - A u))))); also returns r, s and the statistics used, which
-    smoothing_step_backward reads (SmoothingStepFunction differentiates the pair).
+                   momentum: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """u + relu(bn2(B(relu(bn1(f - A u))))); also returns r, s, the statistics used and t = relu(bn1(r))
+    (empty unless ``launchers.materializes_t``: 16-bit), which smoothing_step_backward reads
+    (SmoothingStepFunction differentiates the pair).
 
     ``batch_stats``: normalize with the batch's statistics (training) and update both BatchNorms'
     running statistics and num_batches_tracked with ``momentum`` as nn.BatchNorm2d does (in the
@@ -190,11 +191,12 @@ def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, b
                          running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
                          conv_a, conv_b, eps1, eps2, batch_stats, momentum):
     stats = u.new_empty((4, u.shape[1]), dtype=torch.float32)
-    return _activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats
+    t = _activation_fake(u, weight_a) if launchers.materializes_t(u.dtype) else u.new_empty(0)
+    return _activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats, t
 
 
 def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weight_b: Tensor, r: Tensor, s: Tensor,
-                            stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
+                            t: Tensor, stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                             bn2_bias: Tensor, conv_a: List[int], conv_b: List[int], eps1: float, eps2: float,
                             batch_stats: bool, has_bias_a: bool, has_bias_b: bool, need_weight_a: bool,
                             need_weight_b: bool, carried: List[Optional[Tensor]]) -> List[Tensor]:
@@ -207,7 +209,7 @@ def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weig
     """
     grads = launchers.smoothing_step_backward(
         grad_out, u, weight_a, _geometry(u.shape, weight_a, conv_a), weight_b, _geometry(u.shape, weight_b, conv_b),
-        r, s, stats, (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2), batch_stats,
+        r, s, t, stats, (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2), batch_stats,
         (has_bias_a, has_bias_b), (need_weight_a, need_weight_b),
         [carried[i:i + 5] for i in range(0, len(carried), 5)])
     return [g if g is not None else u.new_empty(0) for g in grads]
@@ -219,7 +221,7 @@ call_smoothing_step_backward = DirectCall(smoothing_step_backward, _smoothing_st
 
 
 @smoothing_step_backward.register_fake
-def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight,
+def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, t, stats, bn1_weight, bn1_bias, bn2_weight,
                                   bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, has_bias_a, has_bias_b,
                                   need_weight_a, need_weight_b, carried):
     channels = u.shape[1]
@@ -277,12 +279,12 @@ class SmoothingStepFunction(torch.autograd.Function):
     def forward(ctx, u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                 running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
                 conv_a, conv_b, eps1, eps2, batch_stats, momentum, copies=0):
-        out, r, s, stats = call_smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
+        out, r, s, stats, t = call_smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
                                           bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
                                           running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1, eps2,
                                           batch_stats, momentum)
         ctx.save_for_backward(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-                              r, s, stats)
+                              r, s, stats, t)
         ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
         ctx.set_materialize_grads(False)
         if copies:
@@ -292,7 +294,7 @@ class SmoothingStepFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *carried):
         (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-         r, s, stats) = ctx.saved_tensors
+         r, s, stats, t) = ctx.saved_tensors
         conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
         need = ctx.needs_input_grad
         # a carried gradient only reaches an input that requires grad, whose alias required it
@@ -313,7 +315,7 @@ class SmoothingStepFunction(torch.autograd.Function):
                 result[1 + i % 5] = _sum_present([result[1 + i % 5], g])
             return tuple(result)
         grads = call_smoothing_step_backward(
-            grad_out, u, weight_a, weight_b, r, s, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
+            grad_out, u, weight_a, weight_b, r, s, t, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
             eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5],
             carried)
         grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads

@@ -1,11 +1,12 @@
 """The MgNet smoothing step u + relu(bn2(B(relu(bn1(f - A u))))) (MGiaD paper eq. 3, Alg. 1-3).
 
 backend="torch" is the eager composition (F.conv2d, F.batch_norm, relu and adds); "triton"
-fuses it: training is three launches forward (A with the residual and bn1's batch moments,
+fuses it: training is three launches forward in fp32 (A with the residual and bn1's batch moments,
 merged and applied to the running statistics in its epilogue; B with bn1 + relu in its
 prologue and bn2's moments and running statistics in its epilogue; the residual update, which
-counts the batch) and seven kernels backward; eval mode folds both BatchNorms into the two
-convolutions' epilogues (two launches).
+counts the batch), four in 16-bit (t = relu(bn1(r)) written by a launch of its own and kept for
+B's grad weight: ``launchers.materializes_t``), and seven kernels backward; eval mode folds both
+BatchNorms into the two convolutions' epilogues (two launches).
 """
 from __future__ import annotations
 

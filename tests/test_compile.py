@@ -47,23 +47,28 @@ def test_autotune_is_opt_in(setting, autotunes):
 
 _DEFAULT_GATHER_TILES = [  # (dst, red) per group, element size, pixel bucket, BatchNorm across the tile
     #                        -> (BLOCK_P, BLOCK_DST, BLOCK_RED, stages, maxnreg or 0)
-    ((8, 8), 4, 2, False, (256, 16, 16, 2, 0)),  # fp32: 16-wide channel tiles at every group size up to 16
-    ((8, 8), 4, 2, True, (256, 16, 16, 2, 0)),
+    ((8, 8), 4, 3, False, (256, 16, 16, 2, 0)),  # fp32: 16-wide channel tiles at every group size up to 16
+    ((8, 8), 4, 3, True, (256, 16, 16, 2, 0)),
     ((8, 8), 4, 1, False, (128, 32, 32, 3, 0)),  # fewer pixels: 128, 32 wide where that spans at most 4 groups
+    ((8, 8), 4, 2, False, (128, 32, 32, 3, 0)),
     ((8, 8), 4, 1, True, (128, 16, 16, 3, 0)),  # but with a BatchNorm across the tile
     ((4, 4), 4, 1, False, (128, 16, 16, 3, 0)),  # 32 wide would span 8 groups: 8x the MMA work
+    ((4, 4), 4, 2, False, (128, 16, 16, 3, 0)),
     ((8, 8), 4, 0, False, (64, 16, 16, 3, 0)),  # fewest: narrow tiles keep the SMs busy
     ((32, 32), 4, 1, False, (128, 32, 32, 3, 0)),
-    ((32, 32), 4, 2, False, (128, 32, 32, 3, 0)),  # fp32 256x32x32 would take 8 warps or 239 registers
+    ((32, 32), 4, 3, False, (128, 32, 32, 3, 0)),  # fp32 256x32x32 would take 8 warps or 239 registers
     ((8, 8), 2, 1, False, (128, 32, 32, 3, 0)),  # 16-bit: 32-wide tiles over 4 groups load 128 bits
-    ((8, 8), 2, 2, False, (256, 32, 32, 2, 168)),  # 256 pixels at 3 CTAs' registers
+    ((8, 8), 2, 2, False, (256, 32, 32, 2, 168)),  # 256 pixels at 3 CTAs' registers from 8192 pixels
+    ((8, 8), 2, 3, False, (256, 32, 32, 2, 168)),
     ((8, 8), 2, 2, True, (128, 32, 32, 3, 0)),  # a BatchNorm across the tile would need 233-255
+    ((8, 8), 2, 3, True, (128, 32, 32, 3, 0)),
     ((4, 4), 2, 1, False, (128, 16, 16, 3, 0)),  # 32 wide would span 8 groups: 8x the MMA work
-    ((4, 4), 2, 2, True, (256, 16, 16, 2, 0)),  # a BatchNorm across the tile would need 236-254 at 512
-    ((4, 4), 2, 2, False, (512, 16, 16, 2, 0)),  # 16-bit 16x16 tiles: the fixed work per step over 512 pixels
+    ((4, 4), 2, 2, False, (128, 16, 16, 3, 0)),
+    ((4, 4), 2, 3, True, (256, 16, 16, 2, 0)),  # a BatchNorm across the tile would need 236-254 at 512
+    ((4, 4), 2, 3, False, (512, 16, 16, 2, 0)),  # 16-bit 16x16 tiles: the fixed work per step over 512 pixels
     ((4, 8), 2, 0, False, (64, 16, 32, 3, 0)),  # a channel multiplier: each side on its own
     ((5, 64), 2, 1, False, (128, 16, 32, 3, 0)),
-    ((5, 64), 2, 2, False, (128, 16, 32, 3, 0)),  # mixed widths keep 128 pixels
+    ((5, 64), 2, 3, False, (128, 16, 32, 3, 0)),  # mixed widths keep 128 pixels
 ]
 
 
@@ -79,9 +84,10 @@ def _configs_off_the_interpreter(loop: str, call: str, tile: str) -> list[tuple]
 
 def test_default_gather_tile_follows_the_codegen_study():
     """The default gather tile (no autotuning, sm_90 compiler path): 128 pixels from the first pixel bucket
-    on, 256 at two stages from the second with 16-wide channel tiles (512 in 16-bit unless a BatchNorm spans
-    the tile), and with 32-wide 16-bit ones (registers capped) unless a BatchNorm spans the tile; tiles 32 wide where they span at most 4 groups in 16-bit, and
-    in fp32 in the middle pixel bucket without a BatchNorm across the tile."""
+    on; 256 at two stages with 32-wide 16-bit channel tiles (registers capped) from the second unless a
+    BatchNorm spans the tile; from the last, 256 with 16-wide ones (512 in 16-bit unless a BatchNorm spans
+    the tile). Tiles 32 wide where they span at most 4 groups in 16-bit, and in fp32 in the middle pixel
+    buckets without a BatchNorm across the tile."""
     got = _configs_off_the_interpreter(
         f"(dst, red), size, wide, bn, _ in {_DEFAULT_GATHER_TILES!r}",
         "conv.default_gather_config(dst, red, size, wide, tile_batchnorm=bn)",

@@ -467,3 +467,59 @@ def test_launch_site_caches_are_bounded_oldest_first_and_cleared_together():
     assert 9 not in cache and cache[10] == "10" and cache[newest] == str(newest)
     launch_plans.clear()
     assert not cache
+
+
+def _reduced_channel_range(c_dst, dst_per_group, red_per_group, c0, block_dst):
+    """(first, end) of the reduced channels a tile of dst channels c0..c0+block_dst needs, by listing them."""
+    groups = {c // dst_per_group for c in range(c0, min(c0 + block_dst, c_dst))}
+    needed = [r for g in groups for r in range(g * red_per_group, (g + 1) * red_per_group)]
+    return min(needed), max(needed) + 1
+
+
+def test_channel_range_alignment_divides_every_tiles_reduced_range_and_is_the_largest():
+    """The alignment the launchers hint for the reduced-channel range of a tile (gather's RED_RANGE_ALIGN,
+    grad weight's IN_ALIGN) divides the start and end of the channels every tile reads, listed one by one,
+    and no larger power of two (at most 16) does: 4-channel groups in 16-wide tiles load 16 at once."""
+    from mgiad_kernels.launchers import channel_range_alignment
+
+    assert channel_range_alignment(128, 4, 4, [16]) == 16
+    assert channel_range_alignment(128, 4, 4, [16, 32]) == 16
+    assert channel_range_alignment(12, 4, 4, [16]) == 4  # the one tile ends at 12
+    assert channel_range_alignment(48, 6, 6, [16]) == 2  # 16 dst channels touch groups 0-2: 0..18
+    for groups in (1, 2, 3, 4, 6, 8):
+        for dst_per_group in (1, 2, 3, 4, 8, 12, 16):
+            for red_per_group in (1, 2, 4, 6, 8, 16, 32):
+                for block_dst in (16, 32, 64):
+                    c_dst = groups * dst_per_group
+                    align = channel_range_alignment(c_dst, dst_per_group, red_per_group, [block_dst])
+                    ends = [e for c0 in range(0, c_dst, block_dst)
+                            for e in _reduced_channel_range(c_dst, dst_per_group, red_per_group, c0, block_dst)]
+                    assert all(e % align == 0 for e in ends), (c_dst, dst_per_group, red_per_group, block_dst)
+                    assert align == 16 or any(e % (2 * align) for e in ends), \
+                        (c_dst, dst_per_group, red_per_group, block_dst, align)
+
+
+@pytest.mark.parametrize("n, c, h, w, groups, whole_boxes, whole_channel_blocks", [
+    pytest.param(4, 32, 8, 8, 8, True, True, id="whole-boxes-and-channel-blocks"),
+    pytest.param(4, 32, 8, 8, 1, True, True, id="dense-whole"),
+    pytest.param(3, 32, 8, 8, 8, False, True, id="images-past-the-last-box"),
+    pytest.param(4, 32, 7, 8, 8, False, True, id="rows-past-the-last-box"),
+    pytest.param(4, 24, 8, 8, 6, True, False, id="a-partial-channel-tile"),
+])
+def test_grad_weight_whole_boxes_and_channel_blocks_drop_their_masks(n, c, h, w, groups, whole_boxes,
+                                                                      whole_channel_blocks):
+    """Grad weight's FULL_BOXES (N, H_out, W_out multiples of the 4x4x4 pixel box) and FULL_CHANNEL_BLOCKS
+    (whole 16- or 32-wide channel tiles) let the kernel skip the pixel and channel masks; either way it
+    matches float64."""
+    from mgiad_kernels import launch_plans, launchers
+
+    launch_plans.clear()
+    try:
+        torch.manual_seed(8)
+        x, wt, b = _make(n, c, c, h, w, 3, groups, True, torch.float32)
+        _check_against_reference(x, wt, b, 1, 1, groups, "triton", torch.float32)
+        flags = {(site[0].constexprs["FULL_BOXES"], site[0].constexprs["FULL_CHANNEL_BLOCKS"])
+                 for site in launchers._GRAD_WEIGHT_SITES.values()}
+        assert flags == {(whole_boxes, whole_channel_blocks)}, flags
+    finally:
+        launch_plans.clear()

@@ -126,6 +126,33 @@ def test_fused_step_matches_eager_float64(n, c, h, w, group_size, kernel, dilati
         assert fused["output"].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval-with-grad"])
+@pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
+                                  if c.id in ("g4-oddHW", "dilated-channels_last", "g8-N1-odd")])
+def test_half_step_keeps_t_for_the_backward_pass(case, train, launches):
+    """In 16-bit (launchers.materializes_t) the step writes t = relu(bn1(r)) in a launch of its own, B reads
+    it with no prologue and B's grad weight reads it with no recompute: four launches forward, seven
+    backward, within twice the eager fp16 error of float64 (run in fp16 under the interpreter too)."""
+    from mgiad_kernels import launch_plans, launchers
+
+    n, c, h, w, group_size, kernel, dilation, bias, channels_last = case
+    step = _make_step(c, group_size, kernel, dilation, bias, "triton")
+    if not train:  # eval mode with parameters requiring grad: the running statistics, autograd kept
+        step.eval()
+    u, f, grad = _inputs(n, c, h, w, torch.float16, channels_last)
+    launch_plans.clear()
+    try:
+        _check_step(step, u, f, grad, torch.float16, train)
+        assert len(launches) == 4 + 7, launches
+        recompute = {site[0].constexprs["X_BN_RELU"] for site in launchers._GRAD_WEIGHT_SITES.values()}
+        assert recompute == {False}, recompute
+        prologue = {site.constexprs["PROLOGUE_BN_RELU"] for site in launch_plans.SITES.values()
+                    if "PROLOGUE_BN_RELU" in site.constexprs}
+        assert prologue == {False}, prologue
+    finally:
+        launch_plans.clear()
+
+
 def test_fused_step_sums_bn2_gradients_over_several_pixel_tiles(monkeypatch):
     """bn2's backward sums take 256-pixel tiles (launchers._GRAD_SUMS_BLOCK_P): 2*17*16 = 544 pixels make three
     partial rows, the last one part-filled, merged in order by the last tile to arrive; matches float64."""

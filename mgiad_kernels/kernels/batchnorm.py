@@ -42,9 +42,9 @@ def _elementwise_tile(P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
 
 @triton.jit(do_not_specialize=["P", "HW", "W", "C"])
 def bn_relu_residual_kernel(
-    x_ptr,  # (N, C, H, W): s = B(t)
-    residual_ptr,  # (N, C, H, W): u
-    out_ptr,  # (N, C, H, W) out: u + relu(bn(s))
+    x_ptr,  # (N, C, H, W): s = B(t), or r = f - A u (HAS_RESIDUAL False)
+    residual_ptr,  # (N, C, H, W): u (HAS_RESIDUAL)
+    out_ptr,  # (N, C, H, W) out: u + relu(bn(s)), or t = relu(bn(r)) (HAS_RESIDUAL False)
     bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,  # (C,) the BatchNorm
     batches1_ptr, batches2_ptr,  # () int64 num_batches_tracked of the step's two BatchNorms (COUNT_BATCH)
     x_stride_n, x_stride_c, x_stride_h, x_stride_w,  # strides of x, elements
@@ -52,11 +52,13 @@ def bn_relu_residual_kernel(
     out_stride_n, out_stride_c, out_stride_h, out_stride_w,  # strides of out, elements
     P, HW, W, C,  # pixels N*H*W, H*W, W, channels
     bn_eps,  # float
+    HAS_RESIDUAL: tl.constexpr,  # add the residual (the update); else only relu(bn(x))
     COUNT_BATCH: tl.constexpr,  # training: add one to both num_batches_tracked, as nn.BatchNorm2d does
     PIXEL_DENSE: tl.constexpr,  # every tensor's pixels evenly spaced (see _tile_offsets)
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known.
+    """The smoothing step's update u + relu(bn2(s)) (eq. 3), once bn2's batch statistics are known; or,
+    without the residual, its t = relu(bn1(r)) once bn1's are.
 
     The gathers before it updated the running statistics from num_batches_tracked as it was before
     this batch; the count goes up here, after them in stream order."""
@@ -68,9 +70,11 @@ def bn_relu_residual_kernel(
     _, _, scale, shift = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps, offs_c, c_mask)
     x_offs = _tile_offsets(offs_p, offs_c, HW, W, x_stride_n, x_stride_c, x_stride_h, x_stride_w, PIXEL_DENSE)
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
-    res_offs = _tile_offsets(offs_p, offs_c, HW, W, res_stride_n, res_stride_c, res_stride_h, res_stride_w, PIXEL_DENSE)
-    res = tl.load(residual_ptr + res_offs, mask=mask, other=0.0).to(tl.float32)
-    out = res + relu(x * scale[None, :] + shift[None, :])
+    out = relu(x * scale[None, :] + shift[None, :])
+    if HAS_RESIDUAL:
+        res_offs = _tile_offsets(offs_p, offs_c, HW, W, res_stride_n, res_stride_c, res_stride_h, res_stride_w,
+                                 PIXEL_DENSE)
+        out += tl.load(residual_ptr + res_offs, mask=mask, other=0.0).to(tl.float32)
     out_offs = _tile_offsets(offs_p, offs_c, HW, W, out_stride_n, out_stride_c, out_stride_h, out_stride_w,
                              PIXEL_DENSE)
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask)

@@ -25,11 +25,11 @@ from .split_reduction import exponential_average, last_to_arrive, merge_moments,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
                "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
-               "RUNNING_UPDATE", "RED_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS", "WIDE_PIXEL_INDEX",
-               "INPUT_PRECISION"]
+               "RUNNING_UPDATE", "RED_ALIGN", "RED_RANGE_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS",
+               "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
-                    "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "WIDE_PIXEL_INDEX", "INPUT_PRECISION",
-                    "TILE_N", "TILE_H", "TILE_W"]
+                    "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "FULL_CHANNEL_BLOCKS", "FULL_BOXES",
+                    "WIDE_PIXEL_INDEX", "INPUT_PRECISION", "TILE_N", "TILE_H", "TILE_W"]
 
 # OTHER_MODE: what the epilogue does with the tensor `other` read at the output positions
 OTHER_NONE = tl.constexpr(0)  # nothing
@@ -108,7 +108,8 @@ def _channel_tile(per_group: int) -> int:
 
 
 GATHER_WIDE_PIXELS = 4096  # the pixel-count bucket from which the default gather tile is 128 pixels wide
-GATHER_WIDEST_PIXELS = 32768  # and from which the fp32 one is 256 pixels wide
+GATHER_WIDE_HALF_PIXELS = 8192  # from which a 16-bit 32x32 one is 256 pixels wide
+GATHER_WIDEST_PIXELS = 32768  # and from which the 16x16 ones are 256 (fp32) or 512 (16-bit) pixels wide
 
 
 def _wide_channel_tile(per_group: int) -> int:
@@ -121,8 +122,8 @@ def _wide_channel_tile(per_group: int) -> int:
 
 def gather_pixels_bucket(pixels: int) -> int:
     """The pixel-count bucket of a gather launch's output: 0 below GATHER_WIDE_PIXELS, 1 below
-    GATHER_WIDEST_PIXELS, else 2."""
-    return 0 if pixels < GATHER_WIDE_PIXELS else 1 if pixels < GATHER_WIDEST_PIXELS else 2
+    GATHER_WIDE_HALF_PIXELS, 2 below GATHER_WIDEST_PIXELS, else 3."""
+    return sum(pixels >= bound for bound in (GATHER_WIDE_PIXELS, GATHER_WIDE_HALF_PIXELS, GATHER_WIDEST_PIXELS))
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,24 +144,30 @@ def default_gather_config(dst_per_group: int, red_per_group: int, element_size: 
     H=16; 219 SASS instructions per step for 512 pixels against 160 for 256, the weight tile and the tap's
     bookkeeping shared by twice the pixels) at 176-180 registers, 2 CTAs per SM; a BatchNorm across the
     tile takes 236-254 there, so those launches keep 256. 16-bit 256x32x32 (g_s >= 8) at most 168 registers
-    (_WIDE_GATHER_MAX_REGISTERS) 0.65 against 0.47; with a BatchNorm across the tile that tile spills or
-    needs 233-255 registers, so those launches keep 128 pixels. Between the two pixel buckets fp32 tiles
-    are 32 channels wide where that spans at most 4 groups (C=256 H=8 g_s=8: 128x32x32 0.63, 128-162
-    registers, against 0.48 at 128x16x16), but for a BatchNorm across the tile (206 registers). Fewer
-    pixels keep narrower tiles, so the grid still fills the SMs: 128 pixels from GATHER_WIDE_PIXELS, 256
-    (or 512) from GATHER_WIDEST_PIXELS."""
+    (_WIDE_GATHER_MAX_REGISTERS) 0.65 against 0.47 (C=64 H=32), and from GATHER_WIDE_HALF_PIXELS on: at
+    C=256 H=8 (8192 pixels, 256 CTAs on 132 SMs at 3 CTAs per SM) 0.73 against 0.49 at 128 pixels; with a
+    BatchNorm across the tile that tile spills or needs 233-255 registers, so those launches keep 128
+    pixels. Below GATHER_WIDEST_PIXELS fp32 tiles are 32 channels wide where that spans at most 4 groups
+    (C=256 H=8 g_s=8: 128x32x32 0.63, 128-162 registers, against 0.48 at 128x16x16), but for a BatchNorm
+    across the tile (206 registers). Fewer pixels keep narrower tiles, so the grid still fills the SMs:
+    64 pixels below GATHER_WIDE_PIXELS, else 128 but where given above."""
     if interpreter_enabled():
         return _INTERPRETER_GATHER
-    wide_channels = element_size == 2 or (pixels_bucket == 1 and not tile_batchnorm)
+    wide_channels = element_size == 2 or (pixels_bucket in (1, 2) and not tile_batchnorm)
     channel_tile = _wide_channel_tile if wide_channels else _channel_tile
     block_dst, block_red = channel_tile(dst_per_group), channel_tile(red_per_group)
     narrow = block_dst == block_red == 16
-    # 256 pixels with 16-wide channel tiles, or 32-wide 16-bit ones capped at 3 CTAs' registers; the swept
-    # fp32 256-pixel tiles with 32-wide ones take 8 warps or 239 registers
+    # 32-wide 16-bit tiles capped at 3 CTAs' registers; the swept fp32 256-pixel tiles with 32-wide ones
+    # take 8 warps or 239 registers
     wide_half = element_size == 2 and block_dst == block_red == 32 and not tile_batchnorm
-    block_p = (64, 128, 256 if narrow or wide_half else 128)[pixels_bucket]
-    if block_p == 256 and narrow and element_size == 2 and not tile_batchnorm:
-        block_p = 512
+    if pixels_bucket == 0:
+        block_p = 64
+    elif pixels_bucket == 3 and narrow:
+        block_p = 512 if element_size == 2 and not tile_batchnorm else 256
+    elif pixels_bucket >= 2 and wide_half:
+        block_p = 256
+    else:
+        block_p = 128
     return triton.Config({"BLOCK_P": block_p, "BLOCK_DST": block_dst, "BLOCK_RED": block_red}, num_warps=4,
                          num_stages=2 if block_p >= 256 else 3,
                          maxnreg=_WIDE_GATHER_MAX_REGISTERS if block_p == 256 and not narrow else None)
@@ -361,6 +368,7 @@ def conv2d_gather_kernel(
     STATS: tl.constexpr,  # one of STATS_* above
     RUNNING_UPDATE: tl.constexpr,  # one of RUNNING_* above (with STATS_MOMENTS)
     RED_ALIGN: tl.constexpr,  # the largest power of two (at most 16) dividing RED_PER_GROUP
+    RED_RANGE_ALIGN: tl.constexpr,  # and every tile's red_start and red_end (a multiple of RED_ALIGN)
     DST_ALIGN: tl.constexpr,  # the same for DST_PER_GROUP
     W_ALIGN: tl.constexpr,  # a power of two (at most 16) dividing the weight's out-channel and tap strides
     FULL_CHANNEL_BLOCKS: tl.constexpr,  # every channel tile is whole and its reduced channels whole BLOCK_REDs
@@ -401,10 +409,10 @@ def conv2d_gather_kernel(
     group_c = offs_c // DST_PER_GROUP
     local_c = offs_c - group_c * DST_PER_GROUP
     # the reduced channels this tile needs: all channels of the groups it touches
-    # (both multiples of RED_PER_GROUP, so of RED_ALIGN: the operand loads along channels vectorize)
-    red_start = tl.multiple_of((c0 // DST_PER_GROUP) * RED_PER_GROUP, RED_ALIGN)
+    # (multiples of RED_RANGE_ALIGN, checked by the launcher: the src loads along channels vectorize)
+    red_start = tl.multiple_of((c0 // DST_PER_GROUP) * RED_PER_GROUP, RED_RANGE_ALIGN)
     red_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_DST, C_DST) - 1) // DST_PER_GROUP + 1) * RED_PER_GROUP,
-                             RED_ALIGN)
+                             RED_RANGE_ALIGN)
 
     # Aligned runs of DST_ALIGN dst channels (RED_ALIGN reduced ones) lie in one group: along them the in-group
     # index is contiguous and the group constant. Said to the compiler, with the weight's strides rounded to
@@ -589,7 +597,7 @@ def _batch_statistics(stats_ptr, reduced_ptr, counter_ptr, running_mean_ptr, run
 def _grad_weight_block_sums(x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
                             scale_ci, shift_ci, STRIDE_H: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
                             STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            X_BN_RELU: tl.constexpr, PADDING_BY_PRODUCT: tl.constexpr,
+                            X_BN_RELU: tl.constexpr, PADDING_BY_PRODUCT: tl.constexpr, FULL_BOXES: tl.constexpr,
                             INPUT_PRECISION: tl.constexpr, TILE_N: tl.constexpr, TILE_H: tl.constexpr,
                             TILE_W: tl.constexpr, BLOCK_OUT: tl.constexpr, COLUMNS: tl.constexpr):
     """grad_y tile @ x tile summed over the pixel boxes u_start..u_end of one kernel row and input-channel
@@ -600,7 +608,8 @@ def _grad_weight_block_sums(x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps
     lane's (n, h, w), its input row, its offsets from the corner in grad_y and (with each column's) in x, and
     its input column with each column's; ``sizes``: N, H, W, H_out, W_out and the boxes along H and W.
     X_BN_RELU: x is loaded as relu(scale_ci * x + shift_ci), padding zeroed by a product with the 0/1 mask,
-    two 16-bit values per instruction (PADDING_BY_PRODUCT: exact where that t is finite), or selected."""
+    two 16-bit values per instruction (PADDING_BY_PRODUCT: exact where that t is finite), or selected.
+    FULL_BOXES: no box holds a pixel past the end, so only the padding masks x."""
     box_n, box_h, box_w, gy_corner, x_corner = corner
     gy_next_w, gy_next_h, gy_next_n, x_next_w, x_next_h, x_next_n = steps
     lane_n, lane_h, lane_w, lane_ih, gy_lane, x_lane_col, lane_col_iw = lanes
@@ -608,15 +617,18 @@ def _grad_weight_block_sums(x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps
     acc = tl.zeros([BLOCK_OUT, COLUMNS], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
     for unit in range(u_start, u_end):
-        n0 = box_n * TILE_N
         oh0 = box_h * TILE_H
         ow0 = box_w * TILE_W
-        p_mask = (lane_n < N - n0) & (lane_h < H_out - oh0) & (lane_w < W_out - ow0)
-        gy_t = tl.load(grad_y_ptr + gy_corner + gy_lane, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
         ih0 = oh0 * STRIDE_H - PAD_H + kh * DIL_H  # the corner's input row and column
         iw0 = ow0 * STRIDE_W - PAD_W
         # 0 <= i < size as one unsigned compare (a negative i wraps past any size)
-        row_valid = p_mask & ((ih0 + lane_ih).to(tl.uint32) < H.to(tl.uint32))
+        row_valid = (ih0 + lane_ih).to(tl.uint32) < H.to(tl.uint32)
+        if FULL_BOXES:
+            gy_t = tl.load(grad_y_ptr + gy_corner + gy_lane, mask=co_mask[:, None], other=0.0)
+        else:
+            p_mask = (lane_n < N - box_n * TILE_N) & (lane_h < H_out - oh0) & (lane_w < W_out - ow0)
+            gy_t = tl.load(grad_y_ptr + gy_corner + gy_lane, mask=co_mask[:, None] & p_mask[None, :], other=0.0)
+            row_valid = row_valid & p_mask
         x_mask = row_valid[:, None] & ((iw0 + lane_col_iw).to(tl.uint32) < W.to(tl.uint32)) & ci_mask[None, :]
         x_tile = tl.load(x_ptr + x_corner + x_lane_col, mask=x_mask, other=0.0)
         if X_BN_RELU:
@@ -673,7 +685,10 @@ def conv2d_grad_weight_kernel(
     HAS_BIAS: tl.constexpr,  # also write the bias gradient's partial sums
     X_BN_RELU: tl.constexpr,  # x is loaded as relu(bn(x)) (zero padding stays zero)
     CARRIES: tl.constexpr,  # 0-2: grad_w (grad_b) = alpha * the sums + carry_w (+ carry2_w), added before the cast
-    OUT_ALIGN: tl.constexpr, IN_ALIGN: tl.constexpr,  # largest powers of two (at most 16) dividing the group sizes
+    OUT_ALIGN: tl.constexpr,  # the largest power of two (at most 16) dividing C_OUT
+    IN_ALIGN: tl.constexpr,  # and every output-channel tile's in_start and in_end (at most 16)
+    FULL_CHANNEL_BLOCKS: tl.constexpr,  # C_OUT a multiple of BLOCK_OUT, every tile's input channels whole blocks
+    FULL_BOXES: tl.constexpr,  # N, H_out, W_out multiples of TILE_N, TILE_H, TILE_W: every box whole
     WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_out*W_out >= 2^31: box indices in 64 bits
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     TILE_N: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,  # the pixel box, powers of two
@@ -695,9 +710,12 @@ def conv2d_grad_weight_kernel(
 
     c0 = pid_c * BLOCK_OUT
     offs_co = c0 + tl.arange(0, BLOCK_OUT)
-    # C_OUT and the input-channel range are multiples of the group sizes, so of OUT_ALIGN and IN_ALIGN:
-    # the grad_y and x loads along channels vectorize
-    co_mask = offs_co < tl.multiple_of((C_OUT // OUT_PER_GROUP) * OUT_PER_GROUP, OUT_ALIGN)  # (a hint needs an op)
+    # C_OUT and the input-channel range are multiples of OUT_ALIGN and IN_ALIGN (the launcher's
+    # grad_weight_channel_alignment): the grad_y and x loads along channels vectorize
+    if FULL_CHANNEL_BLOCKS:
+        co_mask = tl.full([BLOCK_OUT], 1, tl.int1)
+    else:
+        co_mask = offs_co < tl.multiple_of((C_OUT // OUT_PER_GROUP) * OUT_PER_GROUP, OUT_ALIGN)  # (a hint needs an op)
     group_co = offs_co // OUT_PER_GROUP
     in_start = tl.multiple_of((c0 // OUT_PER_GROUP) * IN_PER_GROUP, IN_ALIGN)
     in_end = tl.multiple_of(((tl.minimum(c0 + BLOCK_OUT, C_OUT) - 1) // OUT_PER_GROUP + 1) * IN_PER_GROUP, IN_ALIGN)
@@ -755,7 +773,10 @@ def conv2d_grad_weight_kernel(
     col_dw = col_kw * DIL_W
     for ci0 in range(in_start, in_end, BLOCK_IN):
         offs_ci = ci0 + col_ci
-        ci_mask = (offs_ci < in_end) & (col_kw < KW)
+        if FULL_CHANNEL_BLOCKS:
+            ci_mask = col_kw < KW
+        else:
+            ci_mask = (offs_ci < in_end) & (col_kw < KW)
         group_ci = offs_ci // IN_PER_GROUP
         # one x tile serves the row's KW taps: pixel (ih, iw) and its KW - 1 neighbours along W
         x_lane_col = x_lane[:, None] + (col_dw.to(tl.int64) * x_stride_w + offs_ci.to(tl.int64) * x_stride_c)[None, :]
@@ -778,22 +799,22 @@ def conv2d_grad_weight_kernel(
             if x_ptr.dtype.element_ty == tl.float32:
                 acc, bias_acc = _grad_weight_block_sums(
                     x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
-                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, False,
+                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, False, FULL_BOXES,
                     INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
             elif tl.sum((scale_ci * 0.0 + shift_ci * 0.0 != 0.0).to(tl.int32), axis=0) == 0:
                 acc, bias_acc = _grad_weight_block_sums(
                     x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
-                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, True,
+                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, True, FULL_BOXES,
                     INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
             else:
                 acc, bias_acc = _grad_weight_block_sums(
                     x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
-                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, False,
+                    scale_ci, shift_ci, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, True, False, FULL_BOXES,
                     INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
         else:
             acc, bias_acc = _grad_weight_block_sums(
                 x_ptr, grad_y_ptr, u_start, u_end, kh, corner, steps, lanes, sizes, co_mask, ci_mask,
-                co_mask, co_mask, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, False, False,
+                co_mask, co_mask, STRIDE_H, PAD_H, PAD_W, STRIDE_W, DIL_H, HAS_BIAS, False, False, FULL_BOXES,
                 INPUT_PRECISION, TILE_N, TILE_H, TILE_W, BLOCK_OUT, KW_BLOCK * BLOCK_IN)
         local_ci = offs_ci - group_ci * IN_PER_GROUP
         tap = kh * KW + col_kw
