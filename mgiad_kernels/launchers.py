@@ -571,11 +571,12 @@ def materializes_t(dtype: torch.dtype) -> bool:
 
     From the sm_90 codegen report (issue-13 model, N=128, bf16 C=64 H=32 g_s=8): B with the prologue
     issues 280 SASS instructions per 128x32x32 step, as every tap renormalizes its shifted tile (each
-    element 9 times), 38.6 us against 15.4 for the plain gather; its grad weight recomputing t takes 28.8
-    us against 16.1. The pass writing t costs two activation passes (11.2 us) and t is kept for the
-    backward pass (one more activation saved per step). In fp32 the pass costs twice as many bytes
-    while the prologue costs the same instructions, and the two come out even (44.6 + 43.6 us against
-    22.4 + 35 + 31), so fp32 keeps the fused prologue and saves no t."""
+    element 9 times), 38.6 us, against 19.6 for B reading t plus 11.2 for the pass writing it (two
+    activation passes, at their floor); B's grad weight reading t takes 11.2 us where recomputing t took
+    28.8 (before its whole-box path). t is kept for the backward pass: one more activation saved per step.
+    In fp32 the pass moves twice the bytes while the prologue costs the same instructions, and the two
+    come out even (C=64 H=32: 44.6 + 34.1 us against about 22.4 + 33 + 22.4), so fp32 keeps the fused
+    prologue and saves no t."""
     return dtype in (torch.float16, torch.bfloat16)
 
 
