@@ -656,8 +656,8 @@ def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.T
 
 def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: torch.Tensor, geo_a: ConvGeometry,
                             weight_b: torch.Tensor, geo_b: ConvGeometry, r: torch.Tensor, s: torch.Tensor,
-                            t: torch.Tensor, stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
-                            batch_stats: bool, has_bias: tuple[bool, bool],
+                            t: torch.Tensor, stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple,
+                            eps: tuple[float, float], batch_stats: bool, has_bias: tuple[bool, bool],
                             needs_weight_grads: tuple[bool, bool],
                             carries: Sequence[tuple] = ()) -> tuple:
     """Gradients of the smoothing step, recomputing the relu masks from r and s, and t = relu(bn1(r)) in
@@ -706,8 +706,8 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
             stats=gather_stats_buffer(u.shape, u.device), stats_mode="bn_grad", reduced=sums1)
     grad_weight_b = grad_bias_b = None
     if needs_weight_grads[1]:
-        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, t if t.numel() else r, geo_b, has_bias[1],
-                                                        x_bn=None if t.numel() else bn1,
+        b_input, b_input_bn = (t, None) if t.numel() else (r, bn1)  # kept t, or r with bn1 + relu recomputed
+        grad_weight_b, grad_bias_b = conv2d_grad_weight(grad_s, b_input, geo_b, has_bias[1], x_bn=b_input_bn,
                                                         memory_format=weight_memory_format(weight_b),
                                                         carries=[c[3:5] for c in carries])
     grad_r = _empty_activation(u, fmt)

@@ -280,9 +280,9 @@ class SmoothingStepFunction(torch.autograd.Function):
                 running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
                 conv_a, conv_b, eps1, eps2, batch_stats, momentum, copies=0):
         out, r, s, stats, t = call_smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
-                                          bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
-                                          running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1, eps2,
-                                          batch_stats, momentum)
+                                                  bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
+                                                  running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1,
+                                                  eps2, batch_stats, momentum)
         ctx.save_for_backward(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                               r, s, stats, t)
         ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
