@@ -290,11 +290,19 @@ _GATHER_VARIANTS = {  # (TRANSPOSED, PROLOGUE_BN_RELU, OTHER_MODE, EPILOGUE_BN_R
 }
 
 
+_READS_ADJOINT = ", adjoint weight"  # grad input through the adjoint weight (launchers.adjoint_weight_wanted)
+_WRITES_ADJOINT = ", writes the adjoint weight"  # the forward that writes it
+
+
 def variant_name(name: str, k: dict) -> str:
     if name == "conv2d_gather_kernel":
         key = (bool(k["TRANSPOSED"]), bool(k["PROLOGUE_BN_RELU"]), int(k["OTHER_MODE"]),
                bool(k["EPILOGUE_BN_RELU"]), int(k["STATS"]))
         label = _GATHER_VARIANTS.get(key, "gather T=%d prologue=%d other=%d epilogue=%d stats=%d" % key)
+        if k.get("TRANSPOSED") and k.get("WEIGHT_OUT_IS_DST"):
+            label += _READS_ADJOINT
+        if k.get("WRITE_ADJOINT_WEIGHT"):
+            label += _WRITES_ADJOINT
         return label + (" + bias" if k.get("HAS_BIAS") else "")
     if name == "conv2d_grad_weight_kernel":
         return ("grad weight of B, relu(bn1(r)) recomputed" if k["X_BN_RELU"] else "grad weight") + \
@@ -410,20 +418,22 @@ def _shape_ops(c: int, h: int, gs: int, dtype):
         updates = tuple(launchers.RunningStatsUpdate(vec(), vec(), torch.zeros((), dtype=torch.int64), 0.1,
                                                      N_BATCH * h * h) for _ in range(2))
         state["fwd"] = launchers.smoothing_step_forward(u, f, w_a, None, geo, w_b, None, geo, bn1_affine, bn2_affine,
-                                                        eps, None, updates)
+                                                        eps, None, updates, adjoint_weights=True)
 
     def smoothing_backward():
-        _, r, s, stats, t = state["fwd"]
+        _, r, s, stats, t, adjoint_a, adjoint_b = state["fwd"]
         launchers.smoothing_step_backward(gy, u, w_a, geo, w_b, geo, r, s, t, stats, bn1_affine, bn2_affine, eps,
-                                          True, (False, False), (True, True))
+                                          True, (False, False), (True, True), adjoint_weights=(adjoint_a, adjoint_b))
 
     def smoothing_eval():
         bn = launchers.BatchNormArgs(vec(), vec(), vec(), vec(), 1e-5)
         launchers.smoothing_step_inference(u, f, w_a, None, geo, w_b, None, geo, bn, bn)
 
+    # as in training: where wanted (fp32), the forward writes the adjoint weight that grad input reads
+    adjoint = launchers.empty_adjoint_weight(w_a, geo) if launchers.adjoint_weight_wanted(dtype) else None
     return [
-        ("conv forward", lambda: launchers.conv2d_forward(x, w_a, None, None, 1.0, geo)),
-        ("conv grad input", lambda: launchers.conv2d_grad_input(gy, x.shape, w_a, geo, cl)),
+        ("conv forward", lambda: launchers.conv2d_forward(x, w_a, None, None, 1.0, geo, adjoint)),
+        ("conv grad input", lambda: launchers.conv2d_grad_input(gy, x.shape, w_a, geo, cl, adjoint_weight=adjoint)),
         ("conv grad weight", lambda: launchers.conv2d_grad_weight(gy, x, geo, False, memory_format=cl)),
         ("smoothing step forward (training)", smoothing_forward),
         ("smoothing step backward", smoothing_backward),
@@ -546,7 +556,8 @@ def collect(shapes=SHAPES, dtypes=DTYPES, sweep: str = "base", log: Callable = p
 def _sweeps(sweep: str, variant: str) -> bool:
     if sweep == "all":
         return True
-    if sweep == "base":
+    if sweep == "base":  # with or without the adjoint weight (the fp32 training path writes and reads it)
+        variant = variant.replace(_READS_ADJOINT, "").replace(_WRITES_ADJOINT, "")
         return variant in ("forward", "grad input", "grad weight", "smoothing B: bn1/relu prologue, bn2 moments",
                            "smoothing B of t = relu(bn1(r)): bn2 moments", "grad weight of B, relu(bn1(r)) recomputed")
     return False

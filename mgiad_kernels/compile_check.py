@@ -44,22 +44,28 @@ def _gather_variants():
     def variant(geometry, transposed, **flags):
         needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]
                     or flags.get("OTHER_MODE") in (other["add_after_bn"], other["relu_grad"]))
-        return {**geometry, **plain, "TRANSPOSED": transposed, "EPILOGUE_NEEDS_BN": needs_bn, **flags}
+        return {**geometry, **plain, "TRANSPOSED": transposed, "WEIGHT_OUT_IS_DST": not transposed,
+                "WRITE_ADJOINT_WEIGHT": False, "EPILOGUE_NEEDS_BN": needs_bn, **flags}
 
     return [
         ("conv3x3 forward + bias", variant(conv3x3, False, HAS_BIAS=True)),
         ("conv3x3 forward, channel tiles not whole (masked)", variant(conv3x3, False, FULL_CHANNEL_BLOCKS=False)),
         ("conv3x3 grad input", variant(conv3x3, True)),
+        ("conv3x3 forward writing the adjoint weight", variant(conv3x3, False, WRITE_ADJOINT_WEIGHT=True)),
+        ("conv3x3 grad input through the adjoint weight", variant(conv3x3, True, WEIGHT_OUT_IS_DST=True)),
         ("stride-2 pool grad input", variant(pool, True)),
         ("1x1 + residual (FAS)", variant(conv1x1, False, OTHER_MODE=other["add"])),
         ("smoothing A: f - A u, bn1 moments, running update",
          variant(conv3x3, False, OTHER_MODE=other["add"], STATS=stats["moments"], RUNNING_UPDATE=running["momentum"])),
-        ("smoothing B: bn1/relu prologue, bn2 moments, cumulative running update",
-         variant(conv3x3, False, PROLOGUE_BN_RELU=True, STATS=stats["moments"], RUNNING_UPDATE=running["cumulative"])),
+        ("smoothing B: bn1/relu prologue, bn2 moments, cumulative running update, writing the adjoint weight",
+         variant(conv3x3, False, PROLOGUE_BN_RELU=True, STATS=stats["moments"], RUNNING_UPDATE=running["cumulative"],
+                 WRITE_ADJOINT_WEIGHT=True)),
         ("eval A: relu(bn1(f - A u))", variant(conv3x3, False, OTHER_MODE=other["add"], EPILOGUE_BN_RELU=True)),
         ("eval B: u + relu(bn2(B t))", variant(conv3x3, False, OTHER_MODE=other["add_after_bn"])),
         ("backward B^T: relu mask, bn1 grad sums",
          variant(conv3x3, True, OTHER_MODE=other["relu_grad"], STATS=stats["bn_grad"])),
+        ("backward B^T through the adjoint weight: relu mask, bn1 grad sums",
+         variant(conv3x3, True, OTHER_MODE=other["relu_grad"], STATS=stats["bn_grad"], WEIGHT_OUT_IS_DST=True)),
         ("backward A^T: grad_out - A^T g", variant(conv3x3, True, OTHER_MODE=other["add"])),
     ]
 

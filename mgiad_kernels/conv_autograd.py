@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from . import ops
-from .launchers import strides_like_channels_last
+from .launchers import adjoint_weight_wanted, strides_like_channels_last
 
 
 class ConvParams(NamedTuple):
@@ -62,15 +62,19 @@ def _add(a, b):
 def conv(x, w, b, other, alpha: float, p: ConvParams):
     """other + alpha * (conv2d(x, w) + b); ``b`` and ``other`` may be None."""
     if _autograd_wanted(x, w, b, other):
-        return _pick(_Conv, _ConvJvp).apply(x, w, b, other, alpha, p)
+        if torch.compiler.is_compiling():
+            return _Conv.apply(x, w, b, other, alpha, p)
+        return _ConvKeepingAdjoint.apply(x, w, b, other, alpha, p)[0]
     return ops.call_conv2d(x, w, b, other, alpha, *p)
 
 
-def conv_transpose(gy, w, x_shape, channels_last: bool, alpha: float, p: ConvParams):
-    """alpha * convT(gy, w): the gradient of alpha * conv2d with respect to its input."""
+def conv_transpose(gy, w, x_shape, channels_last: bool, alpha: float, p: ConvParams, w_adjoint=None):
+    """alpha * convT(gy, w): the gradient of alpha * conv2d with respect to its input; ``w_adjoint``: w's
+    adjoint weight as the forward wrote it (``launchers.adjoint_weight_wanted``), read in w's place."""
     if _autograd_wanted(gy, w):
-        return _pick(_ConvTranspose, _ConvTransposeJvp).apply(gy, w, tuple(x_shape), channels_last, alpha, p)
-    return ops.call_conv2d_grad_input(gy, w, list(x_shape), *p, channels_last, alpha)
+        return _pick(_ConvTranspose, _ConvTransposeJvp).apply(gy, w, tuple(x_shape), channels_last, alpha, p,
+                                                              w_adjoint)
+    return ops.call_conv2d_grad_input(gy, w, w_adjoint, list(x_shape), *p, channels_last, alpha)
 
 
 def conv_weight_grad(gy, x, w_shape, w_channels_last: bool, with_bias: bool, alpha: float, p: ConvParams):
@@ -91,6 +95,8 @@ def _bias_term(gb, shape):
 # ---- the Functions ------------------------------------------------------------------------------------------------
 
 class _Conv(torch.autograd.Function):
+    """y; under torch.compile (see _ConvKeepingAdjoint for eager)."""
+
     @staticmethod
     def forward(x, w, b, other, alpha, p):
         return ops.call_conv2d(x, w, b, other, alpha, *p)
@@ -98,34 +104,47 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, b, other, alpha, p = inputs
-        ctx.save_for_backward(x, w)
+        w_adjoint = output[1] if type(output) is tuple else None  # _ConvKeepingAdjoint's
+        if w_adjoint is not None:
+            ctx.mark_non_differentiable(w_adjoint)
+        ctx.save_for_backward(x, w, w_adjoint)
         ctx.alpha, ctx.p, ctx.has_bias = alpha, p, b is not None
         ctx.channels_last = strides_like_channels_last(x)
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, gy):
-        x, w = ctx.saved_tensors
+    def backward(ctx, gy, *_):
+        x, w, w_adjoint = ctx.saved_tensors
         need_x, need_w, need_b, need_other = ctx.needs_input_grad[:4]
         gx = gw = gb = None
         if need_x:
-            gx = conv_transpose(gy, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p)
+            gx = conv_transpose(gy, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p, w_adjoint)
         if need_w or need_b:
             gw, gb = conv_weight_grad(gy, x, w.shape, strides_like_channels_last(w), ctx.has_bias and need_b,
                                       ctx.alpha, ctx.p)
         return gx, gw if need_w else None, gb, gy if need_other else None, None, None
 
 
-class _ConvJvp(_Conv):
+class _ConvKeepingAdjoint(_Conv):
+    """(y, w's adjoint weight or None), with forward mode: where ``launchers.adjoint_weight_wanted`` and x
+    requires grad, the forward also writes the weight grad input reads (not differentiable). Eager only:
+    Dynamo cannot trace the backward of a Function with a non-differentiable output under dynamic shapes."""
+
+    @staticmethod
+    def forward(x, w, b, other, alpha, p):
+        if x.requires_grad and adjoint_weight_wanted(x.dtype):
+            return ops.call_conv2d_with_adjoint_weight(x, w, b, other, alpha, *p)
+        return ops.call_conv2d(x, w, b, other, alpha, *p), None
+
     @staticmethod
     def setup_context(ctx, inputs, output):
         _Conv.setup_context(ctx, inputs, output)
         ctx.save_for_forward(inputs[0], inputs[1])
-        ctx.out_shape = output.shape
+        ctx.out_shape = output[0].shape
 
     @staticmethod
     def jvp(ctx, x_t, w_t, b_t, other_t, _alpha, _p):
-        x, w = ctx.saved_tensors
+        x, w = ctx.saved_tensors[:2]
         out, bias_t = other_t, b_t  # each tangent term rides in one launch's epilogue
         if x_t is not None:
             out, bias_t = conv(x_t, w, bias_t, out, ctx.alpha, ctx.p), None
@@ -133,17 +152,17 @@ class _ConvJvp(_Conv):
             out, bias_t = conv(x, w_t, bias_t, out, ctx.alpha, ctx.p), None
         if bias_t is not None:
             out = _add(out, ctx.alpha * _bias_term(bias_t, ctx.out_shape))
-        return out
+        return out, None
 
 
 class _ConvTranspose(torch.autograd.Function):
     @staticmethod
-    def forward(gy, w, x_shape, channels_last, alpha, p):
-        return ops.call_conv2d_grad_input(gy, w, list(x_shape), *p, channels_last, alpha)
+    def forward(gy, w, x_shape, channels_last, alpha, p, w_adjoint):
+        return ops.call_conv2d_grad_input(gy, w, w_adjoint, list(x_shape), *p, channels_last, alpha)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        gy, w, x_shape, channels_last, alpha, p = inputs
+        gy, w, x_shape, channels_last, alpha, p, _ = inputs
         ctx.save_for_backward(gy, w)
         ctx.x_shape, ctx.channels_last, ctx.alpha, ctx.p = x_shape, channels_last, alpha, p
         ctx.set_materialize_grads(False)
@@ -156,7 +175,7 @@ class _ConvTranspose(torch.autograd.Function):
         g_w = None
         if need_w and ggx is not None:
             g_w = conv_weight_grad(gy, ggx, w.shape, strides_like_channels_last(w), False, ctx.alpha, ctx.p)[0]
-        return g_gy, g_w, None, None, None, None
+        return g_gy, g_w, None, None, None, None, None
 
 
 class _ConvTransposeJvp(_ConvTranspose):
@@ -228,5 +247,5 @@ class _ConvWeightGradJvp(_ConvWeightGrad):
 # Function.apply binds its arguments with inspect.signature(forward) on every call when setup_context is
 # defined (torch.autograd.function._bind_default_args); a function's __signature__, which inspect returns
 # as is, spares rebuilding it each time (~60 calls per MGiaD training step).
-for _function in (_Conv, _ConvTranspose, _ConvWeightGrad):
+for _function in (_Conv, _ConvKeepingAdjoint, _ConvTranspose, _ConvWeightGrad):
     _function.forward.__signature__ = inspect.signature(_function.forward)

@@ -221,7 +221,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
             other: torch.Tensor | None = None, other_mode: str = "none", alpha: float = 1.0,
             epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
             stats: torch.Tensor | None = None, stats_mode: str = "none",
-            reduced: torch.Tensor | None = None, running_update: RunningStatsUpdate | None = None
+            reduced: torch.Tensor | None = None, running_update: RunningStatsUpdate | None = None,
+            weight_is_adjoint: bool = False, adjoint_weight: torch.Tensor | None = None
             ) -> launch_plans.LaunchSite:
     """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input, with optional fusions.
 
@@ -231,12 +232,13 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     biased variance of y into ``reduced``, contiguous (2, C) fp32) or 'bn_grad' (sum y and
     sum y * bn_hat(other)), merged in the kernel through the scratch ``stats`` (gather_stats_buffer).
     ``running_update`` (with 'moments'): the merge also updates those running statistics.
-    Returns the launch's site.
+    ``weight_is_adjoint`` (transposed): ``weight`` is the adjoint's own, (C_in, C_out // groups, KH, KW),
+    as the forward wrote it into ``adjoint_weight`` (see adjoint_weight_wanted). Returns the launch's site.
     """
     bn = prologue_bn if prologue_bn is not None else epilogue_bn
     key = ("gather", src.shape, src.stride(), dst.shape, dst.stride(), weight.shape, weight.stride(), src.dtype,
-           src.device, geo.stride, geo.padding, geo.dilation, geo.groups, transposed,
-           None if bias is None else (bias.stride(0), bias.dtype),
+           src.device, geo.stride, geo.padding, geo.dilation, geo.groups, transposed, weight_is_adjoint,
+           None if adjoint_weight is None else adjoint_weight.stride(), None if bias is None else (bias.stride(0), bias.dtype),
            None if other is None else (other.stride(), other.dtype), other_mode, alpha,
            prologue_bn is not None, epilogue_bn_relu, stats_mode, None if bn is None else bn.signature(),
            None if stats is None else stats.shape[1],
@@ -244,9 +246,10 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     site = launch_plans.SITES.get(key)
     if site is None:
         site = _gather_site(key, src, weight, bias, dst, geo, transposed, prologue_bn, other, other_mode, alpha,
-                            epilogue_bn, epilogue_bn_relu, stats, stats_mode, running_update)
+                            epilogue_bn, epilogue_bn_relu, stats, stats_mode, running_update, weight_is_adjoint,
+                            adjoint_weight)
     unused = scratch(dst.device)
-    site.launch((src, weight, unused if bias is None else bias, dst, unused if other is None else other,
+    site.launch((src, weight, unused if adjoint_weight is None else adjoint_weight, unused if bias is None else bias, dst, unused if other is None else other,
                  *((unused,) * 4 if bn is None else bn.pointers()),
                  unused if stats is None else stats, unused if reduced is None else reduced,
                  unused if stats is None else arrival_counters(dst.device, _cdiv(dst.shape[1], _SMALLEST_CHANNEL_TILE)),
@@ -255,7 +258,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
 
 
 def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: bool, prologue_bn, other, other_mode: str,
-                 alpha: float, epilogue_bn, epilogue_bn_relu: bool, stats, stats_mode: str, running_update):
+                 alpha: float, epilogue_bn, epilogue_bn_relu: bool, stats, stats_mode: str, running_update,
+                 weight_is_adjoint: bool, adjoint_weight):
     """The launch site of one _gather key: its grid, runtime scalars, constexprs and tile."""
     conv = _kernels()
     if prologue_bn is not None and epilogue_bn is not None:
@@ -269,11 +273,16 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
     n_batch, c_dst, h_dst, w_dst = dst.shape
     _, c_red, h_src, w_src = src.shape
     ws = weight.stride()
-    if transposed:  # dst channel = input channel (in-group index on dim 1), reduced = output channel
+    if weight_is_adjoint and (not transposed or adjoint_weight is not None):
+        raise AssertionError("the adjoint's weight is read by grad input, written by the forward")
+    weight_out_is_dst = weight_is_adjoint or not transposed
+    if weight_out_is_dst:  # dst channel = the weight's dim 0, reduced = its dim 1 (in-group index)
+        w_strides = (ws[0], 0, 0, ws[1], ws[2], ws[3])
+    else:  # dst channel = input channel (in-group index on dim 1), reduced = output channel
         w_strides = (0, ws[1], ws[0], 0, ws[2], ws[3])
+    if transposed:
         dst_per_group, red_per_group = geo.in_per_group, geo.out_per_group
     else:
-        w_strides = (ws[0], 0, 0, ws[1], ws[2], ws[3])
         dst_per_group, red_per_group = geo.out_per_group, geo.in_per_group
     if c_red * red_per_group >= 2 ** 31:  # the kernel finds a channel's group by a 31-bit multiply-shift
         raise ValueError(f"the Triton convolution supports reduced channels x channels per group below 2^31, "
@@ -288,14 +297,16 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         momentum = 0.0 if cumulative else float(running_update.momentum)
         unbias = running_update.count / (running_update.count - 1)
     rest = (*src.stride(), *dst.stride(), *(other.stride() if other is not None else dst.stride()),
-            bias.stride(0) if bias is not None else 0, *w_strides,
+            bias.stride(0) if bias is not None else 0,
+            *(adjoint_weight.stride() if adjoint_weight is not None else (0, 0, 0, 0)), *w_strides,
             n_batch, h_src, w_src, h_dst, w_dst, c_dst, c_red, dst_per_group, red_per_group,
             float(alpha), float(bn.eps) if bn is not None else 0.0, momentum, unbias,
             stats.shape[1] if stats is not None else 0)
     constexprs = dict(
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
-        TRANSPOSED=transposed, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
+        TRANSPOSED=transposed, WEIGHT_OUT_IS_DST=weight_out_is_dst,
+        WRITE_ADJOINT_WEIGHT=adjoint_weight is not None, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
         OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
@@ -351,41 +362,70 @@ _FORWARD_SITES = launch_plans.SiteCache()  # conv2d_forward's key (the device by
 
 
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
-                   alpha: float, geo: ConvGeometry) -> torch.Tensor:
+                   alpha: float, geo: ConvGeometry, adjoint_weight: torch.Tensor | None = None) -> torch.Tensor:
     """y = other + alpha * (conv2d(x, weight) + bias) in one launch (``other`` None: no sum).
 
     F.conv2d's semantics; the sum is the FAS residual and correction (MGiaD eq. 6-7, Alg. 2).
-    Warm, a call is a key lookup, the output's allocation and the launch.
+    ``adjoint_weight`` (empty_adjoint_weight): the launch also writes the weight of grad input's
+    convolution into it, for conv2d_grad_input. Warm, a call is a key lookup, the output's allocation and
+    the launch.
     """
     # the geometry fixes the weight's shape and the output's; its hash is computed once (ConvGeometry)
     key = (geo, x.shape, x.stride(), weight.stride(), x.dtype, x.get_device(),
            None if bias is None else (bias.stride(0), bias.dtype),
-           None if other is None else (other.stride(), other.dtype), alpha, _global_settings())
+           None if other is None else (other.stride(), other.dtype), alpha,
+           None if adjoint_weight is None else adjoint_weight.stride(), _global_settings())
     site = _FORWARD_SITES.get(key)
     if site is None:
         y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
                         memory_format=conv_output_memory_format(x, weight))
         gather = None
-        if y.numel():
+        if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
             gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
-                             other_mode="none" if other is None else "add", alpha=alpha)
+                             other_mode="none" if other is None else "add", alpha=alpha,
+                             adjoint_weight=adjoint_weight)
         _FORWARD_SITES.put(key, (y.shape, y.stride(), gather, scratch(x.device)))
         return y
     shape, strides, gather, unused = site
     y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
     if gather is not None:
-        gather.launch((x, weight, unused if bias is None else bias, y, unused if other is None else other,
+        gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
+                       unused if bias is None else bias, y, unused if other is None else other,
                        unused, unused, unused, unused, unused, unused, unused, unused, unused, unused),
                       unused)
     return y
 
 
+def adjoint_weight_wanted(dtype: torch.dtype) -> bool:
+    """Whether a forward that grad input will follow writes the adjoint's weight for it (fp32).
+
+    Grad input convolves grad_y with the weight's taps, its out-channels reduced over. A tf32 dot needs
+    that operand K-major in shared memory, but a channels_last weight has its in-channels contiguous, so
+    it loaded 4 bytes per async copy (sm_90 codegen report, issue 13: grad input, B^T and A^T at every
+    g_s). The copy, channels_last (C_in, C_out // groups, KH, KW), loads in 8- or 16-byte vectors; the
+    forward's first pixel tiles write it (the weight is tiny), so it costs no launch. 16-bit dots
+    transpose in shared memory and need no copy."""
+    return dtype == torch.float32
+
+
+def empty_adjoint_weight(weight: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
+    """The buffer the forward writes the adjoint's weight into: (C_in, C_out // groups, KH, KW),
+    channels_last (out-channels contiguous)."""
+    c_in, o, kh, kw = geo.in_channels, geo.out_per_group, geo.kernel_h, geo.kernel_w
+    return weight.new_empty_strided((c_in, o, kh, kw), (kh * kw * o, 1, kw * o, o))
+
+
 def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torch.Tensor, geo: ConvGeometry,
-                      memory_format: torch.memory_format, alpha: float = 1.0) -> torch.Tensor:
-    """grad_x = alpha * conv_transpose2d(grad_y, weight): the adjoint of the forward gather."""
+                      memory_format: torch.memory_format, alpha: float = 1.0,
+                      adjoint_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """grad_x = alpha * conv_transpose2d(grad_y, weight): the adjoint of the forward gather, through
+    ``adjoint_weight`` where the forward wrote it (conv2d_forward), else through ``weight``."""
     grad_x = torch.empty(tuple(x_shape), device=grad_y.device, dtype=grad_y.dtype, memory_format=memory_format)
     if grad_x.numel():
-        _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=alpha)
+        if adjoint_weight is not None and adjoint_weight.numel():
+            _gather(grad_y, adjoint_weight, None, grad_x, geo, transposed=True, alpha=alpha, weight_is_adjoint=True)
+        else:
+            _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=alpha)
     return grad_x
 
 
@@ -584,8 +624,8 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
                            geo_a: ConvGeometry, weight_b: torch.Tensor, bias_b: torch.Tensor | None,
                            geo_b: ConvGeometry, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
                            running: tuple | None,
-                           running_updates: tuple[RunningStatsUpdate, RunningStatsUpdate] | None = None
-                           ) -> tuple[torch.Tensor, ...]:
+                           running_updates: tuple[RunningStatsUpdate, RunningStatsUpdate] | None = None,
+                           adjoint_weights: bool = False) -> tuple[torch.Tensor, ...]:
     """One smoothing step that keeps r = f - A u, s = B(t) and, in 16-bit, t = relu(bn1(r)) for the
     backward pass.
 
@@ -594,8 +634,9 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
     running_var1, running_mean2, running_var2) are used. Launches: A (+ residual, + bn1 batch
     statistics and running update), B (+ bn1/relu prologue, or after a launch writing t where
     ``materializes_t``; + bn2's), the update u + relu(bn2(s)) (+ num_batches_tracked). Returns
-    (out, r, s, stats, t) with stats = (mean1, var1, mean2, var2), (4, C) fp32, and t empty unless
-    materialized.
+    (out, r, s, stats, t, adjoint_a, adjoint_b) with stats = (mean1, var1, mean2, var2), (4, C) fp32, t
+    empty unless materialized, and A's and B's adjoint weights for the backward's A^T and B^T, written by
+    A and B if ``adjoint_weights`` and ``adjoint_weight_wanted``, else empty.
     """
     if running is not None and running_updates is not None:
         raise AssertionError("running statistics are updated in training (batch statistics) only")
@@ -604,30 +645,38 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
     pixels = n_batch * h * w
     r, s, out = (_empty_activation(u, fmt) for _ in range(3))
     t = _empty_activation(u, fmt) if materializes_t(u.dtype) else u.new_empty(0)
+    if adjoint_weights and adjoint_weight_wanted(u.dtype):
+        adjoint_a, adjoint_b = empty_adjoint_weight(weight_a, geo_a), empty_adjoint_weight(weight_b, geo_b)
+    else:
+        adjoint_a, adjoint_b = u.new_empty(0), u.new_empty(0)  # distinct: custom-op outputs may not alias
+    written_a = adjoint_a if adjoint_a.numel() else None
+    written_b = adjoint_b if adjoint_b.numel() else None
     bnk = _batchnorm_kernels()
     unused = scratch(u.device)
 
     def b_of_relu_bn1(bn1, **stats_args):
         if not t.numel():
-            _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, **stats_args)
+            _gather(r, weight_b, bias_b, s, geo_b, False, prologue_bn=bn1, adjoint_weight=written_b, **stats_args)
             return
         _elementwise(bnk.bn_relu_residual_kernel, _elementwise_grid(pixels, channels),
                      (r, unused, t, *bn1.pointers(), unused, unused),
                      (*r.stride(), 0, 0, 0, 0, *t.stride(), pixels, h * w, w, channels, bn1.eps), (r, t),
                      HAS_RESIDUAL=False, COUNT_BATCH=False)
-        _gather(t, weight_b, bias_b, s, geo_b, False, **stats_args)
+        _gather(t, weight_b, bias_b, s, geo_b, False, adjoint_weight=written_b, **stats_args)
 
     if running is None:
         stats = torch.empty((4, channels), device=u.device, dtype=torch.float32)
         partials = gather_stats_buffer(u.shape, u.device)  # reused by B: launches run in stream order
         update1, update2 = running_updates if running_updates is not None else (None, None)
         _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0,
-                stats=partials, stats_mode="moments", reduced=stats[:2], running_update=update1)
+                stats=partials, stats_mode="moments", reduced=stats[:2], running_update=update1,
+                adjoint_weight=written_a)
         b_of_relu_bn1(BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0]), stats=partials,
                       stats_mode="moments", reduced=stats[2:], running_update=update2)
     else:
         stats = torch.stack([v.float() for v in running])
-        _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0)
+        _gather(u, weight_a, bias_a, r, geo_a, False, other=f, other_mode="add", alpha=-1.0,
+                adjoint_weight=written_a)
         b_of_relu_bn1(BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0]))
     bn2 = BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1])
     batches = ((running_updates[0].num_batches, running_updates[1].num_batches) if running_updates is not None
@@ -636,7 +685,7 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
                  (s, u, out, *bn2.pointers(), *batches),
                  (*s.stride(), *u.stride(), *out.stride(), pixels, h * w, w, channels, bn2.eps), (s, u, out),
                  HAS_RESIDUAL=True, COUNT_BATCH=running_updates is not None)
-    return out, r, s, stats, t
+    return out, r, s, stats, t, adjoint_a, adjoint_b
 
 
 def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
@@ -658,10 +707,11 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
                             weight_b: torch.Tensor, geo_b: ConvGeometry, r: torch.Tensor, s: torch.Tensor,
                             t: torch.Tensor, stats: torch.Tensor, bn1_affine: tuple, bn2_affine: tuple,
                             eps: tuple[float, float], batch_stats: bool, has_bias: tuple[bool, bool],
-                            needs_weight_grads: tuple[bool, bool],
-                            carries: Sequence[tuple] = ()) -> tuple:
+                            needs_weight_grads: tuple[bool, bool], carries: Sequence[tuple] = (),
+                            adjoint_weights: tuple = (None, None)) -> tuple:
     """Gradients of the smoothing step, recomputing the relu masks from r and s, and t = relu(bn1(r)) in
-    B's grad weight unless the forward pass kept it (``t`` not empty: ``materializes_t``).
+    B's grad weight unless the forward pass kept it (``t`` not empty: ``materializes_t``). A^T and B^T
+    read A's and B's adjoint weights where the forward wrote them (``adjoint_weights``, not empty).
 
     Launches: bn2-backward sums, grad s, B^T (+ relu mask of bn1, + bn1-backward sums),
     grad B, grad r, A^T (+ grad_out), grad A. Returns (grad_u, grad_f, grad_weight_a,
@@ -702,8 +752,12 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
 
     grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
     sums1 = torch.empty((2, channels), device=u.device, dtype=torch.float32)
-    _gather(grad_s, weight_b, None, grad_x1, geo_b, True, other=r, other_mode="relu_grad", epilogue_bn=bn1,
-            stats=gather_stats_buffer(u.shape, u.device), stats_mode="bn_grad", reduced=sums1)
+    (weight_at, adjoint_a), (weight_bt, adjoint_b) = (
+        (w, False) if adjoint is None or not adjoint.numel() else (adjoint, True)
+        for w, adjoint in zip((weight_a, weight_b), adjoint_weights))
+    _gather(grad_s, weight_bt, None, grad_x1, geo_b, True, other=r, other_mode="relu_grad", epilogue_bn=bn1,
+            stats=gather_stats_buffer(u.shape, u.device), stats_mode="bn_grad", reduced=sums1,
+            weight_is_adjoint=adjoint_b)
     grad_weight_b = grad_bias_b = None
     if needs_weight_grads[1]:
         b_input, b_input_bn = (t, None) if t.numel() else (r, bn1)  # kept t, or r with bn1 + relu recomputed
@@ -721,7 +775,8 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
                  RELU_MASK=False, BATCH_STATS=batch_stats, CARRIES=len(carry_fs))
 
     grad_u = _empty_activation(u, fmt)  # grad_out - A^T grad_r
-    _gather(grad_r, weight_a, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0)
+    _gather(grad_r, weight_at, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0,
+            weight_is_adjoint=adjoint_a)
     grad_weight_a = grad_bias_a = None
     if needs_weight_grads[0]:
         grad_weight_a, grad_bias_a = conv2d_grad_weight(grad_r, u, geo_a, has_bias[0], alpha=-1.0,

@@ -90,12 +90,35 @@ def _conv2d_fake(x, weight, bias, other, alpha, stride, padding, dilation, group
                        memory_format=launchers.conv_output_memory_format(x, weight))
 
 
-def _conv2d_grad_input(grad_y: Tensor, weight: Tensor, x_shape: List[int], stride: List[int],
-                      padding: List[int], dilation: List[int], groups: int, channels_last: bool,
-                      alpha: float) -> Tensor:
-    """alpha * conv_transpose2d(grad_y, weight): the gradient of alpha * conv2d with respect to its input."""
+def _conv2d_with_adjoint_weight(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Optional[Tensor],
+                                alpha: float, stride: List[int], padding: List[int], dilation: List[int],
+                                groups: int) -> tuple[Tensor, Tensor]:
+    """conv2d, and the weight of its grad input's convolution written by the same launch
+    (``launchers.adjoint_weight_wanted``), for conv2d_grad_input."""
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    adjoint = launchers.empty_adjoint_weight(weight, geo)
+    return launchers.conv2d_forward(x, weight, bias, other, alpha, geo, adjoint), adjoint
+
+
+conv2d_with_adjoint_weight = torch.library.custom_op("mgiad_kernels::conv2d_with_adjoint_weight",
+                                                     _conv2d_with_adjoint_weight, mutates_args=())
+call_conv2d_with_adjoint_weight = DirectCall(conv2d_with_adjoint_weight, _conv2d_with_adjoint_weight)
+
+
+@conv2d_with_adjoint_weight.register_fake
+def _conv2d_with_adjoint_weight_fake(x, weight, bias, other, alpha, stride, padding, dilation, groups):
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    return (_conv2d_fake(x, weight, bias, other, alpha, stride, padding, dilation, groups),
+            launchers.empty_adjoint_weight(weight, geo))
+
+
+def _conv2d_grad_input(grad_y: Tensor, weight: Tensor, adjoint_weight: Optional[Tensor], x_shape: List[int],
+                       stride: List[int], padding: List[int], dilation: List[int], groups: int, channels_last: bool,
+                       alpha: float) -> Tensor:
+    """alpha * conv_transpose2d(grad_y, weight): the gradient of alpha * conv2d with respect to its input,
+    through ``adjoint_weight`` where conv2d_with_adjoint_weight wrote it (None: through ``weight``)."""
     geo = conv_geometry(x_shape, weight.shape, stride, padding, dilation, groups)
-    return launchers.conv2d_grad_input(grad_y, x_shape, weight, geo, _format(channels_last), alpha)
+    return launchers.conv2d_grad_input(grad_y, x_shape, weight, geo, _format(channels_last), alpha, adjoint_weight)
 
 
 conv2d_grad_input = torch.library.custom_op("mgiad_kernels::conv2d_grad_input", _conv2d_grad_input,
@@ -104,7 +127,8 @@ call_conv2d_grad_input = DirectCall(conv2d_grad_input, _conv2d_grad_input)
 
 
 @conv2d_grad_input.register_fake
-def _conv2d_grad_input_fake(grad_y, weight, x_shape, stride, padding, dilation, groups, channels_last, alpha):
+def _conv2d_grad_input_fake(grad_y, weight, adjoint_weight, x_shape, stride, padding, dilation, groups, channels_last,
+                            alpha):
     return torch.empty(x_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=_format(channels_last))
 
 
@@ -156,10 +180,12 @@ def _smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Ten
                    bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,
                    running_var2: Tensor, num_batches1: Tensor, num_batches2: Tensor, conv_a: List[int],
                    conv_b: List[int], eps1: float, eps2: float, batch_stats: bool,
-                   momentum: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """u + relu(bn2(B(relu(bn1(f - A u))))); also returns r, s, the statistics used and t = relu(bn1(r))
-    (empty unless ``launchers.materializes_t``: 16-bit), which smoothing_step_backward reads
-    (SmoothingStepFunction differentiates the pair).
+                   momentum: Optional[float], adjoint_weights: bool
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """u + relu(bn2(B(relu(bn1(f - A u))))); also returns r, s, the statistics used, t = relu(bn1(r))
+    (empty unless ``launchers.materializes_t``: 16-bit) and A's and B's adjoint weights (empty unless
+    ``adjoint_weights`` and ``launchers.adjoint_weight_wanted``: fp32), which smoothing_step_backward
+    reads (SmoothingStepFunction differentiates the pair).
 
     ``batch_stats``: normalize with the batch's statistics (training) and update both BatchNorms'
     running statistics and num_batches_tracked with ``momentum`` as nn.BatchNorm2d does (in the
@@ -172,10 +198,11 @@ def _smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Ten
                    launchers.RunningStatsUpdate(running_mean2, running_var2, num_batches2, momentum, count))
         return launchers.smoothing_step_forward(u, f, weight_a, bias_a, geo_a, weight_b, bias_b, geo_b,
                                                 (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2),
-                                                None, updates)
+                                                None, updates, adjoint_weights)
     return launchers.smoothing_step_forward(u, f, weight_a, bias_a, geo_a, weight_b, bias_b, geo_b,
                                             (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2),
-                                            (running_mean1, running_var1, running_mean2, running_var2))
+                                            (running_mean1, running_var1, running_mean2, running_var2),
+                                            adjoint_weights=adjoint_weights)
 
 
 _SMOOTHING_STEP_MUTATES = ("running_mean1", "running_var1", "running_mean2", "running_var2", "num_batches1",
@@ -189,14 +216,20 @@ call_smoothing_step = DirectCall(smoothing_step, _smoothing_step, mutated=tuple(
 @smoothing_step.register_fake
 def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                          running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
-                         conv_a, conv_b, eps1, eps2, batch_stats, momentum):
+                         conv_a, conv_b, eps1, eps2, batch_stats, momentum, adjoint_weights):
     stats = u.new_empty((4, u.shape[1]), dtype=torch.float32)
     t = _activation_fake(u, weight_a) if launchers.materializes_t(u.dtype) else u.new_empty(0)
-    return _activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats, t
+    if adjoint_weights and launchers.adjoint_weight_wanted(u.dtype):
+        adjoints = [launchers.empty_adjoint_weight(w, _geometry(u.shape, w, conv))
+                    for w, conv in ((weight_a, conv_a), (weight_b, conv_b))]
+    else:
+        adjoints = [u.new_empty(0), u.new_empty(0)]
+    return (_activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats, t,
+            *adjoints)
 
 
 def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weight_b: Tensor, r: Tensor, s: Tensor,
-                            t: Tensor, stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
+                            t: Tensor, adjoint_a: Tensor, adjoint_b: Tensor, stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                             bn2_bias: Tensor, conv_a: List[int], conv_b: List[int], eps1: float, eps2: float,
                             batch_stats: bool, has_bias_a: bool, has_bias_b: bool, need_weight_a: bool,
                             need_weight_b: bool, carried: List[Optional[Tensor]]) -> List[Tensor]:
@@ -211,7 +244,7 @@ def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weig
         grad_out, u, weight_a, _geometry(u.shape, weight_a, conv_a), weight_b, _geometry(u.shape, weight_b, conv_b),
         r, s, t, stats, (bn1_weight, bn1_bias), (bn2_weight, bn2_bias), (eps1, eps2), batch_stats,
         (has_bias_a, has_bias_b), (need_weight_a, need_weight_b),
-        [carried[i:i + 5] for i in range(0, len(carried), 5)])
+        [carried[i:i + 5] for i in range(0, len(carried), 5)], (adjoint_a, adjoint_b))
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
@@ -221,8 +254,8 @@ call_smoothing_step_backward = DirectCall(smoothing_step_backward, _smoothing_st
 
 
 @smoothing_step_backward.register_fake
-def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, t, stats, bn1_weight, bn1_bias, bn2_weight,
-                                  bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, has_bias_a, has_bias_b,
+def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, t, adjoint_a, adjoint_b, stats,
+                                  bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, has_bias_a, has_bias_b,
                                   need_weight_a, need_weight_b, carried):
     channels = u.shape[1]
     empty = u.new_empty(0)
@@ -279,12 +312,12 @@ class SmoothingStepFunction(torch.autograd.Function):
     def forward(ctx, u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                 running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
                 conv_a, conv_b, eps1, eps2, batch_stats, momentum, copies=0):
-        out, r, s, stats, t = call_smoothing_step(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias,
-                                                  bn2_weight, bn2_bias, running_mean1, running_var1, running_mean2,
-                                                  running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1,
-                                                  eps2, batch_stats, momentum)
+        out, r, s, stats, t, adjoint_a, adjoint_b = call_smoothing_step(
+            u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias, running_mean1,
+            running_var1, running_mean2, running_var2, num_batches1, num_batches2, conv_a, conv_b, eps1, eps2,
+            batch_stats, momentum, any(ctx.needs_input_grad))
         ctx.save_for_backward(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-                              r, s, stats, t)
+                              r, s, stats, t, adjoint_a, adjoint_b)
         ctx.args = (list(conv_a), list(conv_b), eps1, eps2, batch_stats)
         ctx.set_materialize_grads(False)
         if copies:
@@ -294,7 +327,7 @@ class SmoothingStepFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *carried):
         (u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
-         r, s, stats, t) = ctx.saved_tensors
+         r, s, stats, t, adjoint_a, adjoint_b) = ctx.saved_tensors
         conv_a, conv_b, eps1, eps2, batch_stats = ctx.args
         need = ctx.needs_input_grad
         # a carried gradient only reaches an input that requires grad, whose alias required it
@@ -315,8 +348,8 @@ class SmoothingStepFunction(torch.autograd.Function):
                 result[1 + i % 5] = _sum_present([result[1 + i % 5], g])
             return tuple(result)
         grads = call_smoothing_step_backward(
-            grad_out, u, weight_a, weight_b, r, s, t, stats, bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b,
-            eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5],
+            grad_out, u, weight_a, weight_b, r, s, t, adjoint_a, adjoint_b, stats, bn1_weight, bn1_bias, bn2_weight,
+            bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5],
             carried)
         grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads
         return (grad_u if need[0] else None, grad_f if need[1] else None,

@@ -215,13 +215,61 @@ def test_float64_on_triton_falls_back_with_warning(monkeypatch):
     assert torch.equal(y, F.conv2d(x, w, padding=1, groups=2))
 
 
+def _gather_sites():
+    """The constexprs of every gather launch site made since launch_plans.clear()."""
+    from mgiad_kernels import launch_plans
+
+    return [site.constexprs for site in launch_plans.SITES.values() if "WEIGHT_OUT_IS_DST" in site.constexprs]
+
+
+@pytest.mark.parametrize("n,c_in,c_out,h,w,k,stride,padding,groups,bias", CASES)
+def test_forward_writes_the_adjoint_weight_grad_input_reads(n, c_in, c_out, h, w, k, stride, padding, groups, bias):
+    """fp32 (launchers.adjoint_weight_wanted): a forward whose input requires grad writes
+    adjoint[g*I + i, o] = weight[g*O + o, i] (bit for bit, every element: the buffer starts as NaN), and
+    grad input reads it in the weight's place, matching float64."""
+    from mgiad_kernels import launch_plans, launchers
+    from mgiad_kernels.ops import conv_geometry
+
+    torch.manual_seed(5)
+    x, weight, b = _make(n, c_in, c_out, h, w, k, groups, bias, torch.float32)
+    geo = conv_geometry(x.shape, weight.shape, [stride] * 2, [padding] * 4, [1, 1], groups)
+    adjoint = launchers.empty_adjoint_weight(weight, geo).fill_(float("nan"))
+    launchers.conv2d_forward(x, weight, b, None, 1.0, geo, adjoint)
+    expected = weight.view(groups, c_out // groups, c_in // groups, k, k).transpose(1, 2).reshape(adjoint.shape)
+    assert torch.equal(adjoint, expected)
+    assert adjoint.is_contiguous(memory_format=torch.channels_last)  # out-channels contiguous
+
+    launch_plans.clear()
+    _check_against_reference(x, weight, b, stride, padding, groups, "triton", torch.float32)
+    flags = {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"]) for c in _gather_sites()}
+    assert flags == {(False, True, True), (True, True, False)}, flags
+
+
+@pytest.mark.parametrize("dtype,x_requires_grad", [(torch.float32, False), (torch.float16, True)],
+                         ids=["fp32-weight-grad-only", "fp16"])
+def test_no_adjoint_weight_where_grad_input_does_not_want_it(dtype, x_requires_grad):
+    """No grad input (x not requiring grad), or 16-bit, whose dots transpose in shared memory: the
+    forward writes nothing and grad input, if any, reads the weight itself."""
+    from mgiad_kernels import launch_plans
+
+    torch.manual_seed(6)
+    x, weight, _ = _make(2, 8, 8, 5, 5, 3, 2, False, dtype)
+    x.requires_grad_(x_requires_grad)
+    weight.requires_grad_()
+    launch_plans.clear()
+    grouped_conv2d(x, weight, padding=1, groups=2, backend="triton").sum().backward()
+    flags = {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"]) for c in _gather_sites()}
+    assert flags == ({(False, True, False), (True, False, False)} if x_requires_grad else {(False, True, False)})
+
+
 def test_triton_path_calls_no_aten_convolution():
     x, w, b = _make(2, 8, 8, 5, 5, 3, 2, True, torch.float32)
     x.requires_grad_()
     with torch.profiler.profile() as prof:
         grouped_conv2d(x, w, b, padding=1, groups=2, backend="triton").sum().backward()
     names = {e.name for e in prof.events()}
-    assert "mgiad_kernels::conv2d" in names
+    # fp32 with x requiring grad: the forward also writes the adjoint weight grad input reads
+    assert {"mgiad_kernels::conv2d_with_adjoint_weight", "mgiad_kernels::conv2d_grad_input"} <= names, names
     assert not {n for n in names if n.startswith("aten::") and "conv" in n}, names
 
 

@@ -149,6 +149,36 @@ def test_half_step_keeps_t_for_the_backward_pass(case, train, launches):
         prologue = {site.constexprs["PROLOGUE_BN_RELU"] for site in launch_plans.SITES.values()
                     if "PROLOGUE_BN_RELU" in site.constexprs}
         assert prologue == {False}, prologue
+        assert _adjoint_flags() == {(False, True, False), (True, False, False)}  # 16-bit: no adjoint weights
+    finally:
+        launch_plans.clear()
+
+
+def _adjoint_flags():
+    """(TRANSPOSED, WEIGHT_OUT_IS_DST, WRITE_ADJOINT_WEIGHT) of every gather launch site made."""
+    from mgiad_kernels import launch_plans
+
+    return {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"])
+            for c in (site.constexprs for site in launch_plans.SITES.values()) if "WEIGHT_OUT_IS_DST" in c}
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval-with-grad"])
+@pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
+                                  if c.id in ("g4-oddHW", "dilated-channels_last")])
+def test_fp32_step_writes_adjoint_weights_for_its_backward(case, train, launches):
+    """fp32 (launchers.adjoint_weight_wanted): A and B write their adjoint weights in the forward's
+    launches and B^T and A^T read them (vector loads on sm_90), still three launches forward and seven
+    backward, matching float64."""
+    from mgiad_kernels import launch_plans
+
+    n, c, h, w, group_size, kernel, dilation, bias, channels_last = case
+    step = _make_step(c, group_size, kernel, dilation, bias, "triton")
+    u, f, grad = _inputs(n, c, h, w, torch.float32, channels_last)
+    launch_plans.clear()
+    try:
+        _check_step(step, u, f, grad, torch.float32, train)
+        assert len(launches) == 3 + 7, launches
+        assert _adjoint_flags() == {(False, True, True), (True, True, False)}
     finally:
         launch_plans.clear()
 

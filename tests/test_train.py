@@ -40,7 +40,9 @@ def test_default_train_reaches_95_percent_on_digits(tmp_path, capsys, monkeypatc
     assert printed == f"final test accuracy {rows[-1]['test_acc']:.4f}", printed
     quoted = re.search(r"`final test accuracy (0\.\d{4})`", open("README.md").read())
     assert quoted, "README.md's 'Install and run' quotes the line `mgiad train` prints"
-    assert abs(float(quoted.group(1)) - rows[-1]["test_acc"]) <= 0.006, (quoted.group(0), printed)  # 2 of 360 images
+    # README.md quotes one machine's run: across machines, thread counts and seeds 0-5 the last epoch has
+    # landed in 0.9750-0.9944, so another machine's value lies within 9 of the 360 test images of it
+    assert abs(float(quoted.group(1)) - rows[-1]["test_acc"]) <= 0.025, (quoted.group(0), printed)
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s",
                             "params"}
     for name in ("checkpoint.pt", "best.pt", "curves.png"):

@@ -24,7 +24,7 @@ from .split_reduction import exponential_average, last_to_arrive, merge_moments,
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride, direction,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-               "TRANSPOSED", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
+               "TRANSPOSED", "WEIGHT_OUT_IS_DST", "WRITE_ADJOINT_WEIGHT", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
                "RUNNING_UPDATE", "RED_ALIGN", "RED_RANGE_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS",
                "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
@@ -275,7 +275,7 @@ def _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_
 @triton.jit
 def _reduced_block(r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
                    w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP,
-                   TRANSPOSED: tl.constexpr, RED_ALIGN: tl.constexpr, FULL_CHANNEL_BLOCKS: tl.constexpr,
+                   WEIGHT_OUT_IS_DST: tl.constexpr, RED_ALIGN: tl.constexpr, FULL_CHANNEL_BLOCKS: tl.constexpr,
                    BLOCK_RED: tl.constexpr):
     """What a block of BLOCK_RED reduced channels from r0 fixes for every tap: its mask, the channels'
     offsets in src, the block-diagonal weight tile's offsets (before the tap's) and mask."""
@@ -289,10 +289,10 @@ def _reduced_block(r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mas
     group_r = tl.max_constancy(group_r, RED_ALIGN)
     # the two strides that are zero by construction (see the launcher) are left out, so the compiler
     # sees the in-channel run's contiguity
-    if TRANSPOSED:  # dst: in-channels (in-group index), reduced: out-channels
-        w_block = offs_r[:, None] * w_stride_red + local_c[None, :] * w_stride_dst_local
-    else:  # dst: out-channels, reduced: in-channels (in-group index)
+    if WEIGHT_OUT_IS_DST:  # dst: the weight's out-channels, reduced: its in-channels (in-group index)
         w_block = offs_c[None, :] * w_stride_dst + local_r[:, None] * w_stride_red_local
+    else:  # grad input through the forward's weight. dst: in-channels (in-group index), reduced: out-channels
+        w_block = offs_r[:, None] * w_stride_red + local_c[None, :] * w_stride_dst_local
     w_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
     return r_mask, offs_r.to(tl.int64) * src_stride_c, w_block, w_mask
 
@@ -330,7 +330,8 @@ _SIZES_NOT_SPECIALIZED = ["N", "H_src", "W_src", "H_dst", "W_dst", "C_DST", "C_R
 @triton.jit(do_not_specialize=_SIZES_NOT_SPECIALIZED)
 def conv2d_gather_kernel(
     src_ptr,  # (N, C_RED, H_src, W_src): x for the forward pass, grad_y for grad input
-    weight_ptr,  # (C_out, C_in // groups, KH, KW) convolution weight
+    weight_ptr,  # (C_out, C_in // groups, KH, KW) convolution weight; (C_in, C_out // groups, KH, KW) its adjoint's
+    adjoint_weight_ptr,  # (C_in, C_out // groups, KH, KW) out (WRITE_ADJOINT_WEIGHT): the adjoint's weight
     bias_ptr,  # (C_DST,) bias, read only when HAS_BIAS
     dst_ptr,  # (N, C_DST, H_dst, W_dst): y for the forward pass, grad_x for grad input
     other_ptr,  # (N, C_DST, H_dst, W_dst) read by the epilogue at the output positions (OTHER_MODE)
@@ -344,6 +345,7 @@ def conv2d_gather_kernel(
     dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
     other_stride_n, other_stride_c, other_stride_h, other_stride_w,  # strides of other, elements
     bias_stride,  # stride of bias, elements
+    adj_stride_out, adj_stride_in, adj_stride_kh, adj_stride_kw,  # strides of adjoint_weight, elements
     # weight strides seen from the dst channel (global and in-group index), the reduced
     # channel (global and in-group index) and the taps; two of the first four are zero
     w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local, w_stride_kh, w_stride_kw,
@@ -360,6 +362,9 @@ def conv2d_gather_kernel(
     PAD_H: tl.constexpr, PAD_W: tl.constexpr,  # zero padding at the top and left
     DIL_H: tl.constexpr, DIL_W: tl.constexpr,  # dilation
     TRANSPOSED: tl.constexpr,  # False: y = conv(x, w); True: grad_x = conv_transpose(grad_y, w)
+    WEIGHT_OUT_IS_DST: tl.constexpr,  # weight's dim 0 indexes dst channels: the forward's, or (TRANSPOSED) the
+    #                                   adjoint's weight; False: TRANSPOSED through the forward's weight
+    WRITE_ADJOINT_WEIGHT: tl.constexpr,  # forward: the first pixel tiles also write the adjoint's weight
     HAS_BIAS: tl.constexpr,  # add bias_ptr[c] to every output
     PROLOGUE_BN_RELU: tl.constexpr,  # src is loaded as relu(bn(src)) (zero padding stays zero)
     OTHER_MODE: tl.constexpr,  # one of OTHER_* above
@@ -437,7 +442,7 @@ def conv2d_gather_kernel(
         for r0 in range(red_start, red_end, BLOCK_RED):
             r_mask, src_channel, w_block, w_mask = _reduced_block(
                 r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
-                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN,
+                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, WEIGHT_OUT_IS_DST, RED_ALIGN,
                 FULL_CHANNEL_BLOCKS, BLOCK_RED)
             _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                     r0 + tl.arange(0, BLOCK_RED), r_mask)
@@ -464,7 +469,7 @@ def conv2d_gather_kernel(
         for step in range(0, KH * KW * red_blocks):
             r_mask, src_channel, w_block, w_mask = _reduced_block(
                 r0, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
-                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, TRANSPOSED, RED_ALIGN,
+                w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, WEIGHT_OUT_IS_DST, RED_ALIGN,
                 FULL_CHANNEL_BLOCKS, BLOCK_RED)
             acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
                                1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
@@ -498,6 +503,42 @@ def conv2d_gather_kernel(
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
               momentum, unbias, STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS,
               RUNNING_UPDATE, BLOCK_DST)
+
+    if WRITE_ADJOINT_WEIGHT:
+        if tl.program_id(0) == 0:  # after the epilogue, from the channel tile's index alone: nothing it
+            #                        computes stays live across the main loop
+            _write_adjoint_weight(weight_ptr, adjoint_weight_ptr, tl.program_id(1), C_DST,
+                                  w_stride_dst, w_stride_red_local, w_stride_kh, w_stride_kw,
+                                  adj_stride_out, adj_stride_in, adj_stride_kh, adj_stride_kw,
+                                  DST_PER_GROUP, RED_PER_GROUP, KH, KW, BLOCK_DST, BLOCK_RED)
+
+
+@triton.jit
+def _write_adjoint_weight(weight_ptr, adjoint_weight_ptr, pid_c, C_DST,
+                          w_stride_dst, w_stride_red_local, w_stride_kh, w_stride_kw,
+                          adj_stride_out, adj_stride_in, adj_stride_kh, adj_stride_kw, DST_PER_GROUP, RED_PER_GROUP,
+                          KH: tl.constexpr, KW: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr):
+    """adjoint[g*I + i, o, kh, kw] = weight[g*O + o, i, kh, kw] for channel tile pid_c's out-channels g*O + o.
+
+    Grad input = conv_transpose(grad_y, weight) is a convolution of grad_y with this weight (same taps,
+    the adjoint's pixel map). Stored channels_last, its reduced channels o are contiguous, which a tf32
+    dot needs along its reduction (K-major) to load the tile in vectors; the forward's weight has its
+    in-channels contiguous instead. Written once by the forward's first pixel tiles (it is tiny)."""
+    offs_c = pid_c * BLOCK_DST + tl.arange(0, BLOCK_DST)
+    c_mask = offs_c < C_DST
+    group_c = offs_c // DST_PER_GROUP
+    local_c = offs_c - group_c * DST_PER_GROUP
+    for tap in range(0, KH * KW):
+        kh = tap // KW
+        kw = tap - kh * KW
+        for i0 in range(0, RED_PER_GROUP, BLOCK_RED):
+            offs_i = i0 + tl.arange(0, BLOCK_RED)
+            mask = (offs_i < RED_PER_GROUP)[:, None] & c_mask[None, :]
+            w = tl.load(weight_ptr + (offs_c[None, :] * w_stride_dst + offs_i[:, None] * w_stride_red_local
+                                      + kh * w_stride_kh + kw * w_stride_kw), mask=mask)
+            tl.store(adjoint_weight_ptr + ((group_c[None, :] * RED_PER_GROUP + offs_i[:, None]) * adj_stride_out
+                                           + local_c[None, :] * adj_stride_in + kh * adj_stride_kh
+                                           + kw * adj_stride_kw), w, mask=mask)
 
 
 @triton.jit
