@@ -238,7 +238,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     bn = prologue_bn if prologue_bn is not None else epilogue_bn
     key = ("gather", src.shape, src.stride(), dst.shape, dst.stride(), weight.shape, weight.stride(), src.dtype,
            src.device, geo.stride, geo.padding, geo.dilation, geo.groups, transposed, weight_is_adjoint,
-           None if adjoint_weight is None else adjoint_weight.stride(), None if bias is None else (bias.stride(0), bias.dtype),
+           None if adjoint_weight is None else adjoint_weight.stride(),
+           None if bias is None else (bias.stride(0), bias.dtype),
            None if other is None else (other.stride(), other.dtype), other_mode, alpha,
            prologue_bn is not None, epilogue_bn_relu, stats_mode, None if bn is None else bn.signature(),
            None if stats is None else stats.shape[1],
@@ -249,7 +250,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
                             epilogue_bn, epilogue_bn_relu, stats, stats_mode, running_update, weight_is_adjoint,
                             adjoint_weight)
     unused = scratch(dst.device)
-    site.launch((src, weight, unused if adjoint_weight is None else adjoint_weight, unused if bias is None else bias, dst, unused if other is None else other,
+    site.launch((src, weight, unused if adjoint_weight is None else adjoint_weight,
+                 unused if bias is None else bias, dst, unused if other is None else other,
                  *((unused,) * 4 if bn is None else bn.pointers()),
                  unused if stats is None else stats, unused if reduced is None else reduced,
                  unused if stats is None else arrival_counters(dst.device, _cdiv(dst.shape[1], _SMALLEST_CHANNEL_TILE)),
@@ -306,7 +308,8 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         KH=geo.kernel_h, KW=geo.kernel_w, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
         PAD_H=geo.padding[0], PAD_W=geo.padding[1], DIL_H=geo.dilation[0], DIL_W=geo.dilation[1],
         TRANSPOSED=transposed, WEIGHT_OUT_IS_DST=weight_out_is_dst,
-        WRITE_ADJOINT_WEIGHT=adjoint_weight is not None, HAS_BIAS=bias is not None, PROLOGUE_BN_RELU=prologue_bn is not None,
+        WRITE_ADJOINT_WEIGHT=adjoint_weight is not None, HAS_BIAS=bias is not None,
+        PROLOGUE_BN_RELU=prologue_bn is not None,
         OTHER_MODE=other_modes[other_mode], EPILOGUE_BN_RELU=epilogue_bn_relu,
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
@@ -422,11 +425,17 @@ def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torc
     ``adjoint_weight`` where the forward wrote it (conv2d_forward), else through ``weight``."""
     grad_x = torch.empty(tuple(x_shape), device=grad_y.device, dtype=grad_y.dtype, memory_format=memory_format)
     if grad_x.numel():
-        if adjoint_weight is not None and adjoint_weight.numel():
-            _gather(grad_y, adjoint_weight, None, grad_x, geo, transposed=True, alpha=alpha, weight_is_adjoint=True)
-        else:
-            _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=alpha)
+        weight, is_adjoint = _adjoint_or_weight(weight, adjoint_weight)
+        _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=alpha, weight_is_adjoint=is_adjoint)
     return grad_x
+
+
+def _adjoint_or_weight(weight: torch.Tensor, adjoint_weight: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """(the weight grad input reads, whether it is the adjoint's): the adjoint weight where the forward wrote
+    one (not None, not empty), else the weight itself."""
+    if adjoint_weight is not None and adjoint_weight.numel():
+        return adjoint_weight, True
+    return weight, False
 
 
 def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry, with_bias: bool, *,
@@ -752,9 +761,8 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
 
     grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
     sums1 = torch.empty((2, channels), device=u.device, dtype=torch.float32)
-    (weight_at, adjoint_a), (weight_bt, adjoint_b) = (
-        (w, False) if adjoint is None or not adjoint.numel() else (adjoint, True)
-        for w, adjoint in zip((weight_a, weight_b), adjoint_weights))
+    (weight_at, adjoint_a), (weight_bt, adjoint_b) = (_adjoint_or_weight(w, adjoint)
+                                                      for w, adjoint in zip((weight_a, weight_b), adjoint_weights))
     _gather(grad_s, weight_bt, None, grad_x1, geo_b, True, other=r, other_mode="relu_grad", epilogue_bn=bn1,
             stats=gather_stats_buffer(u.shape, u.device), stats_mode="bn_grad", reduced=sums1,
             weight_is_adjoint=adjoint_b)

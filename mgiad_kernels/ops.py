@@ -229,7 +229,8 @@ def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, b
 
 
 def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weight_b: Tensor, r: Tensor, s: Tensor,
-                            t: Tensor, adjoint_a: Tensor, adjoint_b: Tensor, stats: Tensor, bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
+                            t: Tensor, adjoint_a: Tensor, adjoint_b: Tensor, stats: Tensor, bn1_weight: Tensor,
+                            bn1_bias: Tensor, bn2_weight: Tensor,
                             bn2_bias: Tensor, conv_a: List[int], conv_b: List[int], eps1: float, eps2: float,
                             batch_stats: bool, has_bias_a: bool, has_bias_b: bool, need_weight_a: bool,
                             need_weight_b: bool, carried: List[Optional[Tensor]]) -> List[Tensor]:
@@ -255,7 +256,8 @@ call_smoothing_step_backward = DirectCall(smoothing_step_backward, _smoothing_st
 
 @smoothing_step_backward.register_fake
 def _smoothing_step_backward_fake(grad_out, u, weight_a, weight_b, r, s, t, adjoint_a, adjoint_b, stats,
-                                  bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, has_bias_a, has_bias_b,
+                                  bn1_weight, bn1_bias, bn2_weight, bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats,
+                                  has_bias_a, has_bias_b,
                                   need_weight_a, need_weight_b, carried):
     channels = u.shape[1]
     empty = u.new_empty(0)
@@ -349,8 +351,8 @@ class SmoothingStepFunction(torch.autograd.Function):
             return tuple(result)
         grads = call_smoothing_step_backward(
             grad_out, u, weight_a, weight_b, r, s, t, adjoint_a, adjoint_b, stats, bn1_weight, bn1_bias, bn2_weight,
-            bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, bias_a is not None, bias_b is not None, need[2] or need[3], need[4] or need[5],
-            carried)
+            bn2_bias, conv_a, conv_b, eps1, eps2, batch_stats, bias_a is not None, bias_b is not None,
+            need[2] or need[3], need[4] or need[5], carried)
         grad_u, grad_f, grad_wa, grad_ba, grad_wb, grad_bb, grad_bn1, grad_bn2 = grads
         return (grad_u if need[0] else None, grad_f if need[1] else None,
                 grad_wa if need[2] else None, grad_ba if bias_a is not None and need[3] else None,

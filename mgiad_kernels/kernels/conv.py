@@ -24,7 +24,8 @@ from .split_reduction import exponential_average, last_to_arrive, merge_moments,
 # Autotune keys: what changes the best tile (channels, groups, kernel size, stride, direction,
 # fusions, dot precision), never H, W. tests/test_autotune.py checks every such constexpr is here.
 _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "STRIDE_H", "STRIDE_W",
-               "TRANSPOSED", "WEIGHT_OUT_IS_DST", "WRITE_ADJOINT_WEIGHT", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE", "EPILOGUE_BN_RELU", "STATS",
+               "TRANSPOSED", "WEIGHT_OUT_IS_DST", "WRITE_ADJOINT_WEIGHT", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE",
+               "EPILOGUE_BN_RELU", "STATS",
                "RUNNING_UPDATE", "RED_ALIGN", "RED_RANGE_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS",
                "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
