@@ -1,6 +1,6 @@
 """Host-path benchmark of the issue's MGiaD training step: runs anywhere, no GPU needed.
 
-    python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start]
+    python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start] [--device cpu|cuda]
 
 CPU tensors take the real Triton launch path, compiled for sm_90 by the stand-in CUDA driver
 (``mgiad_kernels.standin_driver``: launches are recorded no-ops), so what is measured is the host
@@ -20,6 +20,12 @@ side of a GPU training step: how many kernels it launches and what each launch c
    tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
    benchmarks and wall seconds of a first forward+backward; ``--no-cold-start`` skips it.
+
+``--device cuda`` (on a GPU) times measurement 2 and the step with CUDA tensors instead: Triton's own
+launcher and CUDA's caching allocator in (b), against aten ops that launch a kernel too, each batch
+started on an idle GPU; the step's host time beside its wall time, and its Triton launches counted
+through the launch hook. On the CPU, (b2) is the stand-in's launcher and (a) launches nothing, so the
+CPU ratio is the stricter one.
 
 Everything but the cold start runs on a warm Triton cache (the user's), with one torch thread.
 Writes ``<out-dir>/host-<device>-<date>.json`` and ``.md`` (atomically, once everything is measured)
@@ -154,17 +160,17 @@ def _torch_threads(n: int):
         torch.set_num_threads(saved)
 
 
-def build_step():
-    """The issue's model and batch; returns (forward, step): forward() zeroes the gradients (to None) and
-    returns the loss; step() runs forward().backward()."""
+def build_step(device: torch.device = torch.device("cpu")):
+    """The issue's model and batch on ``device``; returns (forward, step): forward() zeroes the gradients
+    (to None) and returns the loss; step() runs forward().backward()."""
     import torch.nn.functional as F
 
     from .models import MGiaD
 
     torch.manual_seed(0)
-    model = MGiaD(**MODEL_CONFIG).to(memory_format=torch.channels_last)
-    x = torch.randn(*INPUT_SHAPE).to(memory_format=torch.channels_last)
-    y = torch.tensor(LABELS)
+    model = MGiaD(**MODEL_CONFIG).to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(*INPUT_SHAPE, device=device).to(memory_format=torch.channels_last)
+    y = torch.tensor(LABELS, device=device)
 
     def forward():
         model.zero_grad(set_to_none=True)
@@ -195,9 +201,10 @@ def _stats(samples: list[float], scale: float = 1.0) -> dict:
     return {"median_us": median, "p20_us": p20, "p80_us": p80, "batches": len(samples)}
 
 
-def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> dict:
+def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH, settle=None) -> dict:
     """Per-call host microseconds of each function: ``batches`` batches of ``calls`` calls each, the
-    functions' batches interleaved (drift hits them all alike), garbage collection off meanwhile."""
+    functions' batches interleaved (drift hits them all alike), garbage collection off meanwhile.
+    ``settle()`` runs before each batch, untimed (on a GPU: drain the queue the last batch filled)."""
     for fn in fns.values():  # warm-up: compiles, caches
         for _ in range(min(calls, 50)):
             fn()
@@ -208,6 +215,8 @@ def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> d
     try:
         for _ in range(batches):
             for name, fn in fns.items():
+                if settle is not None:
+                    settle()
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     fn()
@@ -218,7 +227,7 @@ def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH) -> d
     return {name: _stats(s) for name, s in samples.items()}
 
 
-def _small_conv_calls():
+def _small_conv_calls(device: torch.device = torch.device("cpu")):
     """(launch, custom op, direct call, parts): the same small grouped conv as one Triton launch, through the
     custom op and through ``ops.call_conv2d``, the geometry built as ``mgiad_kernels.ops`` builds it;
     ``parts()`` (after a warm launch) gives the two pieces of a warm launch that are not the package's own
@@ -227,8 +236,8 @@ def _small_conv_calls():
     from mgiad_kernels import launchers, ops
     from mgiad_kernels.ops import conv_geometry
 
-    x = torch.randn(*CONV_X).to(memory_format=torch.channels_last)
-    w = torch.randn(*CONV_W)
+    x = torch.randn(*CONV_X, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(*CONV_W, device=device)
     stride, padding, dilation = [1, 1], [1, 1, 1, 1], [1, 1]
     geo = conv_geometry(x.shape, w.shape, stride, padding, dilation, CONV_GROUPS)
     op = torch.ops.mgiad_kernels.conv2d
@@ -302,6 +311,74 @@ def measure_warm(repeats: int, log=print) -> dict:
     }
 
 
+# ---- on a GPU -----------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _counting_triton_launches():
+    """Counts Triton launches through the launch hook (a HookChain, triton >= 3.5); yields [count], or
+    [None] where the hook cannot be chained. A set hook sends warm launches through LaunchSite.launch,
+    which passes it on: count in a pass of its own, not a timed one."""
+    from triton import knobs
+
+    chain = knobs.runtime.launch_enter_hook
+    count = [0 if hasattr(chain, "add") else None]
+
+    def hook(metadata):
+        count[0] += 1
+
+    if count[0] is not None:
+        chain.add(hook)
+    try:
+        yield count
+    finally:
+        if count[0] is not None:
+            chain.remove(hook)
+
+
+def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("cuda"), sync=None) -> dict:
+    """Measurement 2 and the step's host time on a GPU: CUDA tensors, Triton's own launcher and CUDA's
+    caching allocator, against aten ops that launch a kernel too. Each batch starts on an idle GPU
+    (``sync``: torch.cuda.synchronize; the test runs it on the stand-in with CPU tensors)."""
+    sync = torch.cuda.synchronize if sync is None else sync
+    with _torch_threads(1):
+        forward, step = build_step(device)
+        t0 = time.perf_counter()
+        step()
+        sync()
+        log(f"warm-up step: {time.perf_counter() - t0:.1f} s")
+        with _counting_triton_launches() as count:
+            step()
+        sync()
+        host_ms, wall_ms = [], []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            step()
+            host_ms.append((time.perf_counter() - t0) * 1e3)
+            sync()
+            wall_ms.append((time.perf_counter() - t0) * 1e3)
+        a, b, c = (torch.randn(16, device=device) for _ in range(3))
+        launch, custom_op, direct_call, parts = _small_conv_calls(device)
+        timed = time_interleaved({"aten_add_16": lambda: torch.add(a, b, out=c),
+                                  "aten_add_16_allocating": lambda: torch.add(a, b),
+                                  "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op,
+                                  "direct_call_conv2d": direct_call, **parts()}, repeats, settle=sync)
+        sync()
+    n_triton = count[0]
+    if n_triton:
+        timed["mgiad_step_per_triton_launch"] = _stats(host_ms, 1e3 / n_triton)
+    base = timed["aten_add_16"]["median_us"]
+    for entry in timed.values():
+        entry["ratio_to_aten_add"] = entry["median_us"] / base
+    median, p20, p80 = _quantiles(host_ms)
+    wall = _quantiles(wall_ms)
+    return {"launches": {"triton": n_triton}, "host_us": timed,
+            "mgiad_step_ms": {"median": median, "p20": p20, "p80": p80, "repeats": len(host_ms)},
+            "mgiad_step_wall_ms": {"median": wall[0], "p20": wall[1], "p80": wall[2], "repeats": len(wall_ms)},
+            "small_conv": {"x": list(CONV_X), "weight": list(CONV_W), "groups": CONV_GROUPS, "stride": 1,
+                           "padding": 1}}
+
+
 # ---- cold start ---------------------------------------------------------------------------------------------------
 
 def cold_start_child() -> None:
@@ -363,9 +440,10 @@ def cpu_model() -> str:
 
 
 def targets(doc: dict) -> dict:
-    """Each target of the issue: its value, limit and whether it is met (None: not measured)."""
+    """Each target of the issue: its value, limit and whether it is met (None: not measured, as the
+    launch counts and the cold start on a GPU, where only the host times are measured)."""
     launches, cold = doc["launches"], doc.get("cold_start")
-    values = {"triton_plus_aten_launches": launches["triton_plus_aten"], "aten_launches": launches["aten"],
+    values = {"triton_plus_aten_launches": launches.get("triton_plus_aten"), "aten_launches": launches.get("aten"),
               "launch_us_ratio": doc["host_us"]["triton_conv2d_launch"]["ratio_to_aten_add"],
               "cold_start_compiles": cold["compiles"] if cold else None,
               "cold_start_benchmarks": cold["benchmarks"] if cold else None}
@@ -374,11 +452,11 @@ def targets(doc: dict) -> dict:
             for name, (what, limit) in TARGETS.items()}
 
 
-def results_stem(out_dir: str, date: datetime.date) -> str:
+def results_stem(out_dir: str, date: datetime.date, device: torch.device = torch.device("cpu")) -> str:
     """``out_dir/host-<device>-<date>``, named like mgiad_kernels.bench.report's results."""
     from mgiad_kernels.bench.report import results_stem as kernel_results_stem
 
-    return kernel_results_stem(out_dir, torch.device("cpu"), prefix="host-", date=date)
+    return kernel_results_stem(out_dir, device, prefix="host-", date=date)
 
 
 def _fmt(value) -> str:
@@ -387,7 +465,45 @@ def _fmt(value) -> str:
     return str(value)
 
 
+_HOST_ROWS = (("aten_add_16", "(a) torch.add, 16 floats, out="),
+              ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
+              ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
+              ("output_allocation", "(b1) of (b): its output's allocation alone (x.new_empty_strided)"),
+              ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone"),
+              ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
+              ("direct_call_conv2d", "(c2) ops.call_conv2d: (c) as eager autograd calls it (DirectCall)"),
+              ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches"))
+
+
+def markdown_cuda(doc: dict) -> str:
+    """The GPU run's table: host times only (the launch counts and cold start are the CPU run's)."""
+    host, t, m = doc["host_us"], doc["targets"], doc["model"]
+    lines = [f"# Host-path benchmark on {doc['device']}, {doc['date'][:10]}", "",
+             f"torch {doc['torch']}, triton {doc['triton']}, Python {doc['python']}; {doc['platform']}; CPU "
+             f"{doc['cpu']}. CUDA tensors through Triton's own launcher, against aten ops that launch a kernel "
+             f"too; one torch thread; each batch starts on an idle GPU. MGiaD widths {tuple(m['widths'])}, input "
+             f"{tuple(m['input_shape'])} channels_last. Host times are medians (p20-p80) of "
+             f"{doc['settings']['repeats']} batches of {doc['settings']['calls_per_batch']} calls.", "",
+             "| measurement | value | target | met |", "|---|---|---|---|"]
+    for key, label in _HOST_ROWS:
+        if key not in host:
+            continue
+        h, target = host[key], t["launch_us_ratio"] if key == "triton_conv2d_launch" else None
+        met = "" if target is None else {True: "yes", False: "**no**"}[target["met"]]
+        limit = "" if target is None else f"<= {_fmt(target['limit'])}"
+        lines.append(f"| {label}, us | {h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "
+                     f"{h['ratio_to_aten_add']:.2f}x (a) | {limit} | {met} |")
+    s, w = doc["mgiad_step_ms"], doc["mgiad_step_wall_ms"]
+    lines.append(f"| MGiaD fwd+bwd host time, ms | {s['median']:.1f} ({s['p20']:.1f}-{s['p80']:.1f}) |  |  |")
+    lines.append(f"| MGiaD fwd+bwd wall time (to the GPU's end), ms | {w['median']:.1f} "
+                 f"({w['p20']:.1f}-{w['p80']:.1f}) |  |  |")
+    lines.append(f"| Triton launches per fwd+bwd (launch hook) | {doc['launches']['triton']} |  |  |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(doc: dict) -> str:
+    if doc.get("device_type") == "cuda":
+        return markdown_cuda(doc)
     host, launches, cold = doc["host_us"], doc["launches"], doc["cold_start"]
     m = doc["model"]
     lines = [f"# Host-path benchmark on {doc['cpu']}, {doc['date'][:10]}", "",
@@ -411,15 +527,9 @@ def markdown(doc: dict) -> str:
     row("aten compute ops per fwd+bwd (fwd + bwd)", f"{launches['aten']} ({fwd['aten']} + {bwd['aten']})",
         "aten_launches")
     row("Triton + aten per fwd+bwd", launches["triton_plus_aten"], "triton_plus_aten_launches")
-    for key, label in (("aten_add_16", "(a) torch.add, 16 floats, out="),
-                       ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
-                       ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
-                       ("output_allocation", "(b1) of (b): its output's allocation alone (x.new_empty_strided)"),
-                       ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone (the stand-in's)"),
-                       ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
-                       ("direct_call_conv2d", "(c2) ops.call_conv2d: (c) as eager autograd calls it (DirectCall)"),
-                       ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches")):
+    for key, label in _HOST_ROWS:
         h = host[key]
+        label = label + " (the stand-in's)" if key == "compiled_launcher" else label
         row(f"{label}, us", f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "
                             f"{h['ratio_to_aten_add']:.2f}x (a)",
             "launch_us_ratio" if key == "triton_conv2d_launch" else None)
@@ -470,15 +580,23 @@ def _write_atomically(files: dict) -> None:
 def summary(doc: dict) -> str:
     launches, host, t = doc["launches"], doc["host_us"], doc["targets"]
     mark = lambda name: {True: "met", False: "NOT MET", None: "not measured"}[t[name]["met"]]  # noqa: E731
-    lines = [f"launches per MGiaD fwd+bwd: {launches['triton']} Triton + {launches['aten']} aten = "
-             f"{launches['triton_plus_aten']} (target <= {t['triton_plus_aten_launches']['limit']}: "
-             f"{mark('triton_plus_aten_launches')}; aten <= {t['aten_launches']['limit']}: {mark('aten_launches')})"]
+    if "aten" in launches:
+        lines = [f"launches per MGiaD fwd+bwd: {launches['triton']} Triton + {launches['aten']} aten = "
+                 f"{launches['triton_plus_aten']} (target <= {t['triton_plus_aten_launches']['limit']}: "
+                 f"{mark('triton_plus_aten_launches')}; aten <= {t['aten_launches']['limit']}: "
+                 f"{mark('aten_launches')})"]
+    else:
+        lines = [f"Triton launches per MGiaD fwd+bwd: {launches['triton']} (aten ops: the CPU run's count)"]
     for key in ("aten_add_16", "triton_conv2d_launch", "custom_op_conv2d", "mgiad_step_per_triton_launch"):
+        if key not in host:
+            continue
         h = host[key]
         lines.append(f"host us {key:<30} {h['median_us']:8.2f}  ({h['ratio_to_aten_add']:.2f}x aten add)")
     lines.append(f"launch / aten add target <= {t['launch_us_ratio']['limit']}x: {mark('launch_us_ratio')}")
     cold = doc["cold_start"]
-    if cold:
+    if doc.get("device_type") == "cuda":
+        lines.append("cold start: measured on the CPU run's stand-in")
+    elif cold:
         lines.append(f"cold start: {cold['compiles']} compiles (target <= {t['cold_start_compiles']['limit']}: "
                      f"{mark('cold_start_compiles')}), {cold['benchmarks']} autotune benchmarks, "
                      f"{cold['step_s']:.1f} s step, {cold['process_s']:.1f} s process")
@@ -513,13 +631,39 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--repeats", type=_positive_int, default=20,
                    help="timed batches of each host measurement, and timed MGiaD steps (default 20)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess (about a minute)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default): CPU tensors on the sm_90 stand-in, everything measured; cuda: on a GPU, "
+                        "the host times against aten ops that launch a kernel too, with Triton's own launcher")
     return p.parse_args(argv)
+
+
+def describe(device: torch.device, now: datetime.datetime, repeats: int, cold_start: bool) -> dict:
+    """A results document's header: the machine, versions, model and settings."""
+    import triton
+    from mgiad_kernels.bench.report import device_name
+
+    on_gpu = device.type == "cuda"
+    return {"benchmark": "host", "date": now.isoformat(timespec="seconds"), "device": device_name(device),
+            "device_type": device.type, "standin_arch": None if on_gpu else ARCH,
+            "cpu": cpu_model(), "platform": platform.platform(), "processor": platform.processor(),
+            "python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+            "model": {**MODEL_CONFIG, "widths": list(MODEL_CONFIG["widths"]),
+                      "smoothing_steps": list(MODEL_CONFIG["smoothing_steps"]), "input_shape": list(INPUT_SHAPE),
+                      "labels": list(LABELS), "memory_format": "channels_last"},
+            "settings": {"repeats": repeats, "calls_per_batch": CALLS_PER_BATCH, "torch_threads": 1,
+                         "cold_start": cold_start, "parallel_programs": None if on_gpu else H100_PROGRAMS,
+                         "MGIAD_KERNELS_AUTOTUNE": os.environ.get("MGIAD_KERNELS_AUTOTUNE"),
+                         "excluded_aten_ops": sorted(EXCLUDED_OPS)}}
 
 
 def main(argv=None) -> str | None:
     """Measure, write the JSON and markdown, print a summary; returns the results' stem (None when the
     benchmark ran in a child process because TRITON_INTERPRET was set)."""
     a = parse_args(sys.argv[1:] if argv is None else list(argv))
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print(f"{PROG}: error: --device cuda: no CUDA device is available (torch.cuda.is_available() is False)",
+              file=sys.stderr)
+        raise SystemExit(2)
     if "TRITON_INTERPRET" in os.environ:
         print(f"{PROG}: TRITON_INTERPRET is set; the stand-in driver needs Triton's compiler, not its "
               "interpreter: re-running without it", file=sys.stderr, flush=True)
@@ -530,25 +674,15 @@ def main(argv=None) -> str | None:
         if code:
             raise SystemExit(code)
         return None
-    import triton
-    from mgiad_kernels.bench.report import device_name
-
     os.makedirs(a.out_dir, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
-    print(f"MGiaD host-path benchmark ({a.repeats} repeats), CPU tensors on the sm_{ARCH} stand-in", flush=True)
-    doc = {"benchmark": "host", "date": now.isoformat(timespec="seconds"),
-           "device": device_name(torch.device("cpu")), "standin_arch": ARCH,
-           "cpu": cpu_model(), "platform": platform.platform(), "processor": platform.processor(),
-           "python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-           "model": {**MODEL_CONFIG, "widths": list(MODEL_CONFIG["widths"]),
-                     "smoothing_steps": list(MODEL_CONFIG["smoothing_steps"]), "input_shape": list(INPUT_SHAPE),
-                     "labels": list(LABELS), "memory_format": "channels_last"},
-           "settings": {"repeats": a.repeats, "calls_per_batch": CALLS_PER_BATCH, "torch_threads": 1,
-                        "cold_start": not a.no_cold_start, "parallel_programs": H100_PROGRAMS,
-                        "MGIAD_KERNELS_AUTOTUNE": os.environ.get("MGIAD_KERNELS_AUTOTUNE"),
-                        "excluded_aten_ops": sorted(EXCLUDED_OPS)}}
-    doc.update(measure_warm(a.repeats))
-    if a.no_cold_start:
+    device = torch.device(a.device)
+    on_gpu = device.type == "cuda"
+    where = "CUDA tensors, Triton's own launcher" if on_gpu else f"CPU tensors on the sm_{ARCH} stand-in"
+    print(f"MGiaD host-path benchmark ({a.repeats} repeats), {where}", flush=True)
+    doc = describe(device, now, a.repeats, cold_start=not (a.no_cold_start or on_gpu))
+    doc.update(measure_cuda(a.repeats) if on_gpu else measure_warm(a.repeats))
+    if a.no_cold_start or on_gpu:
         doc["cold_start"] = None
     else:
         print("cold start: a first fwd+bwd on an empty Triton cache in a subprocess (about a minute)", flush=True)
@@ -556,7 +690,7 @@ def main(argv=None) -> str | None:
     doc["targets"] = targets(doc)
     met = [t["met"] for t in doc["targets"].values()]  # None: not measured (cold start skipped)
     doc["all_targets_met"] = False if False in met else None if None in met else True
-    stem = results_stem(a.out_dir, now.date())
+    stem = results_stem(a.out_dir, now.date(), device)
     _write_atomically({stem + ".json": json.dumps(doc, indent=1) + "\n", stem + ".md": markdown(doc)})
     print(summary(doc))
     print(f"wrote {stem}.json and {stem}.md")

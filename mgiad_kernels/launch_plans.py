@@ -9,7 +9,11 @@ addresses: shapes, strides, dtypes, fusion flags, scalars) as a ``LaunchSite``: 
 runtime arguments after the pointers, the constexprs and options. A site keeps, per pattern of 16-byte
 misaligned pointers (Triton specializes each pointer on it) and per driver, the CompiledKernel that
 Triton's first launch made; later launches check the pointers' alignment and call the compiled launcher.
-Under the interpreter, through the autotuner and with plans disabled, every launch goes through Triton.
+Once a site has launched with every pointer aligned, its ``launch`` is a function generated for it (as
+Triton generates its own argument binder): one alignment test over the pointers it checks, the grid, the
+kernel and the arguments after the pointers bound as constants, so a warm launch runs no loop, builds no
+argument tuple and looks nothing up. Under the interpreter, through the autotuner and with plans disabled,
+every launch goes through Triton.
 """
 from __future__ import annotations
 
@@ -71,10 +75,8 @@ class LaunchSite:
     """jit_fn[grid](*pointers, *rest, **constexprs, **options) for one site key; see the module docstring.
 
     ``through_triton``: always launch through ``jit_fn[grid]`` (an Autotuner: it benchmarks and picks the
-    tile; ``grid`` is then a function of the chosen meta-parameters)."""
-
-    __slots__ = ("jit_fn", "grid", "rest", "constexprs", "options", "through_triton", "plans", "args_tail",
-                 "checked")
+    tile; ``grid`` is then a function of the chosen meta-parameters). ``launch`` is the method below until
+    a launch with every checked pointer aligned has made its plan; then the instance's generated one."""
 
     def __init__(self, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False):
         self.jit_fn, self.rest, self.constexprs, self.options = jit_fn, rest, constexprs, options
@@ -108,27 +110,58 @@ class LaunchSite:
             return
         _, run, function, packed, kernel, current_stream, current_device = plan
         args = pointers + self.args_tail
-        # the hooks as Triton passes them, but None for an empty HookChain (triton >= 3.5 keeps a chain
-        # that is never None): the launcher then calls nothing and no launch metadata is built
-        enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
-        if enter is not None and not getattr(enter, "calls", True):
-            enter = None
-        if leave is not None and not getattr(leave, "calls", True):
-            leave = None
+        enter, leave = _hooks(runtime)
         stream = current_stream(current_device())
         metadata = kernel.launch_metadata(self.grid, stream, *args) if enter is not None else None
         run(*self.grid, stream, function, packed, metadata, enter, leave, *args)
 
     def _first_launch(self, pointers: tuple, misaligned: int, active) -> None:
-        """Through JITFunction.run (compiling if needed); keeps the CompiledKernel for this alignment."""
+        """Through JITFunction.run (compiling if needed); keeps the CompiledKernel for this alignment, and
+        with every pointer aligned, generates the site's warm ``launch``."""
         jit_fn = self.jit_fn
         meta = {**self.constexprs, **self.options}
         kernel = jit_fn.run(*pointers, *self.rest, grid=self.grid, warmup=False, **meta)
         if self.args_tail is None:
             self.args_tail = self.rest + tuple(self.constexprs[p.name]
                                                for p in jit_fn.params[len(pointers) + len(self.rest):])
-        self.plans[misaligned] = (active, kernel.run, kernel.function, kernel.packed_metadata, kernel,
-                                  active.get_current_stream, active.get_current_device)
+        plan = self.plans[misaligned] = (active, kernel.run, kernel.function, kernel.packed_metadata, kernel,
+                                         active.get_current_stream, active.get_current_device)
+        if misaligned == 0:
+            self.launch = _warm_launch(self, plan)
+
+
+def _hooks(runtime) -> tuple:
+    """The launch hooks as Triton passes them, but None for an empty HookChain (triton >= 3.5 keeps a chain
+    that is never None): the launcher then calls nothing and no launch metadata is built."""
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    if enter is not None and not getattr(enter, "calls", True):
+        enter = None
+    if leave is not None and not getattr(leave, "calls", True):
+        leave = None
+    return enter, leave
+
+
+def _warm_launch(site: LaunchSite, plan: tuple) -> Callable:
+    """``site.launch`` for its aligned plan, generated: the pointers it checks tested in one expression, the
+    grid, launcher and arguments after the pointers bound. Anything else (a misaligned pointer, another
+    driver, plans disabled, a launch hook set) goes to LaunchSite.launch."""
+    active, run, function, packed, _, current_stream, current_device = plan
+    runtime, driver, _ = _TRITON
+    aligned = " | ".join(f"pointers[{i}].data_ptr()" for i in site.checked) or "0"
+    source = (
+        "def launch(pointers, placeholder=None):\n"
+        "    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook\n"
+        f"    if ({aligned}) & 15 or driver.active is not active or not state['enabled'] \\\n"
+        "            or (enter is not None and getattr(enter, 'calls', True)) \\\n"
+        "            or (leave is not None and getattr(leave, 'calls', True)):\n"
+        "        return generic(site, pointers, placeholder)\n"
+        "    run(gx, gy, gz, current_stream(current_device()), function, packed, None, None, None, *pointers,\n"
+        "        *tail)\n")
+    scope = dict(runtime=runtime, driver=driver, active=active, state=_STATE, generic=LaunchSite.launch, site=site,
+                 run=run, current_stream=current_stream, current_device=current_device, function=function,
+                 packed=packed, tail=site.args_tail, **dict(zip(("gx", "gy", "gz"), site.grid)))
+    exec(compile(source, f"<warm launch of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
+    return scope["launch"]
 
 
 def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,

@@ -119,3 +119,52 @@ def test_host_bench_writes_consistent_results(tmp_path):
     assert doc["all_targets_met"] in (None, False)  # None: every measured target met, the cold start skipped
     md = (out / files[1]).read_text()
     assert "| measurement | value | target | met |" in md and str(launches["triton_plus_aten"]) in md
+
+
+@pytest.mark.skipif(NO_NVIDIA_BACKEND, reason="triton has no NVIDIA backend here")
+def test_gpu_mode_counts_launches_through_the_hook_and_tables_its_times():
+    """``--device cuda``'s measurement run on the stand-in with CPU tensors (no GPU here): the launch hook
+    counts as many launches per step as the stand-in records, every host time is there, the warm launches
+    it times are the sites' generated ones once the hook is gone, and its table and summary read it."""
+    script = """
+import datetime, json, torch
+from mgiad.host_bench import build_step, describe, markdown, measure_cuda, summary, targets
+from mgiad.host_bench import triton_on_cpu
+from mgiad_kernels import launch_plans
+with triton_on_cpu() as rec:
+    result = measure_cuda(2, log=lambda *a: None, device=torch.device("cpu"), sync=lambda: None)
+    _, step = build_step()
+    step()
+    start = len(rec.launches)
+    step()
+    recorded = len([x for x in rec.launches[start:] if not x.bench])
+    generated = sum("launch" in vars(site) for site in launch_plans.SITES.values())
+    sites = len(launch_plans.SITES)
+doc = describe(torch.device("cpu"), datetime.datetime(2026, 11, 24), 2, cold_start=False)
+doc.update(result, device_type="cuda", cold_start=None)
+doc["targets"] = targets(doc)
+print(json.dumps({"doc": doc, "recorded": recorded, "generated": generated, "sites": sites,
+                  "md": markdown(doc), "summary": summary(doc)}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    doc = out["doc"]
+    assert doc["launches"]["triton"] == out["recorded"] > 0, (doc["launches"], out["recorded"])
+    assert out["generated"] == out["sites"] > 0, out  # every site warm: its generated launch
+    host = doc["host_us"]
+    assert set(host) == {"aten_add_16", "aten_add_16_allocating", "triton_conv2d_launch", "output_allocation",
+                         "compiled_launcher", "custom_op_conv2d", "direct_call_conv2d",
+                         "mgiad_step_per_triton_launch"}
+    for name, entry in host.items():
+        assert entry["median_us"] > 0 and entry["ratio_to_aten_add"] == pytest.approx(
+            entry["median_us"] / host["aten_add_16"]["median_us"]), (name, entry)
+    assert doc["mgiad_step_wall_ms"]["median"] >= doc["mgiad_step_ms"]["median"] > 0
+    assert doc["targets"]["launch_us_ratio"]["met"] == (host["triton_conv2d_launch"]["ratio_to_aten_add"] <= 2.5)
+    assert doc["targets"]["cold_start_compiles"]["met"] is None and doc["targets"]["aten_launches"]["met"] is None
+    md = out["md"]
+    assert "Triton's own launcher" in md and f"| Triton launches per fwd+bwd (launch hook) | {out['recorded']} |" in md
+    assert f"{host['triton_conv2d_launch']['median_us']:.2f}" in md and "wall time" in md
+    assert f"Triton launches per MGiaD fwd+bwd: {out['recorded']}" in out["summary"]
