@@ -1,7 +1,7 @@
 """Whole-model training-step benchmarks: MGiaD, MgNet and ResNet18 images per second per provider.
 
     python -m mgiad.bench [--quick] [--ops train_step_mgiad,...] [--dtypes float32,bfloat16] [--out-dir DIR]
-    python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start]
+    python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start] [--device cpu|cuda]
 
 One SGD step (forward, backward, update; bf16 autocast for ``bfloat16``) of each model at CIFAR
 shape, on the providers ``triton`` (every conv and smoothing step on the Triton kernels), ``torch``

@@ -17,6 +17,7 @@ every launch goes through Triton.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 _MAX_SITES = 4096  # distinct (shape, layout, fusion) launches kept per cache; the oldest go first beyond it
@@ -112,7 +113,8 @@ class LaunchSite:
         args = pointers + self.args_tail
         enter, leave = _hooks(runtime)
         stream = current_stream(current_device())
-        metadata = kernel.launch_metadata(self.grid, stream, *args) if enter is not None else None
+        hooked = enter is not None or leave is not None
+        metadata = kernel.launch_metadata(self.grid, stream, *args) if hooked else None
         run(*self.grid, stream, function, packed, metadata, enter, leave, *args)
 
     def _first_launch(self, pointers: tuple, misaligned: int, active) -> None:
@@ -144,7 +146,7 @@ def _hooks(runtime) -> tuple:
 def _warm_launch(site: LaunchSite, plan: tuple) -> Callable:
     """``site.launch`` for its aligned plan, generated: the pointers it checks tested in one expression, the
     grid, launcher and arguments after the pointers bound. Anything else (a misaligned pointer, another
-    driver, plans disabled, a launch hook set) goes to LaunchSite.launch."""
+    driver, plans disabled, a launch hook set) goes to LaunchSite.launch, looked up at that call."""
     active, run, function, packed, _, current_stream, current_device = plan
     runtime, driver, _ = _TRITON
     aligned = " | ".join(f"pointers[{i}].data_ptr()" for i in site.checked) or "0"
@@ -154,12 +156,14 @@ def _warm_launch(site: LaunchSite, plan: tuple) -> Callable:
         f"    if ({aligned}) & 15 or driver.active is not active or not state['enabled'] \\\n"
         "            or (enter is not None and getattr(enter, 'calls', True)) \\\n"
         "            or (leave is not None and getattr(leave, 'calls', True)):\n"
-        "        return generic(site, pointers, placeholder)\n"
+        "        return LaunchSite.launch(site(), pointers, placeholder)\n"
         "    run(gx, gy, gz, current_stream(current_device()), function, packed, None, None, None, *pointers,\n"
         "        *tail)\n")
-    scope = dict(runtime=runtime, driver=driver, active=active, state=_STATE, generic=LaunchSite.launch, site=site,
-                 run=run, current_stream=current_stream, current_device=current_device, function=function,
-                 packed=packed, tail=site.args_tail, **dict(zip(("gx", "gy", "gz"), site.grid)))
+    gx, gy, gz = site.grid
+    # the site by weak reference: the site holds this function, which would otherwise hold the site
+    scope = dict(runtime=runtime, driver=driver, active=active, state=_STATE, LaunchSite=LaunchSite,
+                 site=weakref.ref(site), run=run, current_stream=current_stream, current_device=current_device,
+                 function=function, packed=packed, tail=site.args_tail, gx=gx, gy=gy, gz=gz)
     exec(compile(source, f"<warm launch of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
     return scope["launch"]
 

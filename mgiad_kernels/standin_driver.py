@@ -227,9 +227,13 @@ class _NoopLauncher:
 
     def __init__(self, src, metadata):
         self.name, self.num_warps, self.num_stages = metadata.name, metadata.num_warps, metadata.num_stages
-        self.constexprs = _by_name(list(getattr(src.fn, "arg_names", [])), getattr(src, "constants", {}))
+        names = list(getattr(src.fn, "arg_names", []))
+        self.constexprs = _by_name(names, getattr(src, "constants", {}))
+        self.n_args = len(names)  # CUDA's launcher parses one argument per kernel parameter, constexprs included
 
     def __call__(self, gx, gy, gz, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook, *args):
+        if self.n_args and len(args) != self.n_args:
+            raise TypeError(f"{self.name}: the launcher takes {self.n_args} kernel arguments, got {len(args)}")
         if enter_hook is not None:
             enter_hook(launch_metadata)
         if _RECORDERS:

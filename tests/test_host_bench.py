@@ -62,10 +62,22 @@ def test_a_bad_flag_is_refused_in_one_line_naming_it(capsys):
         assert flag in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is")
+def test_device_cuda_without_a_gpu_is_refused_in_one_line(capsys, tmp_path):
+    from mgiad.bench import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--host", "--device", "cuda", "--out-dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--device cuda" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "results").exists()  # refused before anything is written
+
+
 @pytest.mark.skipif(NO_NVIDIA_BACKEND, reason="triton has no NVIDIA backend here")
 def test_host_bench_writes_consistent_results(tmp_path):
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["MGIAD_KERNELS_AUTOTUNE"] = "0"  # the default policy: warm launches through the sites' plans
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-m", "mgiad.bench", "--host", "--no-cold-start", "--repeats", "3",
                            "--out-dir", str(out)], env=env, capture_output=True, text=True, timeout=600)
@@ -147,6 +159,7 @@ print(json.dumps({"doc": doc, "recorded": recorded, "generated": generated, "sit
                   "md": markdown(doc), "summary": summary(doc)}))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["MGIAD_KERNELS_AUTOTUNE"] = "0"  # the default policy: warm launches through the sites' plans
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -158,6 +158,73 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
     assert out.startswith("ok")
 
 
+def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when_it_must(tmp_path):
+    """Once warm, a site's launch is its generated function, which calls the compiled launcher itself; a
+    misaligned pointer, plans disabled, a launch hook (a HookChain's or a plain function) and another driver
+    each go to LaunchSite.launch (counted by patching the class), and the hook is called with metadata."""
+    out = _run(tmp_path, """
+    import torch
+    from triton import knobs
+    from triton.runtime.driver import driver
+    from mgiad_kernels import launch_plans, launchers
+    from mgiad_kernels.conv_geometry import ConvGeometry
+    from mgiad_kernels.standin_driver import StandinCudaDriver, standin_cuda_driver
+
+    fallbacks = []
+    generic = launch_plans.LaunchSite.launch
+    def counting(site, pointers, placeholder=None):
+        fallbacks.append(site)
+        return generic(site, pointers, placeholder)
+    launch_plans.LaunchSite.launch = counting
+
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
+    geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+    y = torch.empty(2, 8, 8, 8)
+    offset = torch.randn(2 * 4 * 8 * 8 + 1)[1:].view(2, 4, 8, 8)  # 4-byte aligned, not 16
+    seen = []
+
+    def launch(src=x):
+        before = len(fallbacks), len(rec.launches)
+        launchers._gather(src, w, None, y, geo, transposed=False)
+        return len(fallbacks) - before[0], len(rec.launches) - before[1]  # (fallbacks, launches)
+
+    with standin_cuda_driver(arch=90) as rec:
+        assert launch() == (1, 1)  # cold: the class's method, which generates the warm launch
+        site, = launch_plans.SITES.values()
+        assert "launch" in vars(site) and fallbacks == [site]
+        assert launch() == (0, 1) and launch() == (0, 1)  # warm: the generated function alone
+        assert launch(offset) == (1, 1) and launch(offset) == (1, 1)  # misaligned: the plan of its own
+        assert launch() == (0, 1)
+        launch_plans.set_enabled(False)
+        assert launch() == (1, 1)  # through Triton's dispatch
+        launch_plans.set_enabled(True)
+        assert launch() == (0, 1)
+        for chain in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+            hook = seen.append
+            chain.add(hook)
+            assert launch() == (1, 1) and seen[-1] is not None and seen[-1].get()["name"] == rec.launches[-1].name
+            chain.remove(hook)
+            assert launch() == (0, 1)
+        saved, calls = knobs.runtime.launch_enter_hook, len(seen)
+        knobs.runtime.launch_enter_hook = seen.append  # a plain function, as before triton 3.5
+        try:
+            assert launch() == (1, 1) and len(seen) == calls + 1
+        finally:
+            knobs.runtime.launch_enter_hook = saved
+        assert launch() == (0, 1)
+        first = driver.active
+        driver.set_active(StandinCudaDriver(90, rec))  # another driver: the site makes a plan for it
+        try:
+            assert launch() == (1, 1) and launch() == (0, 1)
+        finally:
+            driver.set_active(first)
+        assert launch() == (1, 1) and launch() == (0, 1)
+        assert len(site.plans) == 2  # aligned and misaligned, the second driver's aligned plan replaced
+    print("ok")
+    """, autotune="0")
+    assert out.startswith("ok")
+
+
 def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
     """Each launcher's site (gather and conv2d_forward, grad weight with carries, the BatchNorm kernels) must
     hand the compiled launcher the same grid, constexprs and arguments as JITFunction.run does: a grouped conv
