@@ -39,7 +39,7 @@ def _gather_variants():
     conv1x1 = dict(KH=1, KW=1, STRIDE_H=1, STRIDE_W=1, PAD_H=0, PAD_W=0, DIL_H=1, DIL_W=1)
     plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=other["none"], EPILOGUE_BN_RELU=False,
                  STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8, RED_RANGE_ALIGN=8, DST_ALIGN=8,
-                 W_ALIGN=8, FULL_CHANNEL_BLOCKS=True, WIDE_PIXEL_INDEX=False)
+                 W_ALIGN=8, FULL_CHANNEL_BLOCKS=True, SINGLE_RED_BLOCK=True, WIDE_PIXEL_INDEX=False)
 
     def variant(geometry, transposed, **flags):
         needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]
@@ -50,6 +50,8 @@ def _gather_variants():
     return [
         ("conv3x3 forward + bias", variant(conv3x3, False, HAS_BIAS=True)),
         ("conv3x3 forward, channel tiles not whole (masked)", variant(conv3x3, False, FULL_CHANNEL_BLOCKS=False)),
+        ("conv3x3 forward, reduced channels in several blocks (large groups)",
+         variant(conv3x3, False, SINGLE_RED_BLOCK=False)),
         ("conv3x3 grad input", variant(conv3x3, True)),
         ("conv3x3 forward writing the adjoint weight", variant(conv3x3, False, WRITE_ADJOINT_WEIGHT=True)),
         ("conv3x3 grad input through the adjoint weight", variant(conv3x3, True, WEIGHT_OUT_IS_DST=True)),

@@ -206,6 +206,20 @@ def full_channel_blocks(c_dst: int, dst_per_group: int, red_per_group: int, tile
     return True
 
 
+def single_reduced_block(c_dst: int, dst_per_group: int, red_per_group: int, tiles) -> bool:
+    """The gather kernel's SINGLE_RED_BLOCK for each (BLOCK_DST, BLOCK_RED) of ``tiles``: the channels every
+    tile of BLOCK_DST dst channels reduces over (all of the groups it touches) fit one block of BLOCK_RED.
+    The pattern of groups touched repeats every lcm(BLOCK_DST, dst_per_group) channels; a last, partial tile
+    touches no more groups than a whole one."""
+    for block_dst, block_red in tiles:
+        period = block_dst * dst_per_group // math.gcd(block_dst, dst_per_group)
+        for c0 in range(0, min(c_dst, period), block_dst):
+            groups = (min(c0 + block_dst, c_dst) - 1) // dst_per_group - c0 // dst_per_group + 1
+            if groups * red_per_group > block_red:
+                return False
+    return True
+
+
 def weight_alignment(strides: Sequence[int]) -> int:
     """The largest power of two, at most 16, dividing a weight's out-channel and tap strides (0 divides by
     anything): 16 / element size of it make a vector load along the in-channels aligned where their stride is 1
@@ -321,8 +335,12 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad")
     # autotuned, the flag must hold for whichever config the autotuner picks
     configs = conv.conv2d_gather_kernel.configs if config is None else (config,)
-    constexprs["FULL_CHANNEL_BLOCKS"] = full_channel_blocks(
-        c_dst, dst_per_group, red_per_group, [(c.kwargs["BLOCK_DST"], c.kwargs["BLOCK_RED"]) for c in configs])
+    tiles = [(c.kwargs["BLOCK_DST"], c.kwargs["BLOCK_RED"]) for c in configs]
+    constexprs["FULL_CHANNEL_BLOCKS"] = full_channel_blocks(c_dst, dst_per_group, red_per_group, tiles)
+    # a register-capped tile keeps the flat loop: the block's offsets and masks held across the taps spill at
+    # the cap (sm_90 codegen report, bf16 256x32x32 at 168 registers: 16 bytes)
+    constexprs["SINGLE_RED_BLOCK"] = single_reduced_block(c_dst, dst_per_group, red_per_group, tiles) and not (
+        config is not None and config.maxnreg)
     constexprs["RED_RANGE_ALIGN"] = channel_range_alignment(c_dst, dst_per_group, red_per_group,
                                                             sorted({c.kwargs["BLOCK_DST"] for c in configs}))
     return launch_plans.SITES.put(key, _tiled_site(conv.conv2d_gather_kernel, grid, rest, constexprs, config))

@@ -504,6 +504,37 @@ def test_full_channel_blocks_agrees_with_the_tile_walk_on_every_small_shape():
                         (c_dst, dst_per_group, red_per_group, tile)
 
 
+def _every_reduced_range_one_block(c_dst, dst_per_group, red_per_group, block_dst, block_red):
+    """What SINGLE_RED_BLOCK promises, walked tile by tile as conv2d_gather_kernel walks them."""
+    for c0 in range(0, c_dst, block_dst):
+        red_start = c0 // dst_per_group * red_per_group
+        red_end = ((min(c0 + block_dst, c_dst) - 1) // dst_per_group + 1) * red_per_group
+        if red_end - red_start > block_red:
+            return False
+    return True
+
+
+def test_single_reduced_block_agrees_with_the_tile_walk_on_every_small_shape():
+    """The gather computes a tile's reduced-channel offsets and masks once, outside its tap loop, only if
+    every tile of every config it may launch reduces over one block; the interpreter's 32x32 tile takes the
+    flat (tap, block) loop for the dense 48-channel case of CASES and the single block for the others."""
+    from mgiad_kernels.kernels.conv import _INTERPRETER_GATHER
+    from mgiad_kernels.launchers import single_reduced_block
+
+    for groups in (1, 2, 3, 4, 6, 8):
+        for dst_per_group in (1, 2, 3, 4, 8, 12, 16, 24, 64):
+            for red_per_group in (1, 4, 8, 16, 24, 32):
+                for tile in ((16, 16), (32, 32), (64, 16), (32, 64), (16, 32)):
+                    c_dst = groups * dst_per_group
+                    assert single_reduced_block(c_dst, dst_per_group, red_per_group, [tile]) == \
+                        _every_reduced_range_one_block(c_dst, dst_per_group, red_per_group, *tile), \
+                        (c_dst, dst_per_group, red_per_group, tile)
+    assert not single_reduced_block(64, 8, 8, [(32, 32), (64, 16)])  # one config of an autotune list spills over
+    interpreter_tile = [(_INTERPRETER_GATHER.kwargs["BLOCK_DST"], _INTERPRETER_GATHER.kwargs["BLOCK_RED"])]
+    assert not single_reduced_block(48, 48, 48, interpreter_tile)  # dense-wider-than-tile-bias: the flat loop
+    assert single_reduced_block(32, 4, 4, interpreter_tile)  # smoother3x3-8groups-N1: one block
+
+
 def test_launch_site_caches_are_bounded_oldest_first_and_cleared_together():
     from mgiad_kernels import launch_plans
 

@@ -27,7 +27,7 @@ _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "
                "TRANSPOSED", "WEIGHT_OUT_IS_DST", "WRITE_ADJOINT_WEIGHT", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE",
                "EPILOGUE_BN_RELU", "STATS",
                "RUNNING_UPDATE", "RED_ALIGN", "RED_RANGE_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS",
-               "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
+               "SINGLE_RED_BLOCK", "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
                     "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "FULL_CHANNEL_BLOCKS", "FULL_BOXES",
                     "WIDE_PIXEL_INDEX", "INPUT_PRECISION", "TILE_N", "TILE_H", "TILE_W"]
@@ -378,6 +378,7 @@ def conv2d_gather_kernel(
     DST_ALIGN: tl.constexpr,  # the same for DST_PER_GROUP
     W_ALIGN: tl.constexpr,  # a power of two (at most 16) dividing the weight's out-channel and tap strides
     FULL_CHANNEL_BLOCKS: tl.constexpr,  # every channel tile is whole and its reduced channels whole BLOCK_REDs
+    SINGLE_RED_BLOCK: tl.constexpr,  # every channel tile's reduced channels fit one BLOCK_RED
     WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_dst*W_dst >= 2^31: the tile's pixel indices in 64 bits
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
@@ -458,6 +459,27 @@ def conv2d_gather_kernel(
                 next_row = kw == KW
                 kw = tl.where(next_row, 0, kw)
                 kh = tl.where(next_row, kh + 1, kh)
+    elif SINGLE_RED_BLOCK:
+        # The launcher checked that every tile's reduced channels are one block (small groups): its groups,
+        # weight offsets and masks are computed once, not at every tap (the adjoint weight's in-group offsets
+        # take a multiply-shift per channel). The trip count, KH * KW times the one block, is left to the
+        # run time: 9 taps the compiler could count came out fully unrolled (sm_90, 3 stages), no loop left
+        # to pipeline or to model.
+        r_mask, src_channel, w_block, w_mask = _reduced_block(
+            red_start, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
+            w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, WEIGHT_OUT_IS_DST, RED_ALIGN,
+            FULL_CHANNEL_BLOCKS, BLOCK_RED)
+        kh = 0
+        kw = 0
+        for tap in range(0, KH * KW * tl.cdiv(red_end - red_start, BLOCK_RED)):
+            acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
+                               1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
+                               H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
+                               PROLOGUE_BN_RELU, INPUT_PRECISION)
+            kw += 1
+            next_row = kw == KW
+            kw = tl.where(next_row, 0, kw)
+            kh = tl.where(next_row, kh + 1, kh)
     else:
         # One flat loop over (tap, reduced-channel block): with small groups a tap has one or two channel
         # blocks, so the pipeliner overlaps loads across taps and the code stays small (taps inside a block
