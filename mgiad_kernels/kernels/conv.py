@@ -320,6 +320,27 @@ def _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w
     return tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
 
 
+@triton.jit
+def _block_taps(acc, taps, rows, ih0, iw0, weight_ptr, r_mask, src_channel, w_block, w_mask, scale_r, shift_r,
+                src_stride_h, src_stride_w, w_stride_kh, w_stride_kw, H_src, W_src, KW: tl.constexpr,
+                STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+                TRANSPOSED: tl.constexpr, PROLOGUE_BN_RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc + one reduced-channel block's products over ``taps`` taps (KH * KW, known to the compiler or not),
+    the tap (kh, kw) carried from step to step: no division."""
+    kh = 0
+    kw = 0
+    for tap in range(0, taps):
+        acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
+                           scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
+                           H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
+                           PROLOGUE_BN_RELU, INPUT_PRECISION)
+        kw += 1
+        next_row = kw == KW
+        kw = tl.where(next_row, 0, kw)
+        kh = tl.where(next_row, kh + 1, kh)
+    return acc
+
+
 # Sizes whose divisibility by 16 changes no load or store (alignment follows the strides, which stay
 # specialized): not specializing them keeps a training step at one compiled variant per key and layout.
 _SIZES_NOT_SPECIALIZED = ["N", "H_src", "W_src", "H_dst", "W_dst", "C_DST", "C_RED", "STATS_ROWS"]
@@ -448,17 +469,9 @@ def conv2d_gather_kernel(
                 FULL_CHANNEL_BLOCKS, BLOCK_RED)
             _, _, scale_r, shift_r = bn_scale_shift(bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, bn_eps,
                                                     r0 + tl.arange(0, BLOCK_RED), r_mask)
-            kh = 0
-            kw = 0
-            for tap in range(0, KH * KW):
-                acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
-                                   scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
-                                   H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
-                                   PROLOGUE_BN_RELU, INPUT_PRECISION)
-                kw += 1
-                next_row = kw == KW
-                kw = tl.where(next_row, 0, kw)
-                kh = tl.where(next_row, kh + 1, kh)
+            acc = _block_taps(acc, KH * KW, rows, ih0, iw0, weight_ptr, r_mask, src_channel, w_block, w_mask,
+                              scale_r, shift_r, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw, H_src, W_src,
+                              KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED, PROLOGUE_BN_RELU, INPUT_PRECISION)
     elif SINGLE_RED_BLOCK:
         # The launcher checked that every tile's reduced channels are one block (small groups): its groups,
         # weight offsets and masks are computed once, not at every tap (the adjoint weight's in-group offsets
@@ -469,17 +482,10 @@ def conv2d_gather_kernel(
             red_start, red_end, red_group_magic, offs_c, local_c, group_c, c_mask, src_stride_c, w_stride_dst,
             w_stride_dst_local, w_stride_red, w_stride_red_local, RED_PER_GROUP, WEIGHT_OUT_IS_DST, RED_ALIGN,
             FULL_CHANNEL_BLOCKS, BLOCK_RED)
-        kh = 0
-        kw = 0
-        for tap in range(0, KH * KW * tl.cdiv(red_end - red_start, BLOCK_RED)):
-            acc = _tap_product(acc, rows, ih0, iw0, weight_ptr, kh, kw, r_mask, src_channel, w_block, w_mask,
-                               1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh, w_stride_kw,
-                               H_src, W_src, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
-                               PROLOGUE_BN_RELU, INPUT_PRECISION)
-            kw += 1
-            next_row = kw == KW
-            kw = tl.where(next_row, 0, kw)
-            kh = tl.where(next_row, kh + 1, kh)
+        acc = _block_taps(acc, KH * KW * tl.cdiv(red_end - red_start, BLOCK_RED), rows, ih0, iw0, weight_ptr,
+                          r_mask, src_channel, w_block, w_mask, 1.0, 0.0, src_stride_h, src_stride_w, w_stride_kh,
+                          w_stride_kw, H_src, W_src, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED,
+                          PROLOGUE_BN_RELU, INPUT_PRECISION)
     else:
         # One flat loop over (tap, reduced-channel block): with small groups a tap has one or two channel
         # blocks, so the pipeliner overlaps loads across taps and the code stays small (taps inside a block
