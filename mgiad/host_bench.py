@@ -260,6 +260,23 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
             lambda: ops.call_conv2d(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS), parts)
 
 
+def _host_calls(device: torch.device) -> dict:
+    """Measurement 2's calls on ``device`` by name: (a), (a2), (b), (c), (c2) and (b)'s parts (after a
+    warm launch)."""
+    a, b, c = (torch.randn(16, device=device) for _ in range(3))
+    launch, custom_op, direct_call, parts = _small_conv_calls(device)
+    return {"aten_add_16": lambda: torch.add(a, b, out=c), "aten_add_16_allocating": lambda: torch.add(a, b),
+            "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op, "direct_call_conv2d": direct_call,
+            **parts()}
+
+
+def _add_ratios(timed: dict) -> None:
+    """Each entry's median over (a)'s, as ``ratio_to_aten_add``."""
+    base = timed["aten_add_16"]["median_us"]
+    for entry in timed.values():
+        entry["ratio_to_aten_add"] = entry["median_us"] / base
+
+
 def measure_warm(repeats: int, log=print) -> dict:
     """Measurements 1 and 2, in this process, on the warm Triton cache."""
     with _torch_threads(1), triton_on_cpu() as rec:
@@ -283,23 +300,15 @@ def measure_warm(repeats: int, log=print) -> dict:
             step()
             step_ms.append((time.perf_counter() - t0) * 1e3)
 
-        a, b, c = (torch.randn(16) for _ in range(3))
-        launch, custom_op, direct_call, parts = _small_conv_calls()
         start = len(rec.launches)
-        timed = time_interleaved({"aten_add_16": lambda: torch.add(a, b, out=c),
-                                  "aten_add_16_allocating": lambda: torch.add(a, b),
-                                  "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op,
-                                  "direct_call_conv2d": direct_call,
-                                  **parts()}, repeats)
+        timed = time_interleaved(_host_calls(torch.device("cpu")), repeats)
         conv_launches = Counter(launch.name for launch in _launches(rec, start))
         del rec.launches[:]  # the recorder keeps every launch; let go of the timing runs'
 
     n_triton = len(launched)
     timed["mgiad_step_per_triton_launch"] = _stats(step_ms, 1e3 / max(n_triton, 1))
+    _add_ratios(timed)
     median, p20, p80 = _quantiles(step_ms)
-    base = timed["aten_add_16"]["median_us"]
-    for entry in timed.values():
-        entry["ratio_to_aten_add"] = entry["median_us"] / base
     return {
         "launches": {"triton": n_triton, "triton_per_kernel": dict(sorted(per_kernel.items())),
                      "aten": counter.total, "aten_per_op": dict(sorted(counter.counts.items())),
@@ -359,20 +368,12 @@ def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("c
             host_ms.append((time.perf_counter() - t0) * 1e3)
             sync()
             wall_ms.append((time.perf_counter() - t0) * 1e3)
-        a, b, c = (torch.randn(16, device=device) for _ in range(3))
-        launch, custom_op, direct_call, parts = _small_conv_calls(device)
-        timed = time_interleaved({"aten_add_16": lambda: torch.add(a, b, out=c),
-                                  "aten_add_16_allocating": lambda: torch.add(a, b),
-                                  "triton_conv2d_launch": launch, "custom_op_conv2d": custom_op,
-                                  "direct_call_conv2d": direct_call, **parts()}, repeats,
-                                 calls=CUDA_CALLS_PER_BATCH, settle=sync)
+        timed = time_interleaved(_host_calls(device), repeats, calls=CUDA_CALLS_PER_BATCH, settle=sync)
         sync()
     n_triton = count[0]
     if n_triton:
         timed["mgiad_step_per_triton_launch"] = _stats(host_ms, 1e3 / n_triton)
-    base = timed["aten_add_16"]["median_us"]
-    for entry in timed.values():
-        entry["ratio_to_aten_add"] = entry["median_us"] / base
+    _add_ratios(timed)
     median, p20, p80 = _quantiles(host_ms)
     wall = _quantiles(wall_ms)
     return {"launches": {"triton": n_triton}, "host_us": timed,

@@ -194,30 +194,26 @@ def grad_weight_channel_blocks(c_out: int, out_per_group: int, in_per_group: int
 def full_channel_blocks(c_dst: int, dst_per_group: int, red_per_group: int, tiles) -> bool:
     """The gather kernel's FULL_CHANNEL_BLOCKS for each (BLOCK_DST, BLOCK_RED) of ``tiles``: every tile of
     BLOCK_DST dst channels is whole, and the channels it reduces over (all of the groups it touches) are whole
-    blocks of BLOCK_RED. The pattern of groups touched repeats every lcm(BLOCK_DST, dst_per_group) channels."""
-    for block_dst, block_red in tiles:
-        if c_dst % block_dst:
-            return False
-        period = block_dst * dst_per_group // math.gcd(block_dst, dst_per_group)
-        for c0 in range(0, min(c_dst, period), block_dst):
-            groups = (c0 + block_dst - 1) // dst_per_group - c0 // dst_per_group + 1
-            if groups * red_per_group % block_red:
-                return False
-    return True
+    blocks of BLOCK_RED."""
+    return all(c_dst % block_dst == 0 and all(groups * red_per_group % block_red == 0
+                                              for groups in _groups_per_tile(c_dst, dst_per_group, block_dst))
+               for block_dst, block_red in tiles)
+
+
+def _groups_per_tile(c_dst: int, dst_per_group: int, block_dst: int):
+    """The number of groups each tile of BLOCK_DST dst channels touches, over one period of the pattern:
+    it repeats every lcm(BLOCK_DST, dst_per_group) channels, and a last, partial tile touches no more groups
+    than a whole one."""
+    period = block_dst * dst_per_group // math.gcd(block_dst, dst_per_group)
+    for c0 in range(0, min(c_dst, period), block_dst):
+        yield (min(c0 + block_dst, c_dst) - 1) // dst_per_group - c0 // dst_per_group + 1
 
 
 def single_reduced_block(c_dst: int, dst_per_group: int, red_per_group: int, tiles) -> bool:
     """The gather kernel's SINGLE_RED_BLOCK for each (BLOCK_DST, BLOCK_RED) of ``tiles``: the channels every
-    tile of BLOCK_DST dst channels reduces over (all of the groups it touches) fit one block of BLOCK_RED.
-    The pattern of groups touched repeats every lcm(BLOCK_DST, dst_per_group) channels; a last, partial tile
-    touches no more groups than a whole one."""
-    for block_dst, block_red in tiles:
-        period = block_dst * dst_per_group // math.gcd(block_dst, dst_per_group)
-        for c0 in range(0, min(c_dst, period), block_dst):
-            groups = (min(c0 + block_dst, c_dst) - 1) // dst_per_group - c0 // dst_per_group + 1
-            if groups * red_per_group > block_red:
-                return False
-    return True
+    tile of BLOCK_DST dst channels reduces over (all of the groups it touches) fit one block of BLOCK_RED."""
+    return all(groups * red_per_group <= block_red
+               for block_dst, block_red in tiles for groups in _groups_per_tile(c_dst, dst_per_group, block_dst))
 
 
 def weight_alignment(strides: Sequence[int]) -> int:
