@@ -3,8 +3,10 @@
     python -m mgiad.bench --host [--out-dir DIR] [--repeats N] [--no-cold-start] [--device cpu|cuda]
 
 CPU tensors take the real Triton launch path, compiled for sm_90 by the stand-in CUDA driver
-(``mgiad_kernels.standin_driver``: launches are recorded no-ops), so what is measured is the host
-side of a GPU training step: how many kernels it launches and what each launch costs the CPU.
+(``mgiad_kernels.standin_driver``), so what is measured is the host side of a GPU training step: how
+many kernels it launches (counted as the stand-in's recorded no-op launches) and what each launch costs
+the CPU (timed through Triton's own CUDA launcher, built against a no-op libcuda.so.1: everything a
+launch does on a GPU's host but the driver's own calls; the no-op launcher where no C compiler is found).
 
 1. Launches per MGiaD forward+backward (after a warm-up step): Triton launches (from the stand-in's
    recorder) and aten compute ops (``AtenLaunchCounter``: the aten ops that would launch a GPU
@@ -14,8 +16,8 @@ side of a GPU training step: how many kernels it launches and what each launch c
    (a)-(c) interleaved: (a) ``torch.add(a, b, out=c)`` on 16 floats, (a2) ``torch.add(a, b)``, which
    allocates its output as a conv does, (b) one Triton launch (``launchers.conv2d_forward`` of a small
    grouped conv), with the two parts of it that are not the package's Python timed alone: (b1) the
-   output's allocation and (b2) the call of the compiled kernel's launcher (the stand-in's no-op, in
-   place of CUDA's), (c) the same conv through the custom op ``torch.ops.mgiad_kernels.conv2d``, (c2)
+   output's allocation and (b2) the call of the compiled kernel's launcher as the warm launch makes it
+   (Triton's C launch function, called directly), (c) the same conv through the custom op ``torch.ops.mgiad_kernels.conv2d``, (c2)
    through ``ops.call_conv2d``, the entry the eager autograd Functions use (no dispatcher for plain
    tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
@@ -24,7 +26,7 @@ side of a GPU training step: how many kernels it launches and what each launch c
 ``--device cuda`` (on a GPU) times measurement 2 and the step with CUDA tensors instead: Triton's own
 launcher and CUDA's caching allocator in (b), against aten ops that launch a kernel too, each batch
 started on an idle GPU; the step's host time beside its wall time, and its Triton launches counted
-through the launch hook. On the CPU, (b2) is the stand-in's launcher and (a) launches nothing, so the
+through the launch hook. On the CPU, (b2) skips the driver's calls and (a) launches nothing, so the
 CPU ratio is the stricter one.
 
 Everything but the cold start runs on a warm Triton cache (the user's), with one torch thread.
@@ -134,9 +136,10 @@ class AtenLaunchCounter(TorchDispatchMode):
 # ---- the stand-in set-up ------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def triton_on_cpu(arch: int = ARCH):
-    """CPU tensors take the Triton path, with an H100's grids, under the stand-in driver; yields its
-    recorder. Everything patched is restored on exit."""
+def triton_on_cpu(arch: int = ARCH, launcher: str = "noop"):
+    """CPU tensors take the Triton path, with an H100's grids, under the stand-in driver (``launcher``: its
+    'noop' launches or Triton's own launcher, see standin_cuda_driver); yields its recorder. Everything
+    patched is restored on exit."""
     import mgiad_kernels.backend as backend
     import mgiad_kernels.launchers as launchers
     from mgiad_kernels.standin_driver import standin_cuda_driver
@@ -145,7 +148,7 @@ def triton_on_cpu(arch: int = ARCH):
     backend.triton_unavailable_reason = lambda *tensors, **kwargs: None  # CPU tensors stand in for CUDA ones
     launchers.parallel_programs_wanted = lambda device: H100_PROGRAMS  # an H100's grids
     try:
-        with standin_cuda_driver(arch=arch) as rec:
+        with standin_cuda_driver(arch=arch, launcher=launcher) as rec:
             yield rec
     finally:
         backend.triton_unavailable_reason, launchers.parallel_programs_wanted = saved
@@ -232,8 +235,8 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
     """(launch, custom op, direct call, parts): the same small grouped conv as one Triton launch, through the
     custom op and through ``ops.call_conv2d``, the geometry built as ``mgiad_kernels.ops`` builds it;
     ``parts()`` (after a warm launch) gives the two pieces of a warm launch that are not the package's own
-    Python, to time alone: the output's allocation and the call of the compiled kernel's launcher (the
-    stand-in's, in place of CUDA's)."""
+    Python, to time alone: the output's allocation and the call of the compiled kernel's launcher as the
+    warm launch makes it."""
     from mgiad_kernels import launchers, ops
     from mgiad_kernels.ops import conv_geometry
 
@@ -244,16 +247,16 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
     op = torch.ops.mgiad_kernels.conv2d
 
     def parts():
+        from mgiad_kernels import launch_plans
+
         y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
         site = next(gather for shape, strides, gather, _ in launchers._FORWARD_SITES.values()
                     if shape == y.shape and strides == y.stride())
-        (_, run, function, packed, _, current_stream, current_device), = site.plans.values()
-        unused = launchers.scratch(x.device)
+        placeholder = launchers.scratch(x.device).data_ptr()  # as a warm launch passes it
         # conv2d_forward's pointers: src, weight, adjoint weight, bias, dst, other and ten more placeholders
-        args = (x, w, unused, unused, y, *(unused,) * 11) + site.args_tail
-        stream = current_stream(current_device())
+        pointers = (x, w, placeholder, placeholder, y, *(placeholder,) * 11)
         return {"output_allocation": lambda: x.new_empty_strided(y.shape, y.stride()),
-                "compiled_launcher": lambda: run(*site.grid, stream, function, packed, None, None, None, *args)}
+                "compiled_launcher": launch_plans.launcher_call(site, pointers)}
 
     return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
             lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS),
@@ -277,33 +280,52 @@ def _add_ratios(timed: dict) -> None:
         entry["ratio_to_aten_add"] = entry["median_us"] / base
 
 
-def measure_warm(repeats: int, log=print) -> dict:
-    """Measurements 1 and 2, in this process, on the warm Triton cache."""
-    with _torch_threads(1), triton_on_cpu() as rec:
-        forward, step = build_step()
-        t0 = time.perf_counter()
-        step()  # warm-up: compiles (or loads from the disk cache) every kernel of the step
-        log(f"warm-up step: {time.perf_counter() - t0:.1f} s, {len(rec.compiles)} kernels compiled or loaded")
-        start = len(rec.launches)
-        with AtenLaunchCounter() as counter:
-            loss = forward()
-        forward_triton, forward_aten = len(_launches(rec, start)), counter.total
-        with counter:
-            loss.backward()
-        del loss
-        launched = _launches(rec, start)
-        per_kernel = Counter(launch.name for launch in launched)
+def timing_launcher() -> str:
+    """The stand-in's launcher for the CPU timings: 'triton' (Triton's own launcher on the no-op libcuda: a
+    launch's host cost as on a GPU, less the driver's calls) where it can be built (no GPU visible, a C
+    compiler), else 'noop' (the recorded no-op launch, which does less than Triton's)."""
+    from mgiad_kernels import standin_driver
 
-        step_ms = []
-        for _ in range(repeats):
+    try:
+        standin_driver.noop_libcuda()
+    except (RuntimeError, OSError, subprocess.CalledProcessError):
+        return "noop"
+    return "triton"
+
+
+def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
+    """Measurements 1 and 2, in this process, on the warm Triton cache: the launches counted on the stand-in's
+    recorded no-op launcher, the host times on ``launcher`` (default ``timing_launcher()``)."""
+    launcher = launcher or timing_launcher()
+    with _torch_threads(1):
+        with triton_on_cpu() as rec:
+            forward, step = build_step()
             t0 = time.perf_counter()
-            step()
-            step_ms.append((time.perf_counter() - t0) * 1e3)
+            step()  # warm-up: compiles (or loads from the disk cache) every kernel of the step
+            log(f"warm-up step: {time.perf_counter() - t0:.1f} s, {len(rec.compiles)} kernels compiled or loaded")
+            start = len(rec.launches)
+            with AtenLaunchCounter() as counter:
+                loss = forward()
+            forward_triton, forward_aten = len(_launches(rec, start)), counter.total
+            with counter:
+                loss.backward()
+            del loss
+            launched = _launches(rec, start)
+            per_kernel = Counter(launch.name for launch in launched)
+            start = len(rec.launches)
+            for call in _host_calls(torch.device("cpu")).values():
+                call()
+            conv_launches = Counter(launch.name for launch in _launches(rec, start))
+            del rec.launches[:]  # the recorder keeps every launch
 
-        start = len(rec.launches)
-        timed = time_interleaved(_host_calls(torch.device("cpu")), repeats)
-        conv_launches = Counter(launch.name for launch in _launches(rec, start))
-        del rec.launches[:]  # the recorder keeps every launch; let go of the timing runs'
+        with triton_on_cpu(launcher=launcher):
+            step()  # loads every kernel under this launcher
+            step_ms = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                step()
+                step_ms.append((time.perf_counter() - t0) * 1e3)
+            timed = time_interleaved(_host_calls(torch.device("cpu")), repeats)
 
     n_triton = len(launched)
     timed["mgiad_step_per_triton_launch"] = _stats(step_ms, 1e3 / max(n_triton, 1))
@@ -319,6 +341,7 @@ def measure_warm(repeats: int, log=print) -> dict:
         "mgiad_step_ms": {"median": median, "p20": p20, "p80": p80, "repeats": len(step_ms)},
         "small_conv": {"x": list(CONV_X), "weight": list(CONV_W), "groups": CONV_GROUPS, "stride": 1, "padding": 1,
                        "kernels_launched": sorted(conv_launches)},
+        "launcher": launcher,
     }
 
 
@@ -469,6 +492,11 @@ def _fmt(value) -> str:
     return str(value)
 
 
+_LAUNCHER_TEXT = {
+    "triton": "through Triton's own CUDA launcher (its argument parsing and pointer extraction) on a no-op "
+              "libcuda.so.1: a launch's host cost as on a GPU, less the driver's own calls",
+    "noop": "through the stand-in's recorded no-op launcher, which does less than Triton's own (the no-op "
+            "libcuda could not be built or loaded here)"}
 _HOST_ROWS = (("aten_add_16", "(a) torch.add, 16 floats, out="),
               ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
               ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
@@ -517,9 +545,9 @@ def markdown(doc: dict) -> str:
              f"MGiaD widths {tuple(m['widths'])}, smoothing steps {tuple(m['smoothing_steps'])}, coarsest "
              f"{m['coarsest_channels']}, group size {m['group_size']}, channel scale {m['channel_scale']}, input "
              f"{tuple(m['input_shape'])} channels_last, on CPU tensors through the Triton launch path compiled for "
-             f"sm_{ARCH} by the stand-in driver (launches are recorded no-ops); one torch thread. Host times are "
-             f"medians (p20-p80) of {doc['settings']['repeats']} batches of {doc['settings']['calls_per_batch']} "
-             f"calls.", "",
+             f"sm_{ARCH} by the stand-in driver; one torch thread. Launches counted as the stand-in's recorded "
+             f"no-ops; host times {_LAUNCHER_TEXT[doc.get('launcher', 'noop')]}, medians (p20-p80) of "
+             f"{doc['settings']['repeats']} batches of {doc['settings']['calls_per_batch']} calls.", "",
              "| measurement | value | target | met |", "|---|---|---|---|"]
     t = doc["targets"]
 
@@ -535,7 +563,9 @@ def markdown(doc: dict) -> str:
     row("Triton + aten per fwd+bwd", launches["triton_plus_aten"], "triton_plus_aten_launches")
     for key, label in _HOST_ROWS:
         h = host[key]
-        label = label + " (the stand-in's)" if key == "compiled_launcher" else label
+        if key == "compiled_launcher":
+            label += " (Triton's, its C launch called directly)" if doc.get("launcher") == "triton" else \
+                " (the stand-in's no-op)"
         row(f"{label}, us", f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "
                             f"{h['ratio_to_aten_add']:.2f}x (a)",
             "launch_us_ratio" if key == "triton_conv2d_launch" else None)

@@ -6,11 +6,18 @@ tensors then specialize their arguments as on a GPU (ints and pointers divisible
 allocations are 64-byte aligned), compile with ptxas, and "launch" through a no-op launcher. The
 autotuner benchmarks every config through a stub benchmarker (fake timings; its hooks run on the CPU
 tensors). ``rec`` records compiles, launches and benchmark calls. Run without TRITON_INTERPRET.
+
+``launcher="triton"`` launches through Triton's own CUDA launcher instead (its C argument parsing and
+pointer extraction, the Python around it), built against a no-op ``libcuda.so.1`` (``noop_libcuda``):
+the host cost of a launch as on a GPU, less the driver's own calls. Those launches are not recorded.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import hashlib
+import shutil
 import functools
 import os
 import subprocess
@@ -36,6 +43,7 @@ _PROP_KEYS = ("max_shared_mem", "multiprocessor_count", "sm_clock_rate", "mem_cl
 _MODULE = "standin-module"  # CompiledKernel.module of a kernel loaded by the stand-in
 _KERNELS: weakref.WeakSet = weakref.WeakSet()  # every kernel compiled under a stand-in
 _RECORDERS: list = []  # the recorders of the open contexts, innermost last
+_FUNCTIONS: dict = {}  # cubin -> the function handle the stand-in gave it
 
 
 def _cuobjdump(cubin: bytes, *flags: str) -> str:
@@ -131,7 +139,8 @@ class _Event:
 class StandinCudaDriver(DriverBase):
     """A DriverBase with a fixed CUDA target, a no-op launcher and a stub benchmarker."""
 
-    def __init__(self, arch: int, rec: Recorder, bench_ms=None, bench_calls: int = 1, props: dict | None = None):
+    def __init__(self, arch: int, rec: Recorder, bench_ms=None, bench_calls: int = 1, props: dict | None = None,
+                 launcher: str = "noop"):
         super().__init__()
         self.arch, self.rec, self.bench_ms, self.bench_calls = arch, rec, bench_ms, bench_calls
         self.device = arch  # JIT caches are per device: one key per arch, never a real GPU's index
@@ -144,6 +153,9 @@ class StandinCudaDriver(DriverBase):
             set_current_device=lambda device: None, get_device_capability=lambda device: cap,
             set_printf_fifo_size=lambda size: None)
         self.launcher_cls = _NoopLauncher
+        if launcher == "triton":
+            self.utils.__dict__.update(_triton_launch_utils())
+            self.launcher_cls = _triton_launcher
         stream = types.SimpleNamespace(cuda_stream=0, synchronize=lambda: None)
         self.interface = types.SimpleNamespace(  # torch.cuda on a GPU
             Event=_Event, synchronize=lambda *a: None, current_device=lambda: self.device, set_device=lambda d: None,
@@ -194,8 +206,11 @@ class StandinCudaDriver(DriverBase):
 
     @staticmethod
     def _load_binary(name, cubin, shared, device):
+        """(module, function, registers, spills, max threads); the function handle is a distinct int per
+        kernel binary, which a launcher passes to the driver (``driver_launches``)."""
         regs = cubin_resources(cubin)["REG"]
-        return _MODULE, None, regs, _spill_words(cubin), _max_threads(regs)
+        return _MODULE, _FUNCTIONS.setdefault(cubin, 16 * (len(_FUNCTIONS) + 1)), regs, _spill_words(cubin), \
+            _max_threads(regs)
 
     def _bench(self, kernel_call: Callable, quantiles=None, **kwargs):
         """The stub benchmarker: runs kernel_call (hooks, compile, no-op launch); returns a fake time."""
@@ -247,6 +262,189 @@ class _NoopLauncher:
             exit_hook(launch_metadata)
 
 
+# A libcuda.so.1 whose every call Triton's launcher makes succeeds and does nothing, but count and describe
+# the kernel launches (cuLaunchKernelEx): what Triton's own launcher costs on the host, less the driver.
+_NOOP_LIBCUDA_SOURCE = r"""
+#include <string.h>
+#include "cuda.h"
+
+#define LOGGED 256  /* launches kept */
+#define PARAMS 128  /* kernel parameters kept per launch */
+#define DESCRIBED 256  /* functions whose parameters are kept */
+
+typedef struct { CUfunction function; int count; unsigned char sizes[PARAMS]; } Described;
+typedef struct { unsigned int grid[3]; CUfunction function; int count; unsigned long long params[PARAMS]; } Logged;
+
+static CUcontext context = (CUcontext)16;
+static unsigned long long launches;
+static Described described[DESCRIBED];
+static int n_described;
+static Logged logged[LOGGED];
+
+CUresult cuCtxGetCurrent(CUcontext *pctx) { *pctx = context; return CUDA_SUCCESS; }
+CUresult cuCtxGetDevice(CUdevice *device) { *device = 0; return CUDA_SUCCESS; }
+CUresult cuCtxGetLimit(size_t *value, CUlimit limit) { *value = 0; return CUDA_SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext ctx) { return CUDA_SUCCESS; }
+CUresult cuCtxSetLimit(CUlimit limit, size_t value) { return CUDA_SUCCESS; }
+CUresult cuDeviceGet(CUdevice *device, int ordinal) { *device = ordinal; return CUDA_SUCCESS; }
+CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attribute, CUdevice device) { *value = 0; return CUDA_SUCCESS; }
+CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice device) { *pctx = context; return CUDA_SUCCESS; }
+CUresult cuDriverGetVersion(int *version) { *version = 12080; return CUDA_SUCCESS; }
+CUresult cuFuncGetAttribute(int *value, CUfunction_attribute attribute, CUfunction f) { *value = 0; return CUDA_SUCCESS; }
+CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute attribute, int value) { return CUDA_SUCCESS; }
+CUresult cuFuncSetCacheConfig(CUfunction f, CUfunc_cache config) { return CUDA_SUCCESS; }
+CUresult cuGetErrorString(CUresult error, const char **text) { *text = "no-op libcuda"; return CUDA_SUCCESS; }
+CUresult cuModuleGetFunction(CUfunction *f, CUmodule module, const char *name) { *f = (CUfunction)32; return CUDA_SUCCESS; }
+CUresult cuModuleLoadData(CUmodule *module, const void *image) { *module = (CUmodule)48; return CUDA_SUCCESS; }
+CUresult cuModuleUnload(CUmodule module) { return CUDA_SUCCESS; }
+CUresult cuOccupancyMaxActiveClusters(int *count, CUfunction f, const CUlaunchConfig *config) { *count = 1; return CUDA_SUCCESS; }
+CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr pointer) {
+  *(CUdeviceptr *)data = pointer;  /* CU_POINTER_ATTRIBUTE_DEVICE_POINTER: every address is its own */
+  return CUDA_SUCCESS;
+}
+CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
+  Logged *entry = &logged[launches++ % LOGGED];
+  entry->grid[0] = config->gridDimX; entry->grid[1] = config->gridDimY; entry->grid[2] = config->gridDimZ;
+  entry->function = f;
+  entry->count = -1;  /* parameters not kept: the function was not described */
+  for (int d = 0; d < n_described; d++) {
+    if (described[d].function != f) continue;
+    entry->count = described[d].count;
+    for (int i = 0; i < entry->count; i++) {
+      entry->params[i] = 0;
+      memcpy(&entry->params[i], params[i], described[d].sizes[i]);
+    }
+    break;
+  }
+  return CUDA_SUCCESS;
+}
+
+/* the stand-in's own: how many launches; the parameters (count, bytes each) of a function's launches to keep;
+   the i-th launch kept (of the last LOGGED) */
+unsigned long long noop_launches(void) { return launches; }
+int noop_describe(CUfunction f, const unsigned char *sizes, int count) {
+  if (count < 0 || count > PARAMS || n_described == DESCRIBED) return -1;
+  described[n_described].function = f;
+  described[n_described].count = count;
+  memcpy(described[n_described].sizes, sizes, count);
+  n_described++;
+  return 0;
+}
+const Logged *noop_logged(unsigned long long i) { return i < launches && launches - i <= LOGGED ? &logged[i % LOGGED] : 0; }
+"""
+
+
+class _LoggedLaunch(ctypes.Structure):
+    _fields_ = [("grid", ctypes.c_uint * 3), ("function", ctypes.c_void_p), ("count", ctypes.c_int),
+                ("params", ctypes.c_ulonglong * 128)]
+
+
+_PARAM_BYTES = {"i1": 4, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "u1": 4, "u8": 1, "u16": 2, "u32": 4, "u64": 8,
+                "fp16": 2, "bf16": 2, "fp32": 4, "f32": 4, "fp64": 8}
+
+
+def describe_to_driver(kernel) -> None:
+    """Have the no-op libcuda keep the parameters of ``kernel``'s launches (a loaded CompiledKernel): its
+    signature's non-constexpr arguments in order, then Triton's two scratch pointers."""
+    sizes = [8 if ty.startswith("*") else _PARAM_BYTES[ty] for ty in kernel.src.signature.values() if ty != "constexpr"]
+    sizes += [8, 8]
+    if noop_libcuda().noop_describe(kernel.function, bytes(sizes), len(sizes)):
+        raise ValueError(f"the no-op libcuda keeps the parameters of at most 256 functions of at most 128 each, "
+                         f"got {kernel.name} with {len(sizes)}")
+
+
+def driver_launches(start: int = 0) -> list[tuple[tuple, int, tuple | None]]:
+    """The launches the no-op libcuda saw from the ``start``-th on (at most the last 256): (grid, function
+    handle, kernel parameters as ints or None where the function was not described)."""
+    lib = noop_libcuda()
+    out = []
+    for i in range(start, lib.noop_launches()):
+        entry = lib.noop_logged(i)
+        if not entry:
+            raise ValueError(f"launch {i} is no longer kept (the no-op libcuda keeps the last 256)")
+        e = entry.contents
+        out.append((tuple(e.grid), e.function, None if e.count < 0 else tuple(e.params[:e.count])))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def noop_libcuda() -> ctypes.CDLL:
+    """The no-op libcuda.so.1 (``_NOOP_LIBCUDA_SOURCE``), built with the C compiler once per source in Triton's
+    cache directory and loaded for the whole process, so that Triton's launchers link and load against it.
+
+    Off-GPU only: loaded first, it would stand in for a real driver's library. Its own functions:
+    ``noop_launches()`` (launches so far), ``noop_describe(function, sizes, count)`` (keep the first ``count``
+    kernel parameters of that function's launches, ``sizes[i]`` bytes each) and ``noop_logged(i)`` (the i-th
+    launch, one of the last 256, as a pointer to ``_LoggedLaunch``; NULL otherwise): see ``driver_launches``."""
+    import torch.cuda
+    from triton import knobs
+
+    if torch.cuda.is_available():
+        raise RuntimeError("the no-op libcuda.so.1 would stand in for this machine's CUDA driver: "
+                           "launcher='triton' runs only where no GPU is visible")
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise RuntimeError("launcher='triton' builds a no-op libcuda.so.1 and needs a C compiler (gcc or cc, or $CC)")
+    include = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "include")
+    digest = hashlib.sha256((_NOOP_LIBCUDA_SOURCE + include).encode()).hexdigest()[:16]
+    directory = os.path.join(knobs.cache.dir, f"mgiad-noop-libcuda-{digest}")
+    library = os.path.join(directory, "libcuda.so.1")
+    if not os.path.exists(library):
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as work:  # built aside, then moved in whole
+            source, built = os.path.join(work, "noop_libcuda.c"), os.path.join(work, "libcuda.so.1")
+            with open(source, "w") as f:
+                f.write(_NOOP_LIBCUDA_SOURCE)
+            subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", f"-I{include}", source,
+                            "-o", built], check=True, capture_output=True)
+            os.replace(built, library)
+    for name in ("libcuda.so",):  # the unversioned name some Triton versions link with (-lcuda)
+        link = os.path.join(directory, name)
+        if not os.path.exists(link):
+            try:
+                os.symlink("libcuda.so.1", link)
+            except FileExistsError:  # another process made it
+                pass
+    lib = ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+    lib.noop_launches.restype = ctypes.c_ulonglong
+    lib.noop_describe.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
+    lib.noop_logged.argtypes = (ctypes.c_ulonglong,)
+    lib.noop_logged.restype = ctypes.POINTER(_LoggedLaunch)
+    lib.directory = directory
+    return lib
+
+
+@contextlib.contextmanager
+def _noop_libcuda_path():
+    """Triton's libcuda lookup (knobs.nvidia.libcuda_path) pointed at the no-op library while it builds."""
+    from triton import knobs
+    from triton.backends.nvidia import driver as nvidia
+
+    with knobs.nvidia.scope():
+        knobs.nvidia.libcuda_path = noop_libcuda().directory
+        try:
+            yield nvidia
+        finally:
+            nvidia.libcuda_dirs.cache_clear()  # it keeps the path it found
+            nvidia.library_dirs.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_launch_utils() -> dict:
+    """The functions of Triton's CUDA utilities its launcher takes from ``driver.active.utils`` (triton >= 3.7:
+    the generic C launch), from its driver.c built against the no-op libcuda; {} where each launcher builds
+    its own (triton 3.6)."""
+    with _noop_libcuda_path() as nvidia:
+        utils = nvidia.CudaUtils()
+    return {name: getattr(utils, name) for name in ("launch", "build_signature_metadata") if hasattr(utils, name)}
+
+
+def _triton_launcher(src, metadata):
+    """Triton's own CudaLauncher for a kernel, built and linked against the no-op libcuda."""
+    with _noop_libcuda_path() as nvidia:
+        return nvidia.CudaLauncher(src, metadata)
+
+
 def _compile_hooks(rec: Recorder, prev_cache_hook, prev_post_hook):
     """knobs.runtime.jit_cache_hook (before a JIT compile) and jit_post_compile_hook (after), chained to
     the hooks installed before (except an outer stand-in's: a compile is recorded in the innermost context)."""
@@ -282,27 +480,32 @@ def _clear_shared_mem_cache():
 
 @contextlib.contextmanager
 def standin_cuda_driver(arch: int = 90, bench_ms=None, bench_calls: int = 1, props: dict | None = None,
-                        on_launch: Callable | None = None):
+                        on_launch: Callable | None = None, launcher: str = "noop"):
     """Install the stand-in as Triton's active driver; yields a Recorder; restores everything on exit.
 
     ``bench_ms``: None (config index i -> 1 + 0.01 i ms: the first config wins), a number, or
     ``f(config, index) -> ms``. ``bench_calls``: kernel_call runs per benchmark. ``props``: device
     property overrides (max_shared_mem, multiprocessor_count, ...). ``on_launch(record, args)``: called
-    at each launch with the kernel's arguments as passed (CPU tensors included).
+    at each launch with the kernel's arguments as passed (CPU tensors included). ``launcher``: 'noop'
+    (recorded no-op launches) or 'triton' (Triton's own launcher on the no-op libcuda, not recorded; off-GPU).
     """
+    if launcher not in ("noop", "triton"):
+        raise ValueError(f"launcher must be 'noop' or 'triton', got {launcher!r}")
     from triton import knobs  # triton >= 3.4
 
     rec = Recorder(on_launch=on_launch)
     runtime, tuner = knobs.runtime, _autotuner.Autotuner
     saved_active, saved_do_bench = _driver_config._active, tuner.__dict__.get("do_bench")
     saved_hooks = runtime.jit_cache_hook, runtime.jit_post_compile_hook
-    _driver_config.set_active(StandinCudaDriver(arch, rec, bench_ms, bench_calls, props))
+    standin = StandinCudaDriver(arch, rec, bench_ms, bench_calls, props, launcher)  # builds what it needs first
+    _driver_config.set_active(standin)
     # Autotuner.do_bench is a cached_property: ask the active driver on every use instead.
     tuner.do_bench = property(lambda self: self._do_bench or _driver_config.active.get_benchmarker())
     runtime.jit_cache_hook, runtime.jit_post_compile_hook = _compile_hooks(rec, *saved_hooks)
     _RECORDERS.append(rec)
     _clear_shared_mem_cache()
     launch_plans.clear()  # plans hold compiled kernels of the driver they were made under
+    _unload_kernels()  # an outer context's kernels load again here, with this driver's launcher
     try:
         yield rec
     finally:
@@ -313,6 +516,13 @@ def standin_cuda_driver(arch: int = 90, bench_ms=None, bench_calls: int = 1, pro
         _driver_config._active = saved_active  # reset_active() would build the default driver: fails off-GPU
         _clear_shared_mem_cache()
         launch_plans.clear()
-        for kernel in list(_KERNELS) if not _RECORDERS else []:  # unload: __del__ then asks no other driver
-            if kernel.module == _MODULE:
-                kernel.module = None
+        if not _RECORDERS:
+            _unload_kernels()
+
+
+def _unload_kernels() -> None:
+    """Forget the module and launcher of every kernel the stand-in loaded: its __del__ then asks no other
+    driver to unload it, and its next launch loads it again under the driver active then."""
+    for kernel in list(_KERNELS):
+        if kernel.module == _MODULE:
+            kernel.module, kernel._run = None, None

@@ -2,11 +2,13 @@
 "launches" with no GPU. Each test runs in a subprocess without TRITON_INTERPRET (conftest sets it)."""
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
                                 reason="triton has no NVIDIA backend here")
@@ -251,8 +253,10 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
 
     def normalized(args):
         scratch = launchers.scratch(x.device)
-        return tuple("placeholder" if a is scratch else (tuple(a.shape), a.stride(), a.dtype, a.data_ptr() % 16)
-                     if torch.is_tensor(a) else a for a in args)
+        # a warm launch passes the placeholder as its address
+        address = scratch.data_ptr()
+        return tuple("placeholder" if a is scratch or type(a) is int and a == address else (tuple(a.shape),
+                     a.stride(), a.dtype, a.data_ptr() % 16) if torch.is_tensor(a) else a for a in args)
 
     runs = []
     def on_launch(record, args):
@@ -274,5 +278,72 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
         assert reference == cold == warm, (i, reference, cold, warm)
     assert len(runs[0]) == len(runs[1]) == len(runs[2])
     print("ok", len(runs[0]))
+    """, autotune="0")
+    assert out.startswith("ok")
+
+
+@pytest.mark.skipif(not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")),
+                    reason="the no-op libcuda needs a C compiler")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-op libcuda would stand in for this GPU's driver")
+def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_path):
+    """Under launcher='triton' every launch goes through Triton's own CUDA launcher, linked against the no-op
+    libcuda, which keeps each launch's grid, function and kernel parameters. A grouped conv fwd+bwd with bias
+    and two training smoothing steps, launched through Triton's dispatch (plans off), then cold and warm
+    through the sites (warm: the placeholder as an address, Triton's C launch function called directly), must
+    reach the driver with the same grids, functions, scalars and pointers (the placeholder's address at the
+    same positions, the inputs' own addresses, the others' alignment)."""
+    out = _run(tmp_path, """
+    import torch
+    from torch import nn
+    from mgiad.host_bench import triton_on_cpu
+    from mgiad_kernels import SmoothingStep, grouped_conv2d, launch_plans, launchers, smoothing_steps
+    from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 2, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    first = SmoothingStep(nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Conv2d(8, 8, 3, padding=1, groups=4), 8,
+                          backend="triton")
+    steps = [first, SmoothingStep(first.A, first.B, 8, backend="triton")]
+    u, f = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8, 6, 6, requires_grad=True)
+
+    def work():
+        grouped_conv2d(x, w, b, padding=1, groups=4, backend="triton").square().sum().backward()
+        smoothing_steps(u, f, steps)[0].square().sum().backward()
+
+    runs = []
+    with triton_on_cpu(launcher="triton") as rec:
+        launch_plans.set_enabled(False)
+        work()  # compiles and loads every kernel
+        for kernel in list(_KERNELS):
+            describe_to_driver(kernel)
+        for plans in (False, True, True):
+            launch_plans.set_enabled(plans)
+            start = noop_libcuda().noop_launches()
+            work()
+            runs.append(driver_launches(start))
+        launch_plans.set_enabled(True)
+        direct = [site for site in launch_plans.SITES.values() if "launch_c" in site.launch.__code__.co_names]
+        assert direct, "no warm site calls Triton's C launch function"
+        assert not rec.launches  # Triton's launcher records nothing
+
+    kinds = {k.function: [t for t in k.src.signature.values() if t != "constexpr"] + ["*", "*"] for k in _KERNELS}
+    placeholder = launchers.scratch(x.device).data_ptr()
+    inputs = {t.data_ptr(): name for name, t in dict(x=x, w=w, b=b, u=u, f=f).items()}
+
+    def normalized(launch):
+        grid, function, params = launch
+        assert params is not None
+        return grid, function, tuple(
+            ("placeholder" if p == placeholder else "null" if p == 0 else inputs.get(p, p % 16)) if t[0] == "*"
+            else p for t, p in zip(kinds[function], params))
+
+    reference, cold, warm = ([normalized(launch) for launch in run] for run in runs)
+    assert len(reference) == len(cold) == len(warm) >= 15
+    for i, (a, c, d) in enumerate(zip(reference, cold, warm)):
+        assert a == c == d, (i, a, c, d)
+    assert any("placeholder" in params for _, _, params in reference)
+    print("ok", len(reference))
     """, autotune="0")
     assert out.startswith("ok")
