@@ -17,9 +17,9 @@ launch does on a GPU's host but the driver's own calls; the no-op launcher where
    allocates its output as a conv does, (b) one Triton launch (``launchers.conv2d_forward`` of a small
    grouped conv), with the two parts of it that are not the package's Python timed alone: (b1) the
    output's allocation and (b2) the call of the compiled kernel's launcher as the warm launch makes it
-   (Triton's C launch function, called directly), (c) the same conv through the custom op ``torch.ops.mgiad_kernels.conv2d``, (c2)
-   through ``ops.call_conv2d``, the entry the eager autograd Functions use (no dispatcher for plain
-   tensors), and (d) the whole step's host time per Triton launch.
+   (Triton's C launch function, called directly), (c) the same conv through the custom op
+   ``torch.ops.mgiad_kernels.conv2d``, (c2) through ``ops.call_conv2d``, the entry the eager autograd
+   Functions use (no dispatcher for plain tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
    benchmarks and wall seconds of a first forward+backward; ``--no-cold-start`` skips it.
 

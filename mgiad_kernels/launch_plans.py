@@ -15,7 +15,8 @@ kernel and the arguments after the pointers bound as constants, so a warm launch
 argument tuple and looks nothing up. It passes the placeholder as its address (Triton's launchers take an
 int as is: no ``data_ptr()`` call, no driver query) and, where Triton's CudaLauncher would only pass its
 arguments on (triton 3.6 and 3.8, no scratch), calls its C launch function directly: on Triton's own
-launcher (the stand-in's ``launcher='triton'``) a warm grouped conv's launch went from 7.0 to 5.1 us of host. Under the interpreter, through the autotuner and with plans disabled,
+launcher (the stand-in's ``launcher='triton'``) a warm grouped conv's launch went from 7.0 to 5.1 us of host.
+Under the interpreter, through the autotuner and with plans disabled,
 every launch goes through Triton.
 """
 from __future__ import annotations
@@ -207,7 +208,8 @@ def launcher_call(site: LaunchSite, pointers: tuple) -> Callable[[], None]:
     gx, gy, gz = site.grid
     scope = dict(function=function, packed=packed, tail=site.args_tail, gx=gx, gy=gy, gz=gz, pointers=pointers,
                  stream=current_stream(current_device()), **bound)
-    exec(compile(f"def call():\n    {call}\n", f"<launcher call of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
+    source = f"def call():\n    {call}\n"
+    exec(compile(source, f"<launcher call of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
     return scope["call"]
 
 

@@ -287,17 +287,25 @@ CUresult cuCtxGetLimit(size_t *value, CUlimit limit) { *value = 0; return CUDA_S
 CUresult cuCtxSetCurrent(CUcontext ctx) { return CUDA_SUCCESS; }
 CUresult cuCtxSetLimit(CUlimit limit, size_t value) { return CUDA_SUCCESS; }
 CUresult cuDeviceGet(CUdevice *device, int ordinal) { *device = ordinal; return CUDA_SUCCESS; }
-CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attribute, CUdevice device) { *value = 0; return CUDA_SUCCESS; }
+CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attribute, CUdevice device) {
+  *value = 0; return CUDA_SUCCESS;
+}
 CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice device) { *pctx = context; return CUDA_SUCCESS; }
 CUresult cuDriverGetVersion(int *version) { *version = 12080; return CUDA_SUCCESS; }
-CUresult cuFuncGetAttribute(int *value, CUfunction_attribute attribute, CUfunction f) { *value = 0; return CUDA_SUCCESS; }
+CUresult cuFuncGetAttribute(int *value, CUfunction_attribute attribute, CUfunction f) {
+  *value = 0; return CUDA_SUCCESS;
+}
 CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute attribute, int value) { return CUDA_SUCCESS; }
 CUresult cuFuncSetCacheConfig(CUfunction f, CUfunc_cache config) { return CUDA_SUCCESS; }
 CUresult cuGetErrorString(CUresult error, const char **text) { *text = "no-op libcuda"; return CUDA_SUCCESS; }
-CUresult cuModuleGetFunction(CUfunction *f, CUmodule module, const char *name) { *f = (CUfunction)32; return CUDA_SUCCESS; }
+CUresult cuModuleGetFunction(CUfunction *f, CUmodule module, const char *name) {
+  *f = (CUfunction)32; return CUDA_SUCCESS;
+}
 CUresult cuModuleLoadData(CUmodule *module, const void *image) { *module = (CUmodule)48; return CUDA_SUCCESS; }
 CUresult cuModuleUnload(CUmodule module) { return CUDA_SUCCESS; }
-CUresult cuOccupancyMaxActiveClusters(int *count, CUfunction f, const CUlaunchConfig *config) { *count = 1; return CUDA_SUCCESS; }
+CUresult cuOccupancyMaxActiveClusters(int *count, CUfunction f, const CUlaunchConfig *config) {
+  *count = 1; return CUDA_SUCCESS;
+}
 CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr pointer) {
   *(CUdeviceptr *)data = pointer;  /* CU_POINTER_ATTRIBUTE_DEVICE_POINTER: every address is its own */
   return CUDA_SUCCESS;
@@ -330,7 +338,9 @@ int noop_describe(CUfunction f, const unsigned char *sizes, int count) {
   n_described++;
   return 0;
 }
-const Logged *noop_logged(unsigned long long i) { return i < launches && launches - i <= LOGGED ? &logged[i % LOGGED] : 0; }
+const Logged *noop_logged(unsigned long long i) {
+  return i < launches && launches - i <= LOGGED ? &logged[i % LOGGED] : 0;
+}
 """
 
 

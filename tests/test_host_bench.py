@@ -133,7 +133,8 @@ def test_host_bench_writes_consistent_results(tmp_path):
     md = (out / files[1]).read_text()
     assert "| measurement | value | target | met |" in md and str(launches["triton_plus_aten"]) in md
     # timed through Triton's own launcher on the no-op libcuda wherever it can be built (no GPU, a C compiler)
-    buildable = not torch.cuda.is_available() and bool(os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc"))
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    buildable = not torch.cuda.is_available() and compiler is not None
     assert doc["launcher"] == ("triton" if buildable else "noop")
     assert ("Triton's own CUDA launcher" in md) == buildable
 
