@@ -227,12 +227,8 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
     assert out.startswith("ok")
 
 
-def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
-    """Each launcher's site (gather and conv2d_forward, grad weight with carries, the BatchNorm kernels) must
-    hand the compiled launcher the same grid, constexprs and arguments as JITFunction.run does: a grouped conv
-    fwd+bwd with bias and a run of two training smoothing steps sharing A and B, launched through Triton's
-    dispatch (plans off), then cold and warm through the sites."""
-    out = _run(tmp_path, """
+# A grouped conv fwd+bwd with bias and a run of two training smoothing steps sharing A and B: ``work()``.
+_CONV_AND_STEPS = """
     import torch
     from torch import nn
     from mgiad.host_bench import triton_on_cpu
@@ -250,6 +246,15 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
     def work():
         grouped_conv2d(x, w, b, padding=1, groups=4, backend="triton").square().sum().backward()
         smoothing_steps(u, f, steps)[0].square().sum().backward()
+"""
+
+
+def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
+    """Each launcher's site (gather and conv2d_forward, grad weight with carries, the BatchNorm kernels) must
+    hand the compiled launcher the same grid, constexprs and arguments as JITFunction.run does: a grouped conv
+    fwd+bwd with bias and a run of two training smoothing steps sharing A and B, launched through Triton's
+    dispatch (plans off), then cold and warm through the sites."""
+    out = _run(tmp_path, _CONV_AND_STEPS + """
 
     def normalized(args):
         scratch = launchers.scratch(x.device)
@@ -292,25 +297,8 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
     through the sites (warm: the placeholder as an address, Triton's C launch function called directly), must
     reach the driver with the same grids, functions, scalars and pointers (the placeholder's address at the
     same positions, the inputs' own addresses, the others' alignment)."""
-    out = _run(tmp_path, """
-    import torch
-    from torch import nn
-    from mgiad.host_bench import triton_on_cpu
-    from mgiad_kernels import SmoothingStep, grouped_conv2d, launch_plans, launchers, smoothing_steps
+    out = _run(tmp_path, _CONV_AND_STEPS + """
     from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(8, 2, 3, 3, requires_grad=True)
-    b = torch.randn(8, requires_grad=True)
-    first = SmoothingStep(nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Conv2d(8, 8, 3, padding=1, groups=4), 8,
-                          backend="triton")
-    steps = [first, SmoothingStep(first.A, first.B, 8, backend="triton")]
-    u, f = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8, 6, 6, requires_grad=True)
-
-    def work():
-        grouped_conv2d(x, w, b, padding=1, groups=4, backend="triton").square().sum().backward()
-        smoothing_steps(u, f, steps)[0].square().sum().backward()
 
     runs = []
     with triton_on_cpu(launcher="triton") as rec:
