@@ -408,13 +408,12 @@ def noop_libcuda() -> ctypes.CDLL:
             subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", f"-I{include}", source,
                             "-o", built], check=True, capture_output=True)
             os.replace(built, library)
-    for name in ("libcuda.so",):  # the unversioned name some Triton versions link with (-lcuda)
-        link = os.path.join(directory, name)
-        if not os.path.exists(link):
-            try:
-                os.symlink("libcuda.so.1", link)
-            except FileExistsError:  # another process made it
-                pass
+    unversioned = os.path.join(directory, "libcuda.so")  # what triton 3.6's launchers link with (-lcuda)
+    if not os.path.exists(unversioned):
+        try:
+            os.symlink("libcuda.so.1", unversioned)
+        except FileExistsError:  # another process made it
+            pass
     lib = ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
     lib.noop_launches.restype = ctypes.c_ulonglong
     lib.noop_describe.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
