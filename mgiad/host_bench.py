@@ -16,8 +16,9 @@ launch does on a GPU's host but the driver's own calls; the no-op launcher where
    (a)-(c) interleaved: (a) ``torch.add(a, b, out=c)`` on 16 floats, (a2) ``torch.add(a, b)``, which
    allocates its output as a conv does, (b) one Triton launch (``launchers.conv2d_forward`` of a small
    grouped conv), with the two parts of it that are not the package's Python timed alone: (b1) the
-   output's allocation and (b2) the call of the compiled kernel's launcher as the warm launch makes it
-   (Triton's C launch function, called directly), (c) the same conv through the custom op
+   output's allocation and (b2) the launcher call the warm launch makes (the package's fast launcher,
+   ``mgiad_kernels.fast_launch``, on the site's packed plan; Triton's C launch function where the fast
+   launcher is not built), (c) the same conv through the custom op
    ``torch.ops.mgiad_kernels.conv2d``, (c2) through ``ops.call_conv2d``, the entry the eager autograd
    Functions use (no dispatcher for plain tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
@@ -249,9 +250,11 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
     def parts():
         from mgiad_kernels import launch_plans
 
-        y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
-        site = next(gather for shape, strides, gather, _ in launchers._FORWARD_SITES.values()
-                    if shape == y.shape and strides == y.stride())
+        launchers._FORWARD_SITES.clear()  # then this conv's key is the only one
+        for _ in range(2):  # its call made, then generated (allocation and launch)
+            y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
+        call, = launchers._FORWARD_SITES.values()
+        site = call.launch_site
         placeholder = launchers.scratch(x.device).data_ptr()  # as a warm launch passes it
         # conv2d_forward's pointers: src, weight, adjoint weight, bias, dst, other and ten more placeholders
         pointers = (x, w, placeholder, placeholder, y, *(placeholder,) * 11)
@@ -296,6 +299,8 @@ def timing_launcher() -> str:
 def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
     """Measurements 1 and 2, in this process, on the warm Triton cache: the launches counted on the stand-in's
     recorded no-op launcher, the host times on ``launcher`` (default ``timing_launcher()``)."""
+    from mgiad_kernels import launchers
+
     launcher = launcher or timing_launcher()
     with _torch_threads(1):
         with triton_on_cpu() as rec:
@@ -326,6 +331,8 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
                 step()
                 step_ms.append((time.perf_counter() - t0) * 1e3)
             timed = time_interleaved(_host_calls(torch.device("cpu")), repeats)
+            call, = launchers._FORWARD_SITES.values()  # the timed conv's (_small_conv_calls)
+            warm_launch = "fast" if call.launch_site.fast_plan is not None else "triton"
 
     n_triton = len(launched)
     timed["mgiad_step_per_triton_launch"] = _stats(step_ms, 1e3 / max(n_triton, 1))
@@ -342,6 +349,7 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
         "small_conv": {"x": list(CONV_X), "weight": list(CONV_W), "groups": CONV_GROUPS, "stride": 1, "padding": 1,
                        "kernels_launched": sorted(conv_launches)},
         "launcher": launcher,
+        "warm_launch": warm_launch,
     }
 
 
@@ -497,6 +505,8 @@ _LAUNCHER_TEXT = {
               "libcuda.so.1: a launch's host cost as on a GPU, less the driver's own calls",
     "noop": "through the stand-in's recorded no-op launcher, which does less than Triton's own (the no-op "
             "libcuda could not be built or loaded here)"}
+_WARM_LAUNCH_TEXT = {"fast": "the fast launcher on the site's packed plan",
+                     "triton": "Triton's, its C launch function called directly"}
 _HOST_ROWS = (("aten_add_16", "(a) torch.add, 16 floats, out="),
               ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
               ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
@@ -564,11 +574,12 @@ def markdown(doc: dict) -> str:
     for key, label in _HOST_ROWS:
         h = host[key]
         if key == "compiled_launcher":
-            label += " (Triton's, its C launch called directly)" if doc.get("launcher") == "triton" else \
-                " (the stand-in's no-op)"
-        row(f"{label}, us", f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), "
-                            f"{h['ratio_to_aten_add']:.2f}x (a)",
-            "launch_us_ratio" if key == "triton_conv2d_launch" else None)
+            label += f" ({_WARM_LAUNCH_TEXT[doc.get('warm_launch', 'triton')]})" if doc.get("launcher") == "triton" \
+                else " (the stand-in's no-op)"
+        value = f"{h['median_us']:.2f} ({h['p20_us']:.2f}-{h['p80_us']:.2f}), {h['ratio_to_aten_add']:.2f}x (a)"
+        if key == "triton_conv2d_launch":  # and against the aten op that allocates its output, as (b) does
+            value += f", {h['median_us'] / host['aten_add_16_allocating']['median_us']:.2f}x (a2)"
+        row(f"{label}, us", value, "launch_us_ratio" if key == "triton_conv2d_launch" else None)
     own = host["triton_conv2d_launch"]["median_us"] - host["output_allocation"]["median_us"] \
         - host["compiled_launcher"]["median_us"]
     row("(b) - (b1) - (b2): the package's own Python per warm launch, us", f"{own:.2f}")

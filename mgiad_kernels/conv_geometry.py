@@ -8,6 +8,7 @@ end, as ``F.conv2d`` pads); batched (N, C, H, W) or unbatched (C, H, W) input.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from dataclasses import dataclass
 from typing import Sequence, Union
@@ -59,12 +60,18 @@ def resolve_padding(padding, kernel_hw: tuple[int, int], stride: tuple[int, int]
     return (top, left, top, left)
 
 
+_SITE_IDS = itertools.count()
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Sizes of one grouped convolution: what every kernel launch needs to know.
 
     ``padding`` is (top, left): the kernels only need where the first tap lands; the padding at
-    the end (bottom, right) only changes ``out_hw``.
+    the end (bottom, right) only changes ``out_hw``. ``site_id`` (not a field): a number of this object's
+    own, which launch-site keys hold instead of the geometry (an int hashes in C, a geometry through a
+    Python ``__hash__``); ConvGeometry.of keeps one object per sizes, so a layer's calls share it. Read
+    once, it is a plain attribute.
     """
 
     in_channels: int
@@ -82,13 +89,19 @@ class ConvGeometry:
                 self.padding, self.dilation, self.out_hw)
 
     def __hash__(self) -> int:
-        # launch-site keys hold a geometry and are hashed on every launch: hash the fields once, at the first
-        # use (not when built: under torch.compile hashing a symbolic size would specialize it)
+        # hash the fields once, at the first use (not when built: under torch.compile hashing a symbolic size
+        # would specialize it)
         fields_hash = self.__dict__.get("_hash")
         if fields_hash is None:
             fields_hash = hash(self._fields())
             object.__setattr__(self, "_hash", fields_hash)
         return fields_hash
+
+    @functools.cached_property
+    def site_id(self) -> int:
+        # taken at the first launch (a launcher's, eager), never while torch.compile traces the geometry's
+        # construction: a counter advanced there would be guarded on, and every call would recompile
+        return next(_SITE_IDS)
 
     @property
     def in_per_group(self) -> int:

@@ -10,19 +10,25 @@ runtime arguments after the pointers, the constexprs and options. A site keeps, 
 misaligned pointers (Triton specializes each pointer on it) and per driver, the CompiledKernel that
 Triton's first launch made; later launches check the pointers' alignment and call the compiled launcher.
 Once a site has launched with every pointer aligned, its ``launch`` is a function generated for it (as
-Triton generates its own argument binder): one alignment test over the pointers it checks, the grid, the
-kernel and the arguments after the pointers bound as constants, so a warm launch runs no loop, builds no
-argument tuple and looks nothing up. It passes the placeholder as its address (Triton's launchers take an
-int as is: no ``data_ptr()`` call, no driver query) and, where Triton's CudaLauncher would only pass its
-arguments on (triton 3.6 and 3.8, no scratch), calls its C launch function directly: on Triton's own
-launcher (the stand-in's ``launcher='triton'``) a warm grouped conv's launch went from 7.0 to 5.1 us of host.
-Under the interpreter, through the autotuner and with plans disabled,
-every launch goes through Triton.
+Triton generates its own argument binder, ``warm_function``). Where Triton's CudaLauncher would only pass
+its arguments on (triton 3.6 and 3.8, no scratch, no cluster), the launch is one call of the package's
+fast launcher (``fast_launch``) on the site's plan, the packed parameters the driver reads: it writes the
+checked tensors' addresses, tests their alignment and calls ``cuLaunchKernelEx``. Else one alignment test
+over the pointers it checks, then the compiled launcher with the grid, the kernel and the arguments after
+the pointers bound as constants and the placeholder as its address (Triton's C launch function directly
+where it can). Either way a warm launch runs no loop, builds no argument tuple and looks nothing up. A
+launcher with a cache of its own (conv2d_forward's) generates its warm call around the same launch, the
+output's allocation included. On Triton's own launcher (the stand-in's ``launcher='triton'``) a warm
+grouped conv forward, allocation included, went from 7.0 (Triton's launcher called) to 5.1 (its C launch
+function called) to 2.8-3.0 us of host (the fast launcher). Under the interpreter, through the autotuner
+and with plans disabled, every launch goes through Triton.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from typing import Callable, Sequence
+
+from .fast_launch import launcher as fast_launcher, make_plan
 
 _MAX_SITES = 4096  # distinct (shape, layout, fusion) launches kept per cache; the oldest go first beyond it
 _STATE = {"enabled": True}
@@ -93,6 +99,8 @@ class LaunchSite:
         self.n_pointers = None  # how many pointers a launch takes; set with ``checked``
         self.checked = None  # positions of the pointers that are not the placeholder, whose alignment a
         #                      launch checks; set at the first direct launch
+        self.fast_plan = None  # the fast launcher's plan of the warm launch (fast_launch), where it has one
+        self.placeholder = self.placeholder_address = None  # the aligned plan's placeholder, and its address
 
     def launch(self, pointers: tuple, placeholder=None) -> None:
         """Launch on ``pointers``, the kernel's leading tensor arguments. ``placeholder``: the 16-byte aligned
@@ -133,9 +141,24 @@ class LaunchSite:
             self.args_tail = self.rest + tuple(self.constexprs[p.name]
                                                for p in jit_fn.params[len(pointers) + len(self.rest):])
         plan = self.plans[misaligned] = (active, kernel.run, kernel.function, kernel.packed_metadata, kernel,
-                                         active.get_current_stream, active.get_current_device)
+                                         active.get_current_stream, _device_getter(active.get_current_device))
         if misaligned == 0:
-            self.launch = _warm_launch(self, plan, placeholder)
+            # the placeholder is passed as its address, and kept: the address stays its own
+            self.placeholder, self.placeholder_address = placeholder, None if placeholder is None else \
+                placeholder.data_ptr()
+            self.fast_plan = _fast_plan(self, plan, placeholder)
+            self.launch = warm_function(self, "pointers, placeholder=None",
+                                        [f"pointers[{i}]" for i in range(self.n_pointers)],
+                                        fallback="pointers, placeholder")
+
+
+def _device_getter(get_current_device):
+    """The driver's current-device function as a launch calls it: torch's C getter where it is
+    ``torch.cuda.current_device`` (Triton's CUDA driver with torch), whose Python frame only adds a lazy-init
+    check that the launch which made the plan has passed; else the driver's own."""
+    import torch
+
+    return torch._C._cuda_getDevice if get_current_device is torch.cuda.current_device else get_current_device
 
 
 def _hooks(runtime) -> tuple:
@@ -147,6 +170,15 @@ def _hooks(runtime) -> tuple:
     if leave is not None and not getattr(leave, "calls", True):
         leave = None
     return enter, leave
+
+
+def _hook_calls(name: str, hook) -> str:
+    """Whether the launch hook ``hook``, bound as ``name``, calls anything, as a warm launch's source tests it:
+    a HookChain's list of calls (triton >= 3.5: a chain that is never None), 'True' for a plain function (as
+    set before), 'False' for None."""
+    if hook is None:
+        return "False"
+    return f"{name}.calls" if isinstance(getattr(hook, "calls", None), list) else "True"
 
 
 def _direct_launch(launcher) -> tuple[str, tuple] | None:
@@ -200,51 +232,92 @@ def _launcher_call(run, arguments: str) -> tuple[str, dict]:
 
 
 def launcher_call(site: LaunchSite, pointers: tuple) -> Callable[[], None]:
-    """A call of the compiled launcher of ``site``'s aligned plan on ``pointers`` as its warm launch makes
-    it (no checks, the stream of the first call), to time alone."""
+    """A call of the launcher ``site``'s warm launch calls (the fast launcher on its plan, else the compiled
+    kernel's launcher of its aligned plan) on ``pointers`` as the warm launch makes it (no checks, the stream
+    of the first call), to time alone."""
     (_, run, function, packed, _, current_stream, current_device), = (
         plan for bits, plan in site.plans.items() if bits == 0)
+    stream = current_stream(current_device())
+    if site.fast_plan is not None:
+        fast_launch, plan, tensors = fast_launcher(), site.fast_plan, tuple(pointers[i] for i in site.checked)
+        return lambda: fast_launch(plan, stream, *tensors)
     call, bound = _launcher_call(run, "*pointers")
     gx, gy, gz = site.grid
     scope = dict(function=function, packed=packed, tail=site.args_tail, gx=gx, gy=gy, gz=gz, pointers=pointers,
-                 stream=current_stream(current_device()), **bound)
+                 stream=stream, **bound)
     source = f"def call():\n    {call}\n"
     exec(compile(source, f"<launcher call of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
     return scope["call"]
 
 
-def _warm_launch(site: LaunchSite, plan: tuple, placeholder) -> Callable:
-    """``site.launch`` for its aligned plan, generated: the pointers it checks tested in one expression, the
-    grid, launcher and arguments after the pointers bound, the placeholder passed as its address (Triton's
-    launchers take an int as a device address as is: no data_ptr() call, no driver query). Where Triton's
-    launcher would only pass its arguments on, its C launch function is called directly (``_direct_launch``).
-    Anything else (a misaligned pointer, another driver, plans disabled, a launch hook set) goes to
-    LaunchSite.launch, looked up at that call."""
+def _fast_plan(site: LaunchSite, plan: tuple, placeholder) -> bytes | None:
+    """The fast launcher's plan of ``site``'s aligned ``plan`` (fast_launch.make_plan), or None where its
+    warm launch calls the compiled kernel's launcher: a launcher other than Triton's CudaLauncher with no
+    scratch (``_direct_launch``), no fast launcher built, or a launch the plan cannot carry."""
+    run, kernel = plan[1], plan[4]
+    if _direct_launch(run) is None or fast_launcher() is None:
+        return None
+    address = None if placeholder is None else placeholder.data_ptr()
+    values = tuple(None if i in site.checked else address for i in range(site.n_pointers)) + site.args_tail
+    return make_plan(kernel, site.grid, values, site.checked)
+
+
+def warm_function(site: LaunchSite, parameters: str, pointers: Sequence[str], before: str = "",
+                  result: str = "None", fallback: str | None = None, bound: dict | None = None,
+                  name: str = "launch") -> Callable | None:
+    """``def name(parameters): before; <site's warm launch on pointers>; return result``, generated for
+    ``site``'s aligned plan (None where the site has none yet: no aligned launch made, or it launches
+    through Triton), so that a launcher's warm call (allocation, launch) is one function.
+
+    ``pointers``: one source expression per kernel pointer (those the site does not check are not
+    evaluated: the plan holds the placeholder's address); ``before``: statements (each line indented by
+    4); ``bound``: the names they use. The launch: where the fast launcher can carry it (``_fast_plan``),
+    one call of it on the tensors the site checks (it tests their alignment and launches nothing where
+    one is misaligned); else the checked pointers' alignment tested in one expression and the compiled
+    kernel's launcher called with the grid and arguments after the pointers bound, the placeholder as its
+    address (Triton's launchers take an int as a device address as is: no data_ptr() call, no driver
+    query), Triton's C launch function directly where its launcher would only pass its arguments on
+    (``_direct_launch``). Anything else (a misaligned pointer, another driver, plans disabled, a launch
+    hook set, no current CUDA context) goes to ``LaunchSite.launch(site, fallback)``, looked up then
+    (``fallback``: the source of its arguments; default, the pointers as a tuple and the placeholder)."""
+    plan = site.plans.get(0)
+    if site.through_triton or site.checked is None or plan is None:
+        return None
     active, run, function, packed, _, current_stream, current_device = plan
     runtime, driver, _ = _TRITON
-    aligned = " | ".join(f"pointers[{i}].data_ptr()" for i in site.checked) or "0"
-    arguments = ", ".join(f"pointers[{i}]" if i in site.checked else "placeholder_address"
-                          for i in range(site.n_pointers))
-    call, bound = _launcher_call(run, arguments)
-    source = (
-        "def launch(pointers, placeholder=None):\n"
-        "    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook\n"
-        f"    if ({aligned}) & 15 or driver.active is not active or not state['enabled'] \\\n"
-        "            or (enter is not None and getattr(enter, 'calls', True)) \\\n"
-        "            or (leave is not None and getattr(leave, 'calls', True)):\n"
-        "        return LaunchSite.launch(site(), pointers, placeholder)\n"
-        "    stream = current_stream(current_device())\n"
-        f"    {call}\n")
-    gx, gy, gz = site.grid
-    # the site by weak reference: the site holds this function, which would otherwise hold the site; the
-    # placeholder itself, so that its address stays its own
-    scope = dict(runtime=runtime, driver=driver, active=active, state=_STATE, LaunchSite=LaunchSite,
+    checked = [pointers[i] for i in site.checked]
+    if fallback is None:
+        fallback = "(" + "".join(f"{p}, " if i in site.checked else "placeholder, "
+                                 for i, p in enumerate(pointers)) + "), placeholder"
+    # the launch hooks: the objects set now, and while they stay set, whether they call anything
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    gates = (f"    if {'driver._active' if hasattr(driver, '_active') else 'driver.active'} is not active \\\n"
+             "            or not state['enabled'] \\\n"
+             "            or runtime.launch_enter_hook is not enter or runtime.launch_exit_hook is not leave \\\n"
+             f"            or {_hook_calls('enter', enter)} or {_hook_calls('leave', leave)} \\\n")
+    take_fallback = f"        LaunchSite.launch(site(), {fallback})\n"
+    scope = dict(bound or {})
+    if site.fast_plan is not None:
+        launch = (gates + f"            or not fast_launch(fast_plan, current_stream(current_device()), "
+                  f"{', '.join(checked)}):\n" + take_fallback)
+        scope.update(fast_launch=fast_launcher(), fast_plan=site.fast_plan)
+    else:
+        aligned = " | ".join(f"{p}.data_ptr()" for p in checked) or "0"
+        call, launcher_names = _launcher_call(run, ", ".join(
+            p if i in site.checked else "placeholder_address" for i, p in enumerate(pointers)))
+        launch = (gates + f"            or ({aligned}) & 15:\n" + take_fallback + "    else:\n"
+                  "        stream = current_stream(current_device())\n" f"        {call}\n")
+        gx, gy, gz = site.grid
+        scope.update(launcher_names, function=function, packed=packed, tail=site.args_tail, gx=gx, gy=gy, gz=gz,
+                     placeholder_address=site.placeholder_address)
+    source = f"def {name}({parameters}):\n{before}{launch}    return {result}\n"
+    # the site by weak reference: the site holds its own warm launch, which would otherwise hold the site
+    scope.update(enter=enter, leave=leave)
+    scope.update(runtime=runtime, driver=driver, active=active, state=_STATE, LaunchSite=LaunchSite,
                  site=weakref.ref(site), current_stream=current_stream, current_device=current_device,
-                 function=function, packed=packed, tail=site.args_tail, gx=gx, gy=gy, gz=gz, **bound,
-                 placeholder_tensor=placeholder, placeholder_address=None if placeholder is None else
-                 placeholder.data_ptr())
-    exec(compile(source, f"<warm launch of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
-    return scope["launch"]
+                 placeholder=site.placeholder)
+    exec(compile(source, f"<{name} of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
+    return scope[name]
 
 
 def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -247,13 +247,13 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     """
     bn = prologue_bn if prologue_bn is not None else epilogue_bn
     key = ("gather", src.shape, src.stride(), dst.shape, dst.stride(), weight.shape, weight.stride(), src.dtype,
-           src.device, geo.stride, geo.padding, geo.dilation, geo.groups, transposed, weight_is_adjoint,
+           src.get_device(), geo.site_id, transposed, weight_is_adjoint,
            None if adjoint_weight is None else adjoint_weight.stride(),
            None if bias is None else (bias.stride(0), bias.dtype),
            None if other is None else (other.stride(), other.dtype), other_mode, alpha,
            prologue_bn is not None, epilogue_bn_relu, stats_mode, None if bn is None else bn.signature(),
            None if stats is None else stats.shape[1],
-           None if running_update is None else running_update.signature(), *_global_settings())
+           None if running_update is None else running_update.signature(), _tf32_allowed())
     site = launch_plans.SITES.get(key)
     if site is None:
         site = _gather_site(key, src, weight, bias, dst, geo, transposed, prologue_bn, other, other_mode, alpha,
@@ -366,16 +366,14 @@ def _tiled_site(kernel, grid, rest: tuple, constexprs: dict, config) -> launch_p
                                     **({"maxnreg": config.maxnreg} if config.maxnreg else {})})
 
 
-def _global_settings() -> tuple:
-    """What every site key holds besides its arguments: fp32 dots' precision (PyTorch's tf32 switch for
-    cuDNN, ``torch.backends.cudnn.allow_tf32``, read at each launch). Whether launches autotune is read once
-    per process, when the first site is made."""
-    return (torch._C._get_cudnn_allow_tf32(),)
+# What every site key holds besides its arguments: fp32 dots' precision, PyTorch's tf32 switch for cuDNN
+# (``torch.backends.cudnn.allow_tf32``), read at each launch (the C getter: a Python wrapper would cost a frame
+# per launch). Whether launches autotune is read once per process, when the first site is made.
+_tf32_allowed = torch._C._get_cudnn_allow_tf32
 
 
 _FORWARD_SITES = launch_plans.SiteCache()  # conv2d_forward's key (the device by index: x.get_device() is
-#                                            cheaper than x.device) -> (y's shape, strides, gather site,
-#                                            placeholder)
+#                                            cheaper than x.device) -> its call (_forward_call)
 
 
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
@@ -388,29 +386,50 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     the launch.
     """
     # the geometry fixes the weight's shape and the output's; its hash is computed once (ConvGeometry)
-    key = (geo, x.shape, x.stride(), weight.stride(), x.dtype, x.get_device(),
+    key = (geo.site_id, x.shape, x.stride(), weight.stride(), x.dtype, x.get_device(),
            None if bias is None else (bias.stride(0), bias.dtype),
            None if other is None else (other.stride(), other.dtype), alpha,
-           None if adjoint_weight is None else adjoint_weight.stride(), _global_settings())
-    site = _FORWARD_SITES.get(key)
-    if site is None:
-        y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
-                        memory_format=conv_output_memory_format(x, weight))
-        gather = None
-        if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
-            gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
-                             other_mode="none" if other is None else "add", alpha=alpha,
-                             adjoint_weight=adjoint_weight)
-        _FORWARD_SITES.put(key, (y.shape, y.stride(), gather, scratch(x.device)))
-        return y
-    shape, strides, gather, unused = site
-    y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
-    if gather is not None:
-        gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
-                       unused if bias is None else bias, y, unused if other is None else other,
-                       unused, unused, unused, unused, unused, unused, unused, unused, unused, unused),
-                      unused)
+           None if adjoint_weight is None else adjoint_weight.stride(), _tf32_allowed())
+    call = _FORWARD_SITES.get(key)
+    if call is not None:
+        return call(x, weight, bias, other, adjoint_weight)
+    y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
+                    memory_format=conv_output_memory_format(x, weight))
+    gather = None
+    if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
+        gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
+                         other_mode="none" if other is None else "add", alpha=alpha, adjoint_weight=adjoint_weight)
+    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device)))
     return y
+
+
+# conv2d_forward's pointers (the gather kernel's): src, weight, adjoint weight, bias, dst, other, then ten the
+# forward never uses; as source, in the warm call's names
+_FORWARD_POINTERS = ("x", "weight", "adjoint_weight", "bias", "y", "other") + ("unused",) * 10
+
+
+def _forward_call(key: tuple, shape, strides, gather, unused) -> Callable:
+    """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
+    with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
+    the key's call becomes one generated function, allocation and launch (launch_plans.warm_function)."""
+
+    def call(x, weight, bias, other, adjoint_weight):
+        y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
+        if gather is not None:
+            gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
+                           unused if bias is None else bias, y, unused if other is None else other,
+                           unused, unused, unused, unused, unused, unused, unused, unused, unused, unused), unused)
+            warm = launch_plans.warm_function(
+                gather, "x, weight, bias, other, adjoint_weight", _FORWARD_POINTERS,
+                "    y = x.new_empty_strided(shape, strides)\n", "y", bound=dict(shape=shape, strides=strides),
+                name="conv2d_forward_call")
+            if warm is not None:
+                warm.launch_site = gather  # held: the warm function refers to it weakly
+                _FORWARD_SITES[key] = warm
+        return y
+
+    call.launch_site = gather
+    return call
 
 
 def adjoint_weight_wanted(dtype: torch.dtype) -> bool:
@@ -477,10 +496,9 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
             if grad_b is not None:
                 grad_b += carry_b
         return grad_w, grad_b
-    key = ("grad_weight", x.shape, x.stride(), grad_y.shape, grad_y.stride(), x.dtype, x.device, geo.stride,
-           geo.padding, geo.dilation, geo.groups, w_shape, with_bias, None if x_bn is None else x_bn.signature(),
-           alpha, memory_format, *[(w.stride(), None if b is None else b.stride()) for w, b in carries],
-           *_global_settings())
+    key = ("grad_weight", x.shape, x.stride(), grad_y.shape, grad_y.stride(), x.dtype, x.get_device(),
+           geo.site_id, w_shape, with_bias, None if x_bn is None else x_bn.signature(), alpha, memory_format,
+           *[(w.stride(), None if b is None else b.stride()) for w, b in carries], _tf32_allowed())
     site = _GRAD_WEIGHT_SITES.get(key)
     if site is None:
         site = _GRAD_WEIGHT_SITES.put(key, _grad_weight_site(grad_y, x, geo, w_shape, with_bias, x_bn, alpha,

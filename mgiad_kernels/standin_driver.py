@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import hashlib
-import shutil
 import functools
 import os
 import subprocess
@@ -25,7 +23,7 @@ import tempfile
 import time
 import types
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import triton
@@ -35,6 +33,7 @@ from triton.runtime import autotuner as _autotuner
 from triton.runtime.driver import driver as _driver_config
 
 from . import launch_plans
+from .c_build import build_shared_library, c_compiler
 
 # Device properties per arch (the keys of CudaUtils.get_device_properties); other archs get sm_90's.
 _PROPS = {80: (166912, 108, 1410000, 1215000, 5120), 89: (101376, 128, 2520000, 10501000, 384),
@@ -273,7 +272,13 @@ _NOOP_LIBCUDA_SOURCE = r"""
 #define DESCRIBED 256  /* functions whose parameters are kept */
 
 typedef struct { CUfunction function; int count; unsigned char sizes[PARAMS]; } Described;
-typedef struct { unsigned int grid[3]; CUfunction function; int count; unsigned long long params[PARAMS]; } Logged;
+typedef struct {
+  unsigned int grid[3], block[3], shared, attributes;
+  CUstream stream;
+  CUfunction function;
+  int count;
+  unsigned long long params[PARAMS];
+} Logged;
 
 static CUcontext context = (CUcontext)16;
 static unsigned long long launches;
@@ -313,6 +318,8 @@ CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdevi
 CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
   Logged *entry = &logged[launches++ % LOGGED];
   entry->grid[0] = config->gridDimX; entry->grid[1] = config->gridDimY; entry->grid[2] = config->gridDimZ;
+  entry->block[0] = config->blockDimX; entry->block[1] = config->blockDimY; entry->block[2] = config->blockDimZ;
+  entry->shared = config->sharedMemBytes; entry->attributes = config->numAttrs; entry->stream = config->hStream;
   entry->function = f;
   entry->count = -1;  /* parameters not kept: the function was not described */
   for (int d = 0; d < n_described; d++) {
@@ -345,8 +352,9 @@ const Logged *noop_logged(unsigned long long i) {
 
 
 class _LoggedLaunch(ctypes.Structure):
-    _fields_ = [("grid", ctypes.c_uint * 3), ("function", ctypes.c_void_p), ("count", ctypes.c_int),
-                ("params", ctypes.c_ulonglong * 128)]
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
+                ("attributes", ctypes.c_uint), ("stream", ctypes.c_void_p), ("function", ctypes.c_void_p),
+                ("count", ctypes.c_int), ("params", ctypes.c_ulonglong * 128)]
 
 
 _PARAM_BYTES = {"i1": 4, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "u1": 4, "u8": 1, "u16": 2, "u32": 4, "u64": 8,
@@ -363,9 +371,19 @@ def describe_to_driver(kernel) -> None:
                          f"got {kernel.name} with {len(sizes)}")
 
 
-def driver_launches(start: int = 0) -> list[tuple[tuple, int, tuple | None]]:
-    """The launches the no-op libcuda saw from the ``start``-th on (at most the last 256): (grid, function
-    handle, kernel parameters as ints or None where the function was not described)."""
+class DriverLaunch(NamedTuple):
+    """A launch as the no-op libcuda's cuLaunchKernelEx received it."""
+    grid: tuple  # (x, y, z) blocks
+    block: tuple  # (x, y, z) threads
+    shared: int  # dynamic shared memory, bytes
+    attributes: int  # launch attributes passed (cluster, cooperative, PDL, ...)
+    stream: int
+    function: int  # the function handle (the stand-in's _load_binary)
+    params: tuple | None  # the kernel parameters as ints (``describe_to_driver``); None where not described
+
+
+def driver_launches(start: int = 0) -> list[DriverLaunch]:
+    """The launches the no-op libcuda saw from the ``start``-th on (at most the last 256)."""
     lib = noop_libcuda()
     out = []
     for i in range(start, lib.noop_launches()):
@@ -373,7 +391,8 @@ def driver_launches(start: int = 0) -> list[tuple[tuple, int, tuple | None]]:
         if not entry:
             raise ValueError(f"launch {i} is no longer kept (the no-op libcuda keeps the last 256)")
         e = entry.contents
-        out.append((tuple(e.grid), e.function, None if e.count < 0 else tuple(e.params[:e.count])))
+        out.append(DriverLaunch(tuple(e.grid), tuple(e.block), e.shared, e.attributes, e.stream or 0, e.function,
+                                None if e.count < 0 else tuple(e.params[:e.count])))
     return out
 
 
@@ -387,27 +406,16 @@ def noop_libcuda() -> ctypes.CDLL:
     kernel parameters of that function's launches, ``sizes[i]`` bytes each) and ``noop_logged(i)`` (the i-th
     launch, one of the last 256, as a pointer to ``_LoggedLaunch``; NULL otherwise): see ``driver_launches``."""
     import torch.cuda
-    from triton import knobs
 
     if torch.cuda.is_available():
         raise RuntimeError("the no-op libcuda.so.1 would stand in for this machine's CUDA driver: "
                            "launcher='triton' runs only where no GPU is visible")
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
+    if c_compiler() is None:
         raise RuntimeError("launcher='triton' builds a no-op libcuda.so.1 and needs a C compiler (gcc or cc, or $CC)")
     include = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "include")
-    digest = hashlib.sha256((_NOOP_LIBCUDA_SOURCE + include).encode()).hexdigest()[:16]
-    directory = os.path.join(knobs.cache.dir, f"mgiad-noop-libcuda-{digest}")
-    library = os.path.join(directory, "libcuda.so.1")
-    if not os.path.exists(library):
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory) as work:  # built aside, then moved in whole
-            source, built = os.path.join(work, "noop_libcuda.c"), os.path.join(work, "libcuda.so.1")
-            with open(source, "w") as f:
-                f.write(_NOOP_LIBCUDA_SOURCE)
-            subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", f"-I{include}", source,
-                            "-o", built], check=True, capture_output=True)
-            os.replace(built, library)
+    library = build_shared_library(_NOOP_LIBCUDA_SOURCE, "mgiad-noop-libcuda", "libcuda.so.1",
+                                   ("-Wl,-soname,libcuda.so.1", f"-I{include}"))
+    directory = os.path.dirname(library)
     unversioned = os.path.join(directory, "libcuda.so")  # what triton 3.6's launchers link with (-lcuda)
     if not os.path.exists(unversioned):
         try:

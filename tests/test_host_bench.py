@@ -5,7 +5,6 @@ Launch counts are not pinned (the kernels keep changing): the files must agree w
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from mgiad.host_bench import EXCLUDED_OPS, TARGETS, AtenLaunchCounter
+from mgiad_kernels.c_build import c_compiler
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_NVIDIA_BACKEND = importlib.util.find_spec("triton") is None or importlib.util.find_spec(
@@ -133,10 +133,12 @@ def test_host_bench_writes_consistent_results(tmp_path):
     md = (out / files[1]).read_text()
     assert "| measurement | value | target | met |" in md and str(launches["triton_plus_aten"]) in md
     # timed through Triton's own launcher on the no-op libcuda wherever it can be built (no GPU, a C compiler)
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    buildable = not torch.cuda.is_available() and compiler is not None
+    buildable = not torch.cuda.is_available() and c_compiler() is not None
     assert doc["launcher"] == ("triton" if buildable else "noop")
     assert ("Triton's own CUDA launcher" in md) == buildable
+    # where Triton's launcher runs, the warm launch is the fast launcher's (built with the same compiler)
+    assert doc["warm_launch"] == ("fast" if buildable else "triton")
+    assert ("the fast launcher on the site's packed plan" in md) == buildable
 
 
 @pytest.mark.skipif(NO_NVIDIA_BACKEND, reason="triton has no NVIDIA backend here")

@@ -2,13 +2,14 @@
 "launches" with no GPU. Each test runs in a subprocess without TRITON_INTERPRET (conftest sets it)."""
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+
+from mgiad_kernels.c_build import c_compiler
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
                                 reason="triton has no NVIDIA backend here")
@@ -160,11 +161,19 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
     assert out.startswith("ok")
 
 
-def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when_it_must(tmp_path):
-    """Once warm, a site's launch is its generated function, which calls the compiled launcher itself; a
-    misaligned pointer, plans disabled, a launch hook (a HookChain's or a plain function) and another driver
-    each go to LaunchSite.launch (counted by patching the class), and the hook is called with metadata."""
-    out = _run(tmp_path, """
+_NEEDS_NOOP_LIBCUDA = pytest.mark.skipif(
+    not c_compiler() or torch.cuda.is_available(),
+    reason="the no-op libcuda needs a C compiler, and no GPU visible (it would stand in for its driver)")
+
+
+@pytest.mark.parametrize("launcher", ["noop", pytest.param("triton", marks=_NEEDS_NOOP_LIBCUDA)])
+def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when_it_must(tmp_path, launcher):
+    """Once warm, a site's launch is its generated function, which calls the compiled launcher itself (on
+    Triton's launcher: the fast launcher); a misaligned pointer, plans disabled, a launch hook (a HookChain's
+    or a plain function) and another driver each go to LaunchSite.launch (counted by patching the class), and
+    the hook is called with metadata. Launches are counted by the stand-in's recorder ('noop') or by the
+    no-op libcuda ('triton')."""
+    out = _run(tmp_path, f"    LAUNCHER = {launcher!r}\n" + """
     import torch
     from triton import knobs
     from triton.runtime.driver import driver
@@ -185,15 +194,22 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
     offset = torch.randn(2 * 4 * 8 * 8 + 1)[1:].view(2, 4, 8, 8)  # 4-byte aligned, not 16
     seen = []
 
-    def launch(src=x):
-        before = len(fallbacks), len(rec.launches)
-        launchers._gather(src, w, None, y, geo, transposed=False)
-        return len(fallbacks) - before[0], len(rec.launches) - before[1]  # (fallbacks, launches)
+    def launched():
+        if LAUNCHER == "noop":
+            return len(rec.launches)
+        from mgiad_kernels.standin_driver import noop_libcuda
+        return noop_libcuda().noop_launches()
 
-    with standin_cuda_driver(arch=90) as rec:
+    def launch(src=x):
+        before = len(fallbacks), launched()
+        launchers._gather(src, w, None, y, geo, transposed=False)
+        return len(fallbacks) - before[0], launched() - before[1]  # (fallbacks, launches)
+
+    with standin_cuda_driver(arch=90, launcher=LAUNCHER) as rec:
         assert launch() == (1, 1)  # cold: the class's method, which generates the warm launch
         site, = launch_plans.SITES.values()
         assert "launch" in vars(site) and fallbacks == [site]
+        assert (site.fast_plan is not None) == (LAUNCHER == "triton"), site.fast_plan
         assert launch() == (0, 1) and launch() == (0, 1)  # warm: the generated function alone
         assert launch(offset) == (1, 1) and launch(offset) == (1, 1)  # misaligned: the plan of its own
         assert launch() == (0, 1)
@@ -204,7 +220,7 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
         for chain in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
             hook = seen.append
             chain.add(hook)
-            assert launch() == (1, 1) and seen[-1] is not None and seen[-1].get()["name"] == rec.launches[-1].name
+            assert launch() == (1, 1) and seen[-1] is not None and seen[-1].get()["name"] == "conv2d_gather_kernel"
             chain.remove(hook)
             assert launch() == (0, 1)
         saved, calls = knobs.runtime.launch_enter_hook, len(seen)
@@ -215,7 +231,7 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
             knobs.runtime.launch_enter_hook = saved
         assert launch() == (0, 1)
         first = driver.active
-        driver.set_active(StandinCudaDriver(90, rec))  # another driver: the site makes a plan for it
+        driver.set_active(StandinCudaDriver(90, rec, launcher=LAUNCHER))  # another driver: the site makes a plan for it
         try:
             assert launch() == (1, 1) and launch() == (0, 1)
         finally:
@@ -287,33 +303,48 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
     assert out.startswith("ok")
 
 
-@pytest.mark.skipif(not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")),
-                    reason="the no-op libcuda needs a C compiler")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-op libcuda would stand in for this GPU's driver")
+@_NEEDS_NOOP_LIBCUDA
 def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_path):
     """Under launcher='triton' every launch goes through Triton's own CUDA launcher, linked against the no-op
-    libcuda, which keeps each launch's grid, function and kernel parameters. A grouped conv fwd+bwd with bias
-    and two training smoothing steps, launched through Triton's dispatch (plans off), then cold and warm
-    through the sites (warm: the placeholder as an address, Triton's C launch function called directly), must
-    reach the driver with the same grids, functions, scalars and pointers (the placeholder's address at the
-    same positions, the inputs' own addresses, the others' alignment)."""
+    libcuda, which keeps each launch's grid, block, shared memory, attributes, stream, function and kernel
+    parameters. A grouped conv fwd+bwd with bias and two training smoothing steps, launched through Triton's
+    dispatch (plans off), then cold and warm through the sites (warm: the fast launcher on each site's packed
+    plan), then cold and warm again with no fast launcher (the placeholder as an address, Triton's C launch
+    function called directly), must reach the driver with the same launches: grids, blocks, functions,
+    scalars and pointers (the placeholder's address at the same positions, the inputs' own addresses, the
+    others' alignment)."""
     out = _run(tmp_path, _CONV_AND_STEPS + """
+    from mgiad_kernels import fast_launch
     from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
 
-    runs = []
+    def launches(plans=True):
+        launch_plans.set_enabled(plans)
+        start = noop_libcuda().noop_launches()
+        work()
+        return driver_launches(start)
+
     with triton_on_cpu(launcher="triton") as rec:
-        launch_plans.set_enabled(False)
-        work()  # compiles and loads every kernel
+        launches(plans=False)  # compiles and loads every kernel
         for kernel in list(_KERNELS):
             describe_to_driver(kernel)
-        for plans in (False, True, True):
-            launch_plans.set_enabled(plans)
-            start = noop_libcuda().noop_launches()
-            work()
-            runs.append(driver_launches(start))
+        runs = [launches(plans=False), launches(), launches()]
+        fast = [site for site in launch_plans.SITES.values() if site.fast_plan is not None]
+        assert fast and all("fast_launch" in site.launch.__code__.co_names for site in fast), \
+            "no warm site calls the fast launcher"
+        forward, = launchers._FORWARD_SITES.values()  # conv2d_forward's: allocation and launch generated
+        assert forward.__name__ == "conv2d_forward_call" and "fast_launch" in forward.__code__.co_names
+        launch_plans.clear()
+        launch_plans.fast_launcher, saved = (lambda: None), launch_plans.fast_launcher
+        try:
+            runs += [launches(), launches()]
+            direct = [site for site in launch_plans.SITES.values() if "launch_c" in site.launch.__code__.co_names]
+            assert direct and not any(site.fast_plan for site in launch_plans.SITES.values()), \
+                "no warm site calls Triton's C launch function"
+            forward, = launchers._FORWARD_SITES.values()
+            assert forward.__name__ == "conv2d_forward_call" and "launch_c" in forward.__code__.co_names
+        finally:
+            launch_plans.fast_launcher = saved
         launch_plans.set_enabled(True)
-        direct = [site for site in launch_plans.SITES.values() if "launch_c" in site.launch.__code__.co_names]
-        assert direct, "no warm site calls Triton's C launch function"
         assert not rec.launches  # Triton's launcher records nothing
 
     kinds = {k.function: [t for t in k.src.signature.values() if t != "constexpr"] + ["*", "*"] for k in _KERNELS}
@@ -321,17 +352,56 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
     inputs = {t.data_ptr(): name for name, t in dict(x=x, w=w, b=b, u=u, f=f).items()}
 
     def normalized(launch):
-        grid, function, params = launch
-        assert params is not None
-        return grid, function, tuple(
+        assert launch.params is not None
+        return launch._replace(params=tuple(
             ("placeholder" if p == placeholder else "null" if p == 0 else inputs.get(p, p % 16)) if t[0] == "*"
-            else p for t, p in zip(kinds[function], params))
+            else p for t, p in zip(kinds[launch.function], launch.params)))
 
-    reference, cold, warm = ([normalized(launch) for launch in run] for run in runs)
-    assert len(reference) == len(cold) == len(warm) >= 15
-    for i, (a, c, d) in enumerate(zip(reference, cold, warm)):
-        assert a == c == d, (i, a, c, d)
-    assert any("placeholder" in params for _, _, params in reference)
+    reference, *others = ([normalized(launch) for launch in run] for run in runs)
+    assert len(reference) >= 15 and all(len(other) == len(reference) for other in others)
+    for i, launch in enumerate(reference):
+        assert all(other[i] == launch for other in others), (i, launch, [other[i] for other in others])
+    assert any("placeholder" in launch.params for launch in reference)
     print("ok", len(reference))
+    """, autotune="0")
+    assert out.startswith("ok")
+
+
+@_NEEDS_NOOP_LIBCUDA
+def test_the_fast_launcher_refuses_bad_calls_and_declines_what_triton_must_launch(tmp_path):
+    """The fast launcher's C function, bound to the no-op libcuda: a plan launches with the given tensors'
+    addresses written in (kept by the driver); a wrong tensor count or a plan that is not bytes is a
+    TypeError naming what it takes; a tensor not 16-byte aligned is declined (False), an empty grid
+    launches nothing (True), both with no driver call."""
+    out = _run(tmp_path, """
+    import types
+    import pytest
+    import torch
+    from mgiad_kernels import fast_launch
+    from mgiad_kernels.standin_driver import driver_launches, noop_libcuda
+
+    lib = noop_libcuda()
+    launch = fast_launch.launcher()
+    assert launch is not None
+    kernel = types.SimpleNamespace(function=4096, src=types.SimpleNamespace(signature={"a": "*fp32", "n": "i32"}),
+                                   metadata=types.SimpleNamespace(num_warps=2, num_ctas=1, shared=64,
+                                                                  launch_cooperative_grid=False, launch_pdl=False))
+    lib.noop_describe(4096, bytes([8, 4, 8, 8]), 4)
+    a = torch.zeros(8)
+    plan = fast_launch.make_plan(kernel, (5, 1, 1), (None, 77), (0,))
+    start = lib.noop_launches()
+    assert launch(plan, 9, a) is True
+    (grid, block, shared, attributes, stream, function, params), = driver_launches(start)
+    assert (grid, block, shared, attributes, stream, function) == ((5, 1, 1), (64, 1, 1), 64, 0, 9, 4096)
+    assert params == (a.data_ptr(), 77, 0, 0)
+    with pytest.raises(TypeError, match="the plan launches on 1 tensors, got 2"):
+        launch(plan, 0, a, a)
+    with pytest.raises(TypeError, match="plan: bytes"):
+        launch(bytearray(plan), 0, a)
+    misaligned = torch.zeros(9)[1:]
+    assert launch(plan, 0, misaligned) is False
+    assert launch(fast_launch.make_plan(kernel, (0, 1, 1), (None, 77), (0,)), 0, a) is True
+    assert lib.noop_launches() == start + 1  # neither reached the driver
+    print("ok")
     """, autotune="0")
     assert out.startswith("ok")
