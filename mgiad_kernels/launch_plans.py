@@ -146,7 +146,7 @@ class LaunchSite:
             # the placeholder is passed as its address, and kept: the address stays its own
             self.placeholder, self.placeholder_address = placeholder, None if placeholder is None else \
                 placeholder.data_ptr()
-            self.fast_plan = _fast_plan(self, plan, placeholder)
+            self.fast_plan = _fast_plan(self, plan)
             self.launch = warm_function(self, "pointers, placeholder=None",
                                         [f"pointers[{i}]" for i in range(self.n_pointers)],
                                         fallback="pointers, placeholder")
@@ -250,14 +250,14 @@ def launcher_call(site: LaunchSite, pointers: tuple) -> Callable[[], None]:
     return scope["call"]
 
 
-def _fast_plan(site: LaunchSite, plan: tuple, placeholder) -> bytes | None:
+def _fast_plan(site: LaunchSite, plan: tuple) -> bytes | None:
     """The fast launcher's plan of ``site``'s aligned ``plan`` (fast_launch.make_plan), or None where its
     warm launch calls the compiled kernel's launcher: a launcher other than Triton's CudaLauncher with no
     scratch (``_direct_launch``), no fast launcher built, or a launch the plan cannot carry."""
     run, kernel = plan[1], plan[4]
     if _direct_launch(run) is None or fast_launcher() is None:
         return None
-    address = None if placeholder is None else placeholder.data_ptr()
+    address = site.placeholder_address
     values = tuple(None if i in site.checked else address for i in range(site.n_pointers)) + site.args_tail
     return make_plan(kernel, site.grid, values, site.checked)
 
@@ -312,9 +312,8 @@ def warm_function(site: LaunchSite, parameters: str, pointers: Sequence[str], be
                      placeholder_address=site.placeholder_address)
     source = f"def {name}({parameters}):\n{before}{launch}    return {result}\n"
     # the site by weak reference: the site holds its own warm launch, which would otherwise hold the site
-    scope.update(enter=enter, leave=leave)
-    scope.update(runtime=runtime, driver=driver, active=active, state=_STATE, LaunchSite=LaunchSite,
-                 site=weakref.ref(site), current_stream=current_stream, current_device=current_device,
+    scope.update(runtime=runtime, driver=driver, active=active, state=_STATE, LaunchSite=LaunchSite, enter=enter,
+                 leave=leave, site=weakref.ref(site), current_stream=current_stream, current_device=current_device,
                  placeholder=site.placeholder)
     exec(compile(source, f"<{name} of {site.jit_fn.__name__}>", "exec"), scope)  # noqa: S102
     return scope[name]

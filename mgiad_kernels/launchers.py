@@ -385,7 +385,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     convolution into it, for conv2d_grad_input. Warm, a call is a key lookup, the output's allocation and
     the launch.
     """
-    # the geometry fixes the weight's shape and the output's; its hash is computed once (ConvGeometry)
+    # the geometry (by its site_id) fixes the weight's shape and the output's
     key = (geo.site_id, x.shape, x.stride(), weight.stride(), x.dtype, x.get_device(),
            None if bias is None else (bias.stride(0), bias.dtype),
            None if other is None else (other.stride(), other.dtype), alpha,
