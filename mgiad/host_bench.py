@@ -23,6 +23,10 @@ launch does on a GPU's host but the driver's own calls; the no-op launcher where
    Functions use (no dispatcher for plain tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
    benchmarks and wall seconds of a first forward+backward; ``--no-cold-start`` skips it.
+4. Where the step's host time goes besides the launch itself: each launcher the step calls
+   (``STEP_LAUNCHERS``), its calls and Triton launches per step and its own host microseconds per call
+   (argument checks, site keys, allocations, launches; the launchers it calls not included), medians
+   over ``--repeats`` steps, per launch and over (a). (b) is conv2d_forward timed alone.
 
 ``--device cuda`` (on a GPU) times measurement 2 and the step with CUDA tensors instead: Triton's own
 launcher and CUDA's caching allocator in (b), against aten ops that launch a kernel too, each batch
@@ -258,7 +262,11 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
         placeholder = launchers.scratch(x.device).data_ptr()  # as a warm launch passes it
         # conv2d_forward's pointers: src, weight, adjoint weight, bias, dst, other and ten more placeholders
         pointers = (x, w, placeholder, placeholder, y, *(placeholder,) * 11)
-        return {"output_allocation": lambda: x.new_empty_strided(y.shape, y.stride()),
+        # the allocation the warm call makes: torch.empty_like(x) for a same-size conv (as this one), else
+        # y's shape and strides
+        like_input = "empty_like" in call.__code__.co_names
+        return {"output_allocation": (lambda: torch.empty_like(x)) if like_input else
+                (lambda: x.new_empty_strided(y.shape, y.stride())),
                 "compiled_launcher": launch_plans.launcher_call(site, pointers)}
 
     return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
@@ -283,6 +291,68 @@ def _add_ratios(timed: dict) -> None:
         entry["ratio_to_aten_add"] = entry["median_us"] / base
 
 
+# the launchers an MGiaD step calls (mgiad_kernels.launchers), timed per call in measurement 4
+STEP_LAUNCHERS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "smoothing_step_forward",
+                  "smoothing_step_backward")
+
+
+@contextlib.contextmanager
+def timing_launchers(launches_so_far=None):
+    """Wraps each of ``STEP_LAUNCHERS`` in ``mgiad_kernels.launchers`` (callers look them up there) to keep,
+    per call, its own host seconds and, given ``launches_so_far()`` (the Triton launches made until now), its
+    own launches: a launcher's calls of another (smoothing_step_backward's conv2d_grad_weight) count for that
+    one only. Yields {name: [(seconds, launches), ...]}."""
+    from mgiad_kernels import launchers
+
+    calls = {name: [] for name in STEP_LAUNCHERS}
+    inner = []  # per open call: (seconds, launches) of the timed calls it made
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            inner.append([0.0, 0])
+            start = launches_so_far() if launches_so_far is not None else 0
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - t0
+                launched = launches_so_far() - start if launches_so_far is not None else 0
+                nested_seconds, nested_launches = inner.pop()
+                calls[name].append((seconds - nested_seconds, launched - nested_launches))
+                if inner:
+                    inner[-1][0] += seconds
+                    inner[-1][1] += launched
+        return call
+
+    saved = {name: getattr(launchers, name) for name in STEP_LAUNCHERS}
+    try:
+        for name, fn in saved.items():
+            setattr(launchers, name, timed(name, fn))
+        yield calls
+    finally:
+        for name, fn in saved.items():
+            setattr(launchers, name, fn)
+
+
+def _launcher_rows(counted: dict, timed: dict, steps: int, aten_us: float, launches_counted: bool = True) -> dict:
+    """Measurement 4 per launcher: calls and Triton launches per step (from ``counted``, one step;
+    ``launches_counted`` False: launches not known, None), median own host us per call over ``steps`` timed
+    steps (``timed``), per launch, and over (a)."""
+    rows = {}
+    for name in STEP_LAUNCHERS:
+        if not timed[name]:
+            continue
+        calls = len(counted[name])
+        if len(timed[name]) != steps * calls:
+            raise RuntimeError(f"{name}: {calls} calls in the counted step, {len(timed[name])} in {steps} timed steps")
+        launches = sum(n for _, n in counted[name]) / max(calls, 1) if launches_counted else None
+        median = statistics.median(seconds for seconds, _ in timed[name]) * 1e6
+        rows[name] = {"calls_per_step": calls, "launches_per_call": launches, "median_us_per_call": median,
+                      "us_per_launch": median / launches if launches else None,
+                      "per_launch_ratio_to_aten_add": median / launches / aten_us if launches else None}
+    return rows
+
+
 def timing_launcher() -> str:
     """The stand-in's launcher for the CPU timings: 'triton' (Triton's own launcher on the no-op libcuda: a
     launch's host cost as on a GPU, less the driver's calls) where it can be built (no GPU visible, a C
@@ -297,8 +367,8 @@ def timing_launcher() -> str:
 
 
 def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
-    """Measurements 1 and 2, in this process, on the warm Triton cache: the launches counted on the stand-in's
-    recorded no-op launcher, the host times on ``launcher`` (default ``timing_launcher()``)."""
+    """Measurements 1, 2 and 4, in this process, on the warm Triton cache: the launches counted on the
+    stand-in's recorded no-op launcher, the host times on ``launcher`` (default ``timing_launcher()``)."""
     from mgiad_kernels import launchers
 
     launcher = launcher or timing_launcher()
@@ -308,6 +378,8 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
             t0 = time.perf_counter()
             step()  # warm-up: compiles (or loads from the disk cache) every kernel of the step
             log(f"warm-up step: {time.perf_counter() - t0:.1f} s, {len(rec.compiles)} kernels compiled or loaded")
+            with timing_launchers(lambda: len(rec.launches)) as counted:
+                step()  # each launcher's calls and Triton launches (measurement 4)
             start = len(rec.launches)
             with AtenLaunchCounter() as counter:
                 loss = forward()
@@ -330,6 +402,9 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
                 t0 = time.perf_counter()
                 step()
                 step_ms.append((time.perf_counter() - t0) * 1e3)
+            with timing_launchers() as per_launcher:
+                for _ in range(repeats):
+                    step()
             timed = time_interleaved(_host_calls(torch.device("cpu")), repeats)
             call, = launchers._FORWARD_SITES.values()  # the timed conv's (_small_conv_calls)
             warm_launch = "fast" if call.launch_site.fast_plan is not None else "triton"
@@ -339,6 +414,7 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
     _add_ratios(timed)
     median, p20, p80 = _quantiles(step_ms)
     return {
+        "launchers": _launcher_rows(counted, per_launcher, repeats, timed["aten_add_16"]["median_us"]),
         "launches": {"triton": n_triton, "triton_per_kernel": dict(sorted(per_kernel.items())),
                      "aten": counter.total, "aten_per_op": dict(sorted(counter.counts.items())),
                      "triton_plus_aten": n_triton + counter.total,
@@ -388,7 +464,8 @@ def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("c
         step()
         sync()
         log(f"warm-up step: {time.perf_counter() - t0:.1f} s")
-        with _counting_triton_launches() as count:
+        with _counting_triton_launches() as count, timing_launchers(
+                None if count[0] is None else lambda: count[0]) as counted:
             step()
         sync()
         host_ms, wall_ms = [], []
@@ -399,6 +476,10 @@ def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("c
             host_ms.append((time.perf_counter() - t0) * 1e3)
             sync()
             wall_ms.append((time.perf_counter() - t0) * 1e3)
+        with timing_launchers() as per_launcher:
+            for _ in range(repeats):
+                step()
+        sync()
         timed = time_interleaved(_host_calls(device), repeats, calls=CUDA_CALLS_PER_BATCH, settle=sync)
         sync()
     n_triton = count[0]
@@ -408,6 +489,8 @@ def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("c
     median, p20, p80 = _quantiles(host_ms)
     wall = _quantiles(wall_ms)
     return {"launches": {"triton": n_triton}, "host_us": timed,
+            "launchers": _launcher_rows(counted, per_launcher, repeats, timed["aten_add_16"]["median_us"],
+                                        launches_counted=n_triton is not None),
             "mgiad_step_ms": {"median": median, "p20": p20, "p80": p80, "repeats": len(host_ms)},
             "mgiad_step_wall_ms": {"median": wall[0], "p20": wall[1], "p80": wall[2], "repeats": len(wall_ms)},
             "small_conv": {"x": list(CONV_X), "weight": list(CONV_W), "groups": CONV_GROUPS, "stride": 1,
@@ -510,11 +593,29 @@ _WARM_LAUNCH_TEXT = {"fast": "the fast launcher on the site's packed plan",
 _HOST_ROWS = (("aten_add_16", "(a) torch.add, 16 floats, out="),
               ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
               ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
-              ("output_allocation", "(b1) of (b): its output's allocation alone (x.new_empty_strided)"),
+              ("output_allocation", "(b1) of (b): its output's allocation alone, as the warm call makes it"),
               ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone"),
               ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
               ("direct_call_conv2d", "(c2) ops.call_conv2d: (c) as eager autograd calls it (DirectCall)"),
               ("mgiad_step_per_triton_launch", "(d) MGiaD fwd+bwd host time / Triton launches"))
+
+
+def _launcher_table(doc: dict) -> list[str]:
+    """Measurement 4's table (lines), or none where it was not measured."""
+    if not doc.get("launchers"):
+        return []
+    lines = ["", "Where the step's host time goes (measurement 4): each launcher's own host time per call, medians "
+             "over the timed steps (a launcher's calls of another counted for that one). In a step a call runs on "
+             "caches the rest of the step has cooled, where (a) and (b) repeat one call.", "",
+             "| launcher | calls per step | Triton launches per call | own host us per call | us per launch "
+             "| per launch / (a) |", "|---|---|---|---|---|---|"]
+    for name, r in doc["launchers"].items():
+        launches = "" if r["launches_per_call"] is None else f"{r['launches_per_call']:.2f}"
+        per_launch = "" if r["us_per_launch"] is None else f"{r['us_per_launch']:.1f}"
+        ratio = "" if r["per_launch_ratio_to_aten_add"] is None else f"{r['per_launch_ratio_to_aten_add']:.1f}x"
+        lines.append(f"| {name} | {r['calls_per_step']} | {launches} | {r['median_us_per_call']:.1f} | "
+                     f"{per_launch} | {ratio} |")
+    return lines
 
 
 def markdown_cuda(doc: dict) -> str:
@@ -542,7 +643,7 @@ def markdown_cuda(doc: dict) -> str:
     counted = doc["launches"]["triton"]
     lines.append(f"| Triton launches per fwd+bwd (launch hook) | "
                  f"{'not measured (no HookChain)' if counted is None else counted} |  |  |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _launcher_table(doc)) + "\n"
 
 
 def markdown(doc: dict) -> str:
@@ -591,6 +692,7 @@ def markdown(doc: dict) -> str:
         row("cold start: first fwd+bwd, s (whole process)", f"{cold['step_s']:.1f} ({cold['process_s']:.1f})")
     else:
         row("cold start", "skipped (--no-cold-start)", "cold_start_compiles")
+    lines += _launcher_table(doc)
     counts = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
     lines += ["", "Triton launches per kernel: " + counts(launches["triton_per_kernel"]),
               "", "aten ops: " + counts(launches["aten_per_op"])]
@@ -641,6 +743,10 @@ def summary(doc: dict) -> str:
         h = host[key]
         lines.append(f"host us {key:<30} {h['median_us']:8.2f}  ({h['ratio_to_aten_add']:.2f}x aten add)")
     lines.append(f"launch / aten add target <= {t['launch_us_ratio']['limit']}x: {mark('launch_us_ratio')}")
+    if doc.get("launchers"):
+        lines.append("in the step, own host us per launch: " + ", ".join(
+            f"{name} {r['us_per_launch']:.1f} ({r['per_launch_ratio_to_aten_add']:.1f}x)"
+            for name, r in doc["launchers"].items() if r["us_per_launch"] is not None))
     cold = doc["cold_start"]
     if doc.get("device_type") == "cuda":
         lines.append("cold start: measured on the CPU run's stand-in")

@@ -399,7 +399,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
         gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
                          other_mode="none" if other is None else "add", alpha=alpha, adjoint_weight=adjoint_weight)
-    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device)))
+    like_input = y.shape == x.shape and y.stride() == x.stride()  # so x is dense as y is
+    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input))
     return y
 
 
@@ -408,10 +409,14 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 _FORWARD_POINTERS = ("x", "weight", "adjoint_weight", "bias", "y", "other") + ("unused",) * 10
 
 
-def _forward_call(key: tuple, shape, strides, gather, unused) -> Callable:
+def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool) -> Callable:
     """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
     with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
-    the key's call becomes one generated function, allocation and launch (launch_plans.warm_function)."""
+    the key's call becomes one generated function, allocation and launch (launch_plans.warm_function).
+
+    ``like_input``: y has x's shape and strides (a same-size conv, as the smoothing steps' are), x dense; the
+    warm call then allocates it as ``torch.empty_like(x)``, which gives a dense input's strides and is cheaper
+    than ``new_empty_strided``'s shape and strides parsed at each call."""
 
     def call(x, weight, bias, other, adjoint_weight):
         y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
@@ -419,10 +424,10 @@ def _forward_call(key: tuple, shape, strides, gather, unused) -> Callable:
             gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
                            unused if bias is None else bias, y, unused if other is None else other,
                            unused, unused, unused, unused, unused, unused, unused, unused, unused, unused), unused)
+            allocation = "    y = empty_like(x)\n" if like_input else "    y = x.new_empty_strided(shape, strides)\n"
             warm = launch_plans.warm_function(
-                gather, "x, weight, bias, other, adjoint_weight", _FORWARD_POINTERS,
-                "    y = x.new_empty_strided(shape, strides)\n", "y", bound=dict(shape=shape, strides=strides),
-                name="conv2d_forward_call")
+                gather, "x, weight, bias, other, adjoint_weight", _FORWARD_POINTERS, allocation, "y",
+                bound=dict(shape=shape, strides=strides, empty_like=torch.empty_like), name="conv2d_forward_call")
             if warm is not None:
                 warm.launch_site = gather  # held: the warm function refers to it weakly
                 _FORWARD_SITES[key] = warm

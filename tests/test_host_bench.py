@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from mgiad.host_bench import EXCLUDED_OPS, TARGETS, AtenLaunchCounter
+from mgiad.host_bench import EXCLUDED_OPS, STEP_LAUNCHERS, TARGETS, AtenLaunchCounter
 from mgiad_kernels.c_build import c_compiler
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +140,17 @@ def test_host_bench_writes_consistent_results(tmp_path):
     assert doc["warm_launch"] == ("fast" if buildable else "triton")
     assert ("the fast launcher on the site's packed plan" in md) == buildable
 
+    # measurement 4: each launcher's calls and launches per step add up to the step's, its time its own
+    rows = doc["launchers"]
+    assert set(rows) == set(STEP_LAUNCHERS), rows
+    assert sum(r["calls_per_step"] * r["launches_per_call"] for r in rows.values()) == pytest.approx(
+        launches["triton"]), rows  # every Triton launch of the step is one of theirs
+    for name, r in rows.items():
+        assert r["calls_per_step"] > 0 and r["launches_per_call"] >= 1 and r["median_us_per_call"] > 0, (name, r)
+        assert r["us_per_launch"] == pytest.approx(r["median_us_per_call"] / r["launches_per_call"])
+        assert r["per_launch_ratio_to_aten_add"] == pytest.approx(r["us_per_launch"] / host["aten_add_16"]["median_us"])
+        assert f"| {name} | {r['calls_per_step']} |" in md
+
 
 @pytest.mark.skipif(NO_NVIDIA_BACKEND, reason="triton has no NVIDIA backend here")
 def test_gpu_mode_counts_launches_through_the_hook_and_tables_its_times():
@@ -189,3 +200,7 @@ print(json.dumps({"doc": doc, "recorded": recorded, "generated": generated, "sit
     assert "Triton's own launcher" in md and f"| Triton launches per fwd+bwd (launch hook) | {out['recorded']} |" in md
     assert f"{host['triton_conv2d_launch']['median_us']:.2f}" in md and "wall time" in md
     assert f"Triton launches per MGiaD fwd+bwd: {out['recorded']}" in out["summary"]
+    rows = doc["launchers"]  # measurement 4, launches counted through the hook
+    assert set(rows) == set(STEP_LAUNCHERS), rows
+    assert sum(r["calls_per_step"] * r["launches_per_call"] for r in rows.values()) == pytest.approx(out["recorded"])
+    assert all(f"| {name} | {r['calls_per_step']} |" in md for name, r in rows.items())

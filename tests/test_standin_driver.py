@@ -161,6 +161,52 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
     assert out.startswith("ok")
 
 
+
+
+def test_a_warm_forward_call_allocates_its_output_as_the_cold_call_does(tmp_path):
+    """conv2d_forward's warm call is generated with its allocation: ``torch.empty_like(x)`` where y has x's
+    shape and strides, else y's shape and strides. Each input layout (dense NCHW, channels_last, a
+    same-shape input that is not dense, a channel-changing and a strided conv) must get, warm, an output of
+    the cold call's shape, strides and dtype, launched with the same arguments, and the warm call must
+    allocate as said."""
+    out = _run(tmp_path, """
+    import torch
+    from mgiad_kernels import launchers
+    from mgiad_kernels.conv_geometry import ConvGeometry
+    from mgiad_kernels.standin_driver import standin_cuda_driver
+
+    seen = []
+    def on_launch(record, args):
+        address = launchers.scratch(torch.device("cpu")).data_ptr()  # a warm launch passes the placeholder so
+        seen.append((record.grid, tuple("placeholder" if type(a) is int and a == address or torch.is_tensor(a)
+                                        and a.data_ptr() == address else (a.shape, a.stride(), a.dtype)
+                                        if torch.is_tensor(a) else a for a in args)))
+    base = torch.randn(2, 4, 8, 8)
+    cases = {  # name: (x, weight, stride, the warm call's allocation)
+        "nchw": (base, torch.randn(4, 2, 3, 3), 1, "empty_like"),
+        "channels_last": (base.to(memory_format=torch.channels_last), torch.randn(4, 2, 3, 3), 1, "empty_like"),
+        "not_dense": (torch.randn(2, 4, 8, 12)[..., :8], torch.randn(4, 2, 3, 3), 1, "new_empty_strided"),
+        "channel_multiplier": (base, torch.randn(8, 2, 3, 3), 1, "new_empty_strided"),
+        "stride_2": (base.to(memory_format=torch.channels_last), torch.randn(4, 2, 3, 3), 2, "new_empty_strided"),
+    }
+    with standin_cuda_driver(arch=90, on_launch=on_launch):
+        for name, (x, w, stride, allocation) in cases.items():
+            geo = ConvGeometry.of(x.shape, w.shape, (stride, stride), (1, 1, 1, 1), (1, 1), 2)
+            start = len(seen)
+            outputs = [launchers.conv2d_forward(x, w, None, None, 1.0, geo) for _ in range(3)]  # cold, then warm
+            call = launchers._FORWARD_SITES[next(reversed(launchers._FORWARD_SITES))]
+            assert call.__name__ == "conv2d_forward_call" and allocation in call.__code__.co_names, (name, call)
+            first = outputs[0]
+            for y in outputs[1:]:
+                assert (y.shape, y.stride(), y.dtype) == (first.shape, first.stride(), first.dtype), name
+            assert seen[start] == seen[start + 1] == seen[start + 2], name
+            reference = torch.nn.functional.conv2d(x, w, stride=stride, padding=1, groups=2)
+            assert first.shape == reference.shape and first.is_contiguous(
+                memory_format=torch.channels_last if name in ("channels_last", "stride_2") else
+                torch.contiguous_format), name
+    print("ok")
+    """, autotune="0")
+    assert out.startswith("ok")
 _NEEDS_NOOP_LIBCUDA = pytest.mark.skipif(
     not c_compiler() or torch.cuda.is_available(),
     reason="the no-op libcuda needs a C compiler, and no GPU visible (it would stand in for its driver)")
