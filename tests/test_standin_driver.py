@@ -177,7 +177,7 @@ def test_a_warm_forward_call_allocates_its_output_as_the_cold_call_does(tmp_path
 
     seen = []
     def on_launch(record, args):
-        address = launchers.scratch(torch.device("cpu")).data_ptr()  # a warm launch passes the placeholder so
+        address = launchers.scratch(torch.device("cpu")).data_ptr()  # warm: the placeholder as its address
         seen.append((record.grid, tuple("placeholder" if type(a) is int and a == address or torch.is_tensor(a)
                                         and a.data_ptr() == address else (a.shape, a.stride(), a.dtype)
                                         if torch.is_tensor(a) else a for a in args)))
