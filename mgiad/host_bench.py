@@ -15,10 +15,12 @@ launch does on a GPU's host but the driver's own calls; the no-op launcher where
 2. Host microseconds per call, medians over ``--repeats`` batches of 1000 calls, the batches of
    (a)-(c) interleaved: (a) ``torch.add(a, b, out=c)`` on 16 floats, (a2) ``torch.add(a, b)``, which
    allocates its output as a conv does, (b) one Triton launch (``launchers.conv2d_forward`` of a small
-   grouped conv), with the two parts of it that are not the package's Python timed alone: (b1) the
-   output's allocation and (b2) the launcher call the warm launch makes (the package's fast launcher,
-   ``mgiad_kernels.fast_launch``, on the site's packed plan; Triton's C launch function where the fast
-   launcher is not built), (c) the same conv through the custom op
+   grouped conv), with parts of it timed alone: (b1) the C++ dispatch's call where it serves the warm
+   call (``mgiad_kernels.forward_dispatch``: key, allocation and launch; ``warm_call`` 'c++'), else the
+   output's allocation as the generated Python call makes it ('python'), and (b2) the launcher call the
+   warm launch makes (the package's fast launcher, ``mgiad_kernels.fast_launch``, on the site's packed
+   plan; Triton's C launch function where the fast launcher is not built), (c) the same conv through the
+   custom op
    ``torch.ops.mgiad_kernels.conv2d``, (c2) through ``ops.call_conv2d``, the entry the eager autograd
    Functions use (no dispatcher for plain tensors), and (d) the whole step's host time per Triton launch.
 3. Cold start (a subprocess, empty TRITON_CACHE_DIR, autotuning off): compiles, autotune
@@ -239,9 +241,9 @@ def time_interleaved(fns: dict, batches: int, calls: int = CALLS_PER_BATCH, sett
 def _small_conv_calls(device: torch.device = torch.device("cpu")):
     """(launch, custom op, direct call, parts): the same small grouped conv as one Triton launch, through the
     custom op and through ``ops.call_conv2d``, the geometry built as ``mgiad_kernels.ops`` builds it;
-    ``parts()`` (after a warm launch) gives the two pieces of a warm launch that are not the package's own
-    Python, to time alone: the output's allocation and the call of the compiled kernel's launcher as the
-    warm launch makes it."""
+    ``parts()`` (after a warm launch) gives the pieces of a warm launch to time alone: the call of the compiled
+    kernel's launcher as the warm launch makes it, and the C++ dispatch's call where it serves the warm call
+    (forward_dispatch), else the output's allocation as the generated Python call makes it."""
     from mgiad_kernels import launchers, ops
     from mgiad_kernels.ops import conv_geometry
 
@@ -252,22 +254,26 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
     op = torch.ops.mgiad_kernels.conv2d
 
     def parts():
-        from mgiad_kernels import launch_plans
+        from mgiad_kernels import forward_dispatch, launch_plans
 
-        launchers._FORWARD_SITES.clear()  # then this conv's key is the only one
-        for _ in range(2):  # its call made, then generated (allocation and launch)
+        launch_plans.clear()  # then this conv's key is the only one
+        for _ in range(3):  # its call made, then generated (and registered with the C++ dispatch), then warm
             y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
         call, = launchers._FORWARD_SITES.values()
         site = call.launch_site
         placeholder = launchers.scratch(x.device).data_ptr()  # as a warm launch passes it
         # conv2d_forward's pointers: src, weight, adjoint weight, bias, dst, other and ten more placeholders
         pointers = (x, w, placeholder, placeholder, y, *(placeholder,) * 11)
-        # the allocation the warm call makes: torch.empty_like(x) for a same-size conv (as this one), else
-        # y's shape and strides
-        like_input = "empty_like" in call.__code__.co_names
-        return {"output_allocation": (lambda: torch.empty_like(x)) if like_input else
-                (lambda: x.new_empty_strided(y.shape, y.stride())),
-                "compiled_launcher": launch_plans.launcher_call(site, pointers)}
+        timed = {"compiled_launcher": launch_plans.launcher_call(site, pointers)}
+        extension = forward_dispatch.module() if site.fast_plan is not None else None
+        if extension is not None and extension.size():  # the warm call is the C++ dispatch's
+            timed["cxx_dispatch"] = lambda: extension.call(x, w, None, None, None, geo.site_id, 1.0)
+        else:  # the generated Python call's allocation: torch.empty_like(x) for a same-size conv (as this
+            # one), else y's shape and strides
+            like_input = "empty_like" in call.__code__.co_names
+            timed["output_allocation"] = (lambda: torch.empty_like(x)) if like_input else \
+                (lambda: x.new_empty_strided(y.shape, y.stride()))
+        return timed
 
     return (lambda: launchers.conv2d_forward(x, w, None, None, 1.0, geo),
             lambda: op(x, w, None, None, 1.0, stride, padding, dilation, CONV_GROUPS),
@@ -408,6 +414,7 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
             timed = time_interleaved(_host_calls(torch.device("cpu")), repeats)
             call, = launchers._FORWARD_SITES.values()  # the timed conv's (_small_conv_calls)
             warm_launch = "fast" if call.launch_site.fast_plan is not None else "triton"
+            warm_call = "c++" if "cxx_dispatch" in timed else "python"
 
     n_triton = len(launched)
     timed["mgiad_step_per_triton_launch"] = _stats(step_ms, 1e3 / max(n_triton, 1))
@@ -426,6 +433,7 @@ def measure_warm(repeats: int, log=print, launcher: str | None = None) -> dict:
                        "kernels_launched": sorted(conv_launches)},
         "launcher": launcher,
         "warm_launch": warm_launch,
+        "warm_call": warm_call,
     }
 
 
@@ -482,6 +490,7 @@ def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("c
         sync()
         timed = time_interleaved(_host_calls(device), repeats, calls=CUDA_CALLS_PER_BATCH, settle=sync)
         sync()
+    warm_call = "c++" if "cxx_dispatch" in timed else "python"
     n_triton = count[0]
     if n_triton:
         timed["mgiad_step_per_triton_launch"] = _stats(host_ms, 1e3 / n_triton)
@@ -494,7 +503,8 @@ def measure_cuda(repeats: int, log=print, device: torch.device = torch.device("c
             "mgiad_step_ms": {"median": median, "p20": p20, "p80": p80, "repeats": len(host_ms)},
             "mgiad_step_wall_ms": {"median": wall[0], "p20": wall[1], "p80": wall[2], "repeats": len(wall_ms)},
             "small_conv": {"x": list(CONV_X), "weight": list(CONV_W), "groups": CONV_GROUPS, "stride": 1,
-                           "padding": 1}}
+                           "padding": 1},
+            "warm_call": warm_call}
 
 
 # ---- cold start ---------------------------------------------------------------------------------------------------
@@ -593,6 +603,7 @@ _WARM_LAUNCH_TEXT = {"fast": "the fast launcher on the site's packed plan",
 _HOST_ROWS = (("aten_add_16", "(a) torch.add, 16 floats, out="),
               ("aten_add_16_allocating", "(a2) torch.add, 16 floats, allocating its output"),
               ("triton_conv2d_launch", "(b) one Triton launch (launchers.conv2d_forward)"),
+              ("cxx_dispatch", "(b1) of (b): the C++ dispatch's call alone (key, allocation and launch)"),
               ("output_allocation", "(b1) of (b): its output's allocation alone, as the warm call makes it"),
               ("compiled_launcher", "(b2) of (b): the compiled launcher's call alone"),
               ("custom_op_conv2d", "(c) torch.ops.mgiad_kernels.conv2d"),
@@ -673,6 +684,8 @@ def markdown(doc: dict) -> str:
         "aten_launches")
     row("Triton + aten per fwd+bwd", launches["triton_plus_aten"], "triton_plus_aten_launches")
     for key, label in _HOST_ROWS:
+        if key not in host:
+            continue
         h = host[key]
         if key == "compiled_launcher":
             label += f" ({_WARM_LAUNCH_TEXT[doc.get('warm_launch', 'triton')]})" if doc.get("launcher") == "triton" \
@@ -681,9 +694,13 @@ def markdown(doc: dict) -> str:
         if key == "triton_conv2d_launch":  # and against the aten op that allocates its output, as (b) does
             value += f", {h['median_us'] / host['aten_add_16_allocating']['median_us']:.2f}x (a2)"
         row(f"{label}, us", value, "launch_us_ratio" if key == "triton_conv2d_launch" else None)
-    own = host["triton_conv2d_launch"]["median_us"] - host["output_allocation"]["median_us"] \
-        - host["compiled_launcher"]["median_us"]
-    row("(b) - (b1) - (b2): the package's own Python per warm launch, us", f"{own:.2f}")
+    if "cxx_dispatch" in host:
+        own = host["triton_conv2d_launch"]["median_us"] - host["cxx_dispatch"]["median_us"]
+        row("(b) - (b1): the package's own Python around the C++ dispatch per warm launch, us", f"{own:.2f}")
+    else:
+        own = host["triton_conv2d_launch"]["median_us"] - host["output_allocation"]["median_us"] \
+            - host["compiled_launcher"]["median_us"]
+        row("(b) - (b1) - (b2): the package's own Python per warm launch, us", f"{own:.2f}")
     s = doc["mgiad_step_ms"]
     row("MGiaD fwd+bwd host time, ms", f"{s['median']:.1f} ({s['p20']:.1f}-{s['p80']:.1f})")
     if cold:

@@ -11,7 +11,9 @@ current on the thread (Triton's launcher then makes one), and the caller launche
 
 Built from ``_SOURCE`` on first use with the C compiler Triton's own launchers need, against Triton's
 ``cuda.h``; it finds the driver's functions in the ``libcuda.so.1`` already loaded (by Triton). Where it
-cannot be built or bound, ``launcher()`` is None and warm launches call Triton's C launch function.
+cannot be built or bound, ``launcher()`` is None and warm launches call Triton's C launch function. Its C
+function, ``launch_plan``, is exported as a PyCapsule (``launch_plan_capsule``) for the C++ dispatch of
+warm conv forwards (forward_dispatch).
 """
 from __future__ import annotations
 
@@ -60,48 +62,31 @@ typedef struct {
   uint32_t n_parameters, n_tensors, parameters_start, parameters_bytes, padding;
 } PlanHeader;
 
-static int address_of(PyObject *tensor, uint64_t *address) {
-  PyObject *value = PyLong_CheckExact(tensor) ? (Py_INCREF(tensor), tensor)
-                                              : PyObject_CallMethodNoArgs(tensor, data_ptr_name);
-  if (value == NULL) return -1;
-  *address = PyLong_AsUnsignedLongLong(value);
-  Py_DECREF(value);
-  return (*address == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-/* launch(plan, stream, *tensors) -> True (launched, or an empty grid), False (launched nothing: a tensor
-   not 16-byte aligned, or no current context) */
-static PyObject *launch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* Launch ``plan`` on ``stream`` with the tensors' ``addresses`` written in: 1 launched (or an empty grid),
+   0 launched nothing (an address not 16-byte aligned, or no current context), -1 an error (set). Exported
+   to other extensions as the capsule ``launch_plan`` (forward_dispatch's warm conv forward calls it). */
+static int launch_plan(const char *plan, uint64_t stream, const uint64_t *addresses, uint32_t n_addresses) {
   if (launch_kernel_ex == NULL) {
     PyErr_SetString(PyExc_RuntimeError, "mgiad_fast_launch: bind() the driver's functions first");
-    return NULL;
+    return -1;
   }
-  if (nargs < 2 || !PyBytes_CheckExact(args[0])) {
-    PyErr_SetString(PyExc_TypeError, "launch(plan: bytes, stream: int, *tensors)");
-    return NULL;
-  }
-  const char *plan = PyBytes_AS_STRING(args[0]);
   PlanHeader header;
   memcpy(&header, plan, sizeof header);
-  if ((uint64_t)(nargs - 2) != header.n_tensors) {
-    PyErr_Format(PyExc_TypeError, "the plan launches on %u tensors, got %zd", header.n_tensors, nargs - 2);
-    return NULL;
+  if (n_addresses != header.n_tensors) {
+    PyErr_Format(PyExc_TypeError, "the plan launches on %u tensors, got %u", header.n_tensors, n_addresses);
+    return -1;
   }
-  uint64_t stream = PyLong_AsUnsignedLongLong(args[1]);
-  if (stream == (uint64_t)-1 && PyErr_Occurred()) return NULL;
   const uint32_t *parameter_offsets = (const uint32_t *)(plan + sizeof header);
   const uint32_t *tensor_offsets = parameter_offsets + header.n_parameters;
   uint64_t storage[MAX_PARAMETER_BYTES / 8];
   memcpy(storage, plan + header.parameters_start, header.parameters_bytes);
   for (uint32_t i = 0; i < header.n_tensors; i++) {
-    uint64_t address;
-    if (address_of(args[2 + i], &address)) return NULL;
-    if (address & 15) Py_RETURN_FALSE;
-    memcpy((char *)storage + tensor_offsets[i], &address, sizeof address);
+    if (addresses[i] & 15) return 0;
+    memcpy((char *)storage + tensor_offsets[i], &addresses[i], sizeof addresses[i]);
   }
-  if ((uint64_t)header.grid_x * header.grid_y * header.grid_z == 0) Py_RETURN_TRUE;
+  if ((uint64_t)header.grid_x * header.grid_y * header.grid_z == 0) return 1;
   CUcontext context = NULL;
-  if (ctx_get_current(&context) != CUDA_SUCCESS || context == NULL) Py_RETURN_FALSE;
+  if (ctx_get_current(&context) != CUDA_SUCCESS || context == NULL) return 0;
   void *params[MAX_PARAMETERS];
   for (uint32_t j = 0; j < header.n_parameters; j++) params[j] = (char *)storage + parameter_offsets[j];
   CUlaunchConfig config;
@@ -119,9 +104,39 @@ static PyObject *launch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (get_error_string == NULL || get_error_string(status, &text) != CUDA_SUCCESS || text == NULL)
       text = "unknown error";
     PyErr_Format(PyExc_RuntimeError, "Triton Error [CUDA]: %s", text);
+    return -1;
+  }
+  return 1;
+}
+
+static int address_of(PyObject *tensor, uint64_t *address) {
+  PyObject *value = PyLong_CheckExact(tensor) ? (Py_INCREF(tensor), tensor)
+                                              : PyObject_CallMethodNoArgs(tensor, data_ptr_name);
+  if (value == NULL) return -1;
+  *address = PyLong_AsUnsignedLongLong(value);
+  Py_DECREF(value);
+  return (*address == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* launch(plan, stream, *tensors) -> True (launched, or an empty grid), False (launched nothing: a tensor
+   not 16-byte aligned, or no current context) */
+static PyObject *launch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs < 2 || !PyBytes_CheckExact(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "launch(plan: bytes, stream: int, *tensors)");
     return NULL;
   }
-  Py_RETURN_TRUE;
+  if (nargs - 2 > MAX_PARAMETERS) {
+    PyErr_Format(PyExc_TypeError, "launch takes at most %d tensors, got %zd", MAX_PARAMETERS, nargs - 2);
+    return NULL;
+  }
+  uint64_t stream = PyLong_AsUnsignedLongLong(args[1]);
+  if (stream == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+  uint64_t addresses[MAX_PARAMETERS];
+  for (Py_ssize_t i = 2; i < nargs; i++)
+    if (address_of(args[i], &addresses[i - 2])) return NULL;
+  int launched = launch_plan(PyBytes_AS_STRING(args[0]), stream, addresses, (uint32_t)(nargs - 2));
+  if (launched < 0) return NULL;
+  return PyBool_FromLong(launched);
 }
 
 /* bind(cuLaunchKernelEx, cuCtxGetCurrent, cuGetErrorString): the driver's functions, as addresses */
@@ -149,15 +164,23 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "mgiad_fast_launch", 
 PyMODINIT_FUNC PyInit_mgiad_fast_launch(void) {
   data_ptr_name = PyUnicode_InternFromString("data_ptr");
   if (data_ptr_name == NULL) return NULL;
-  return PyModule_Create(&module);
+  PyObject *created = PyModule_Create(&module);
+  if (created == NULL) return NULL;
+  PyObject *capsule = PyCapsule_New((void *)launch_plan, "mgiad_fast_launch.launch_plan", NULL);
+  if (capsule == NULL || PyModule_AddObject(created, "launch_plan", capsule)) {
+    Py_XDECREF(capsule);
+    Py_DECREF(created);
+    return NULL;
+  }
+  return created;
 }
 """
 
 
 @functools.lru_cache(maxsize=None)
-def launcher():
-    """The built module's ``launch`` bound to the loaded libcuda.so.1, or None (with a warning, once) where
-    it cannot be built or no libcuda.so.1 is loaded yet (warm launches then call Triton's launcher)."""
+def _module():
+    """The built module, bound to the loaded libcuda.so.1, or None (with a warning, once) where it cannot be
+    built or no libcuda.so.1 is loaded yet."""
     import triton
 
     include = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "include")
@@ -168,14 +191,29 @@ def launcher():
         libcuda = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_NOW)
     except (OSError, RuntimeError) as error:
         warnings.warn(f"mgiad_kernels: warm launches call Triton's launcher (the fast launcher is off: {error})",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=3)
         return None
     spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     address = lambda name: ctypes.cast(getattr(libcuda, name), ctypes.c_void_p).value  # noqa: E731
     module.bind(address("cuLaunchKernelEx"), address("cuCtxGetCurrent"), address("cuGetErrorString"))
-    return module.launch
+    return module
+
+
+def launcher():
+    """The fast launcher, ``launch(plan, stream, *tensors) -> bool``, or None where it cannot be built or no
+    libcuda.so.1 is loaded yet (warm launches then call Triton's launcher)."""
+    module = _module()
+    return None if module is None else module.launch
+
+
+def launch_plan_capsule():
+    """The fast launcher's C function ``int launch_plan(const char *plan, uint64_t stream, const uint64_t
+    *addresses, uint32_t n)`` as a PyCapsule named ``mgiad_fast_launch.launch_plan``, for other extensions
+    (forward_dispatch), or None where the fast launcher is off."""
+    module = _module()
+    return None if module is None else module.launch_plan
 
 
 # how each scalar type of a Triton signature is packed (struct format); every parameter gets an 8-byte slot,

@@ -56,6 +56,11 @@ class SiteCache(dict):
 SITES = SiteCache()  # site key -> LaunchSite
 
 
+def forget_on_clear(cache) -> None:
+    """Have ``clear()`` call ``cache.clear()`` too (a cache holding plans that is not a SiteCache)."""
+    _CACHES.append(cache)
+
+
 def clear() -> None:
     """Forget every site and plan (the compiled kernels stay in Triton's own caches)."""
     for cache in _CACHES:

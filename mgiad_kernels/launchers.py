@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import launch_plans
+from . import forward_dispatch, launch_plans
 from ._triton_support import parallel_programs_wanted
 from .conv_geometry import ConvGeometry
 
@@ -376,15 +376,27 @@ _FORWARD_SITES = launch_plans.SiteCache()  # conv2d_forward's key (the device by
 #                                            cheaper than x.device) -> its call (_forward_call)
 
 
+def _not_dispatched(x, weight, bias, other, adjoint_weight, site_id, alpha):
+    """conv2d_forward's C++ dispatch before any warm call registered with it: serves nothing."""
+    return None
+
+
+# forward_dispatch's C++ call (y, or None where it does not serve the call) once a warm call registered
+_DISPATCH = {"call": _not_dispatched}
+
+
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
                    alpha: float, geo: ConvGeometry, adjoint_weight: torch.Tensor | None = None) -> torch.Tensor:
     """y = other + alpha * (conv2d(x, weight) + bias) in one launch (``other`` None: no sum).
 
     F.conv2d's semantics; the sum is the FAS residual and correction (MGiaD eq. 6-7, Alg. 2).
     ``adjoint_weight`` (empty_adjoint_weight): the launch also writes the weight of grad input's
-    convolution into it, for conv2d_grad_input. Warm, a call is a key lookup, the output's allocation and
-    the launch.
+    convolution into it, for conv2d_grad_input. Warm, a call is one call of the C++ dispatch
+    (forward_dispatch: key, allocation and launch), else a key lookup, the output's allocation and the launch.
     """
+    y = _DISPATCH["call"](x, weight, bias, other, adjoint_weight, geo.site_id, alpha)
+    if y is not None:
+        return y
     # the geometry (by its site_id) fixes the weight's shape and the output's
     key = (geo.site_id, x.shape, x.stride(), weight.stride(), x.dtype, x.get_device(),
            None if bias is None else (bias.stride(0), bias.dtype),
@@ -400,7 +412,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
                          other_mode="none" if other is None else "add", alpha=alpha, adjoint_weight=adjoint_weight)
     like_input = y.shape == x.shape and y.stride() == x.stride()  # so x is dense as y is
-    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input))
+    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input,
+                                          (geo.site_id, alpha)))
     return y
 
 
@@ -409,10 +422,12 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 _FORWARD_POINTERS = ("x", "weight", "adjoint_weight", "bias", "y", "other") + ("unused",) * 10
 
 
-def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool) -> Callable:
+def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, site: tuple) -> Callable:
     """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
     with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
-    the key's call becomes one generated function, allocation and launch (launch_plans.warm_function).
+    the key's call becomes one generated function, allocation and launch (launch_plans.warm_function), and
+    where the launch has a fast plan, the key is registered with the C++ dispatch (forward_dispatch, with
+    ``site``: conv2d_forward's site_id and alpha), which then serves the calls before any Python key is made.
 
     ``like_input``: y has x's shape and strides (a same-size conv, as the smoothing steps' are), x dense; the
     warm call then allocates it as ``torch.empty_like(x)``, which gives a dense input's strides and is cheaper
@@ -431,6 +446,9 @@ def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool) 
             if warm is not None:
                 warm.launch_site = gather  # held: the warm function refers to it weakly
                 _FORWARD_SITES[key] = warm
+                if forward_dispatch.register(gather, x, weight, bias, other, adjoint_weight, *site, shape, strides,
+                                             like_input):
+                    _DISPATCH["call"] = forward_dispatch.module().call
         return y
 
     call.launch_site = gather

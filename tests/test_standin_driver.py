@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from mgiad_kernels.c_build import c_compiler
+from mgiad_kernels.c_build import c_compiler, cxx_compiler
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
                                 reason="triton has no NVIDIA backend here")
@@ -212,6 +212,9 @@ _NEEDS_NOOP_LIBCUDA = pytest.mark.skipif(
     reason="the no-op libcuda needs a C compiler, and no GPU visible (it would stand in for its driver)")
 
 
+_NEEDS_CXX = pytest.mark.skipif(not cxx_compiler(), reason="the C++ dispatch needs a C++ compiler")
+
+
 @pytest.mark.parametrize("launcher", ["noop", pytest.param("triton", marks=_NEEDS_NOOP_LIBCUDA)])
 def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when_it_must(tmp_path, launcher):
     """Once warm, a site's launch is its generated function, which calls the compiled launcher itself (on
@@ -350,17 +353,18 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
 
 
 @_NEEDS_NOOP_LIBCUDA
+@_NEEDS_CXX
 def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_path):
     """Under launcher='triton' every launch goes through Triton's own CUDA launcher, linked against the no-op
     libcuda, which keeps each launch's grid, block, shared memory, attributes, stream, function and kernel
     parameters. A grouped conv fwd+bwd with bias and two training smoothing steps, launched through Triton's
     dispatch (plans off), then cold and warm through the sites (warm: the fast launcher on each site's packed
-    plan), then cold and warm again with no fast launcher (the placeholder as an address, Triton's C launch
-    function called directly), must reach the driver with the same launches: grids, blocks, functions,
+    plan, and conv2d_forward's warm calls the C++ dispatch's), then cold and warm again with no fast launcher
+    (the placeholder as an address, Triton's C launch function called directly), must reach the driver with the same launches: grids, blocks, functions,
     scalars and pointers (the placeholder's address at the same positions, the inputs' own addresses, the
     others' alignment)."""
     out = _run(tmp_path, _CONV_AND_STEPS + """
-    from mgiad_kernels import fast_launch
+    from mgiad_kernels import forward_dispatch
     from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
 
     def launches(plans=True):
@@ -373,7 +377,9 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
         launches(plans=False)  # compiles and loads every kernel
         for kernel in list(_KERNELS):
             describe_to_driver(kernel)
+        served = forward_dispatch.module().served()
         runs = [launches(plans=False), launches(), launches()]
+        assert forward_dispatch.module().served() > served, "the C++ dispatch served no warm conv forward"
         fast = [site for site in launch_plans.SITES.values() if site.fast_plan is not None]
         assert fast and all("fast_launch" in site.launch.__code__.co_names for site in fast), \
             "no warm site calls the fast launcher"
@@ -409,6 +415,132 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
         assert all(other[i] == launch for other in others), (i, launch, [other[i] for other in others])
     assert any("placeholder" in launch.params for launch in reference)
     print("ok", len(reference))
+    """, autotune="0")
+    assert out.startswith("ok")
+
+
+@_NEEDS_NOOP_LIBCUDA
+@_NEEDS_CXX
+def test_the_cxx_dispatch_launches_what_the_python_path_launches_and_declines_what_it_must(tmp_path):
+    """conv2d_forward's warm calls are served by the C++ dispatch (forward_dispatch) once registered. For each
+    argument case (bias, other with alpha, the adjoint's weight, layouts that are dense, channels_last or not
+    dense, a channel multiplier, a stride, a Parameter weight), the C++-served calls must reach the no-op
+    driver with the Python path's launches (grid, block, function, every parameter, the inputs' own
+    addresses) and return outputs of its shape, strides and dtype. Where the Python path must run, the C++
+    call declines (returns None, launches nothing): an unregistered key (tf32 toggled, another alpha, a weight
+    on another device), plans disabled, a launch hook with calls, a misaligned input, a tensor subclass with
+    Python dispatch; clear()
+    forgets every entry; bad calls raise TypeError."""
+    out = _run(tmp_path, """
+    import pytest
+    import torch
+    from triton import knobs
+    from mgiad.host_bench import triton_on_cpu
+    from mgiad_kernels import forward_dispatch, launch_plans, launchers
+    from mgiad_kernels.conv_geometry import ConvGeometry
+    from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
+
+    torch.manual_seed(0)
+    base = torch.randn(2, 4, 8, 8)
+    cl = base.to(memory_format=torch.channels_last)
+    bias, other = torch.randn(8), torch.randn(2, 8, 8, 8).to(memory_format=torch.channels_last)
+    w8 = torch.randn(8, 2, 3, 3)
+    cases = {  # name: (x, weight, bias, other, alpha, adjoint weight wanted, stride)
+        "nchw": (base, torch.randn(4, 2, 3, 3), None, None, 1.0, False, 1),
+        "channels_last_bias": (cl, w8, bias, None, 1.0, False, 1),
+        "other_alpha": (cl, w8, None, other, -0.5, False, 1),
+        "adjoint_weight": (cl, w8, bias, other, 2.0, True, 1),
+        "not_dense": (torch.randn(2, 4, 8, 12)[..., :8], torch.randn(4, 2, 3, 3), None, None, 1.0, False, 1),
+        "stride_2": (cl, torch.randn(4, 2, 3, 3), None, None, 1.0, False, 2),
+        "parameter_weight": (cl, torch.nn.Parameter(w8), None, None, 1.0, False, 1),
+    }
+    placeholder = launchers.scratch(base.device).data_ptr()
+
+    def forward(case, geo):
+        x, w, b, o, alpha, adjoint, _ = case
+        a = launchers.empty_adjoint_weight(w, geo) if adjoint else None
+        return launchers.conv2d_forward(x, w, b, o, alpha, geo, a), (x, w, b, o, a)
+
+    def normalized(launches, tensors, y):
+        names = {t.data_ptr(): n for n, t in zip(("x", "w", "b", "o", "a", "y"), (*tensors, y)) if t is not None}
+        return [l._replace(params=tuple(names.get(p, "placeholder" if p == placeholder else p) for p in l.params))
+                for l in launches]
+
+    with triton_on_cpu(launcher="triton"):
+        for name, case in cases.items():
+            x, w, stride = case[0], case[1], case[6]
+            geo = ConvGeometry.of(x.shape, w.shape, (stride, stride), (1, 1, 1, 1), (1, 1), 2)
+            forward(case, geo)  # cold: compiles and loads the kernel
+            for kernel in list(_KERNELS):
+                describe_to_driver(kernel)
+            runs = []
+            extension = forward_dispatch.module()
+            for through_cxx in (False, True, True):  # the Python path's warm call registers the key
+                if not through_cxx:
+                    launchers._DISPATCH["call"] = launchers._not_dispatched
+                served, start = extension.served(), noop_libcuda().noop_launches()
+                try:
+                    y, tensors = forward(case, geo)
+                finally:
+                    launchers._DISPATCH["call"] = extension.call
+                assert extension.served() - served == through_cxx, (name, through_cxx)
+                runs.append(((y.shape, y.stride(), y.dtype), normalized(driver_launches(start), tensors, y)))
+            assert runs[0] == runs[1] == runs[2] and len(runs[0][1]) == 1, (name, runs)
+            assert all(p != "placeholder" for p in runs[0][1][0].params[:2]), runs[0]  # x and w by address
+
+        x, w = cl, w8
+        geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+
+        def served_by_cxx(*args):
+            before = extension.served(), noop_libcuda().noop_launches()
+            y = extension.call(*args)
+            launched = noop_libcuda().noop_launches() - before[1]
+            assert (y is not None) == (extension.served() - before[0] == 1) == (launched == 1), (args, launched)
+            return y is not None
+
+        args = (x, w, None, None, None, geo.site_id, 1.0)
+        launchers.conv2d_forward(x, w, None, None, 1.0, geo)
+        assert served_by_cxx(*args)
+        assert not served_by_cxx(x, w, None, None, None, geo.site_id, 0.75)  # another alpha: not registered
+        assert served_by_cxx(x, w, None, None, None, geo.site_id, 1)  # the same alpha as an int
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = not tf32
+        try:
+            assert not served_by_cxx(*args)  # tf32 is in the key
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        launch_plans.set_enabled(False)
+        assert not served_by_cxx(*args)
+        launch_plans.set_enabled(True)
+        seen = []
+        knobs.runtime.launch_enter_hook.add(seen.append)
+        assert not served_by_cxx(*args)
+        y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)  # the Python path calls the hook
+        assert len(seen) == 1 and seen[0].get()["name"] == "conv2d_gather_kernel"
+        knobs.runtime.launch_enter_hook.remove(seen.append)
+        assert served_by_cxx(*args)
+        misaligned = torch.randn(x.numel() + 1)[1:].view(2, 8, 8, 4).permute(0, 3, 1, 2)
+        assert misaligned.stride() == x.stride() and misaligned.data_ptr() % 16
+        assert not served_by_cxx(misaligned, *args[1:])
+        assert not served_by_cxx(x, w.to("meta"), *args[2:])  # every tensor's device is in the key
+        assert not served_by_cxx(x, w, None, None, None, geo.site_id, 10 ** 400)  # no double: the Python path's
+
+        class Logged(torch.Tensor):  # a subclass with Python dispatch: its allocation is its own
+            @classmethod
+            def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        assert not served_by_cxx(x.as_subclass(Logged), *args[1:])
+        with pytest.raises(TypeError, match="got 2 arguments"):
+            extension.call(x, w)
+        with pytest.raises(TypeError, match="entry: tuple"):
+            extension.add(*args, [])
+        with pytest.raises(TypeError):
+            extension.add(*args, ("not bytes",) + (None,) * 9)
+        assert extension.size() > 0
+        launch_plans.clear()
+        assert extension.size() == 0 and not served_by_cxx(*args)
+    print("ok")
     """, autotune="0")
     assert out.startswith("ok")
 
