@@ -266,8 +266,9 @@ def _small_conv_calls(device: torch.device = torch.device("cpu")):
         pointers = (x, w, placeholder, placeholder, y, *(placeholder,) * 11)
         timed = {"compiled_launcher": launch_plans.launcher_call(site, pointers)}
         extension = forward_dispatch.module() if site.fast_plan is not None else None
-        if extension is not None and extension.size():  # the warm call is the C++ dispatch's
-            timed["cxx_dispatch"] = lambda: extension.call(x, w, None, None, None, geo.site_id, 1.0)
+        served = lambda: extension.call(x, w, None, None, None, geo.site_id, 1.0)  # noqa: E731
+        if extension is not None and served() is not None:  # the warm call is the C++ dispatch's: timed
+            timed["cxx_dispatch"] = served  # as served (it returns None, launching nothing, where it declines)
         else:  # the generated Python call's allocation: torch.empty_like(x) for a same-size conv (as this
             # one), else y's shape and strides
             like_input = "empty_like" in call.__code__.co_names

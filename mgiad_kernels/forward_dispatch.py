@@ -34,7 +34,8 @@ _ARGUMENT_OF_POINTER = (0, 1, 4, 2, 5, 3)
 
 
 def _build_flags() -> tuple[str, ...]:
-    """Compile and link flags for an extension on torch's C++ API (as torch.utils.cpp_extension sets them)."""
+    """Compile and link flags for an extension on torch's C++ API (as torch.utils.cpp_extension sets them);
+    torch's version is among them (unused by the source) so that the build's digest changes with it."""
     root = os.path.dirname(torch.__file__)
     library = os.path.join(root, "lib")
     return ("-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",

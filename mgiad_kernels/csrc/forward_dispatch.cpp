@@ -11,6 +11,7 @@
 // Python path, which holds every case this file does not.
 #include <Python.h>
 
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
 #include <torch/csrc/Exceptions.h>
@@ -91,11 +92,11 @@ struct Entry {
 std::unordered_map<Key, std::shared_ptr<Entry>, KeyHash> *table = nullptr;
 uint64_t served = 0;  // calls served (launched) since the module was loaded
 
-// The tensor held by ``object``, or nullptr where it is not one the fast path serves: not a tensor, a
-// tensor subclass with Python dispatch (its allocation and addresses are its own), or more than kMaxDims
-// dimensions.
+// The tensor held by ``object``, or nullptr where it is not one the fast path serves: not a Tensor or
+// Parameter (a subclass's allocation, through __torch_function__ or __torch_dispatch__, is its own), a
+// tensor with Python dispatch, or more than kMaxDims dimensions.
 const at::Tensor *plain_tensor(PyObject *object) {
-  if (!THPVariable_Check(object)) return nullptr;
+  if (!THPVariable_CheckExact(object)) return nullptr;
   const at::Tensor &tensor = THPVariable_Unpack(object);
   if (tensor.unsafeGetTensorImpl()->is_python_dispatch() || tensor.dim() > kMaxDims) return nullptr;
   return &tensor;
@@ -117,6 +118,7 @@ bool push_tensor(Key &key, const at::Tensor &tensor) {
 // strides, bias's stride and dtype, other's strides and dtype, adjoint_weight's strides, alpha, tf32), and
 // also every given tensor's sizes, dtype and device. 1: made, 0: not served here, -1: an error (set).
 int make_key(PyObject *const *args, Key &key, const at::Tensor **tensors) {
+  if (at::impl::torch_function_mode_enabled()) return 0;  // the mode sees the Python path's allocation
   for (int i = kX; i <= kAdjointWeight; i++) {
     tensors[i] = nullptr;
     if (args[i] == Py_None) {
@@ -227,7 +229,8 @@ PyObject *call(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
 }
 
 // add(x, weight, bias, other, adjoint_weight, site_id, alpha, entry) -> bool: registers ``entry`` for the
-// key of the call with these arguments; False where the key is not one served here or the table is full.
+// key of the call with these arguments; False where the key is not one served here, the plan takes a tensor
+// the call does not give, or the table is full (its entries stay until clear()).
 // entry: (plan: bytes, site, active driver, enter hook, exit hook, current_stream, current_device,
 //         shape: tuple or None (y = empty_like(x)), strides: tuple or None, tensors: tuple of Argument)
 PyObject *add(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
@@ -283,13 +286,8 @@ PyObject *add(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
   const at::Tensor *arguments[kArguments];
   int made = make_key(args, key, arguments);
   if (made <= 0) return made < 0 ? nullptr : Py_NewRef(Py_False);
-  for (uint32_t i = 0; i < entry->n_tensors; i++) {
-    if (entry->tensors[i] != kY && arguments[entry->tensors[i]] == nullptr) {
-      PyErr_Format(PyExc_ValueError, "add: the plan's tensor %u is argument %d, which this call does not give", i,
-                   static_cast<int>(entry->tensors[i]));
-      return nullptr;
-    }
-  }
+  for (uint32_t i = 0; i < entry->n_tensors; i++)  // a plan's tensor this call does not give: not served
+    if (entry->tensors[i] != kY && arguments[entry->tensors[i]] == nullptr) Py_RETURN_FALSE;
   (*table)[key] = std::move(entry);
   Py_RETURN_TRUE;
   END_HANDLE_TH_ERRORS
