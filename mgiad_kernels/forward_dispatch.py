@@ -33,12 +33,17 @@ _SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", 
 _ARGUMENT_OF_POINTER = (0, 1, 4, 2, 5, 3)
 
 
-def _build_flags() -> tuple[str, ...]:
+# the C++ standards tried in turn: torch's recent headers need C++20; older compilers name it c++2a, and
+# older torch headers build as C++17 too
+_STANDARDS = ("c++20", "c++2a", "c++17")
+
+
+def _build_flags(standard: str) -> tuple[str, ...]:
     """Compile and link flags for an extension on torch's C++ API (as torch.utils.cpp_extension sets them);
     torch's version is among them (unused by the source) so that the build's digest changes with it."""
     root = os.path.dirname(torch.__file__)
     library = os.path.join(root, "lib")
-    return ("-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+    return (f"-std={standard}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             f"-DMGIAD_TORCH_VERSION=\"{torch.__version__}\"", f"-I{os.path.join(root, 'include')}",
             f"-I{os.path.join(root, 'include', 'torch', 'csrc', 'api', 'include')}",
             f"-I{sysconfig.get_paths()['include']}", f"-L{library}", f"-Wl,-rpath,{library}",
@@ -57,17 +62,22 @@ def module():
     from triton.runtime import driver
 
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    try:
-        with open(_SOURCE_PATH, encoding="utf-8") as f:
-            source = f.read()
-        path = build_shared_library(source, "mgiad-forward-dispatch", _MODULE_NAME + suffix, _build_flags(),
-                                    language="c++")
-        spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
-        extension = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(extension)
-    except (OSError, RuntimeError, ImportError) as error:
-        warnings.warn(f"mgiad_kernels: warm conv forward calls take the Python path (the C++ dispatch is off: "
-                      f"{error})", RuntimeWarning, stacklevel=3)
+    errors = []
+    for standard in _STANDARDS:
+        try:
+            with open(_SOURCE_PATH, encoding="utf-8") as f:
+                source = f.read()
+            path = build_shared_library(source, "mgiad-forward-dispatch", _MODULE_NAME + suffix,
+                                        _build_flags(standard), language="c++")
+            spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
+            extension = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(extension)
+            break
+        except (OSError, RuntimeError, ImportError) as error:
+            errors.append(f"-std={standard}: {error}")
+    else:
+        warnings.warn("mgiad_kernels: warm conv forward calls take the Python path (the C++ dispatch is off: "
+                      + "\n".join(errors) + ")", RuntimeWarning, stacklevel=3)
         return None
     extension.bind(capsule, knobs.runtime, driver, "_active" if hasattr(driver, "_active") else "active",
                    launch_plans._STATE, torch._C._get_cudnn_allow_tf32)

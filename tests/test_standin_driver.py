@@ -559,6 +559,44 @@ def test_the_cxx_dispatch_launches_what_the_python_path_launches_and_declines_wh
 
 
 @_NEEDS_NOOP_LIBCUDA
+def test_without_the_cxx_dispatch_warm_conv_forwards_take_the_python_path(tmp_path):
+    """Where the extension cannot be built (its build raising, as with no C++ compiler, for every C++
+    standard tried), the first warm call warns once, naming the error, and every call is served by the
+    generated Python call, launching as it does."""
+    out = _run(tmp_path, """
+    import warnings
+    import torch
+    from mgiad.host_bench import triton_on_cpu
+    from mgiad_kernels import forward_dispatch, launchers
+    from mgiad_kernels.conv_geometry import ConvGeometry
+    from mgiad_kernels.standin_driver import noop_libcuda
+
+    tried = []
+    def no_compiler(source, name, filename, flags=(), language="c"):
+        tried.append(flags[0])
+        raise RuntimeError("building it needs a C++ compiler (g++ or c++, or $CXX)")
+    forward_dispatch.build_shared_library = no_compiler
+
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
+    geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+    with triton_on_cpu(launcher="triton"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = noop_libcuda().noop_launches()
+        ys = [launchers.conv2d_forward(x, w, None, None, 1.0, geo) for _ in range(4)]
+        assert noop_libcuda().noop_launches() - start == 4
+        call, = launchers._FORWARD_SITES.values()  # the stand-in's sites go with it
+    assert forward_dispatch.module() is None and launchers._DISPATCH["call"] is launchers._not_dispatched
+    assert tried == ["-std=c++20", "-std=c++2a", "-std=c++17"], tried
+    messages = [str(w.message) for w in caught if "C++ dispatch is off" in str(w.message)]
+    assert len(messages) == 1 and "needs a C++ compiler" in messages[0], messages
+    assert call.__name__ == "conv2d_forward_call" and "fast_launch" in call.__code__.co_names
+    assert all(y.shape == (2, 8, 8, 8) for y in ys)
+    print("ok")
+    """, autotune="0")
+    assert out.startswith("ok")
+
+
+@_NEEDS_NOOP_LIBCUDA
 def test_the_fast_launcher_refuses_bad_calls_and_declines_what_triton_must_launch(tmp_path):
     """The fast launcher's C function, bound to the no-op libcuda: a plan launches with the given tensors'
     addresses written in (kept by the driver); a wrong tensor count or a plan that is not bytes is a
