@@ -3,6 +3,7 @@
 differentiated in conv_autograd.py; the fused smoothing step's autograd is SmoothingStepFunction here."""
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import List, Optional
 
@@ -65,6 +66,30 @@ def _plain_tensors(args) -> bool:
     return True
 
 
+# the CUDA device functions the implementations run under (names of their own: tests stand them in)
+_current_cuda_device = getattr(torch._C, "_cuda_getDevice", None)
+_cuda_device = torch.cuda.device
+
+
+def _on_input_device(impl):
+    """``impl`` run with the current CUDA device set to its first argument's, as aten's CUDA kernels set it
+    with a device guard: Triton launches on the current device's context and stream, so a model on cuda:1
+    would otherwise launch on cuda:0's. Costs nothing where the device is already current."""
+
+    @functools.wraps(impl)
+    def on_input_device(*args):
+        first = args[0]
+        if not first.is_cuda:
+            return impl(*args)
+        index = first.get_device()
+        if index == _current_cuda_device():
+            return impl(*args)
+        with _cuda_device(index):
+            return impl(*args)
+
+    return on_input_device
+
+
 # ---- grouped convolution: launch primitives; conv_autograd.py differentiates them -----------------------------------
 # padding: [top, left, bottom, right]. Each op is linear in each of its two tensor inputs.
 
@@ -72,6 +97,7 @@ def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups) -> C
     return ConvGeometry.of(x_shape, weight_shape, stride, padding, dilation, groups)
 
 
+@_on_input_device
 def _conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Optional[Tensor], alpha: float,
            stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """other + alpha * (conv2d(x, weight) + bias) on the Triton kernels (``other`` None: no sum)."""
@@ -90,6 +116,7 @@ def _conv2d_fake(x, weight, bias, other, alpha, stride, padding, dilation, group
                        memory_format=launchers.conv_output_memory_format(x, weight))
 
 
+@_on_input_device
 def _conv2d_with_adjoint_weight(x: Tensor, weight: Tensor, bias: Optional[Tensor], other: Optional[Tensor],
                                 alpha: float, stride: List[int], padding: List[int], dilation: List[int],
                                 groups: int) -> tuple[Tensor, Tensor]:
@@ -112,6 +139,7 @@ def _conv2d_with_adjoint_weight_fake(x, weight, bias, other, alpha, stride, padd
             launchers.empty_adjoint_weight(weight, geo))
 
 
+@_on_input_device
 def _conv2d_grad_input(grad_y: Tensor, weight: Tensor, adjoint_weight: Optional[Tensor], x_shape: List[int],
                        stride: List[int], padding: List[int], dilation: List[int], groups: int, channels_last: bool,
                        alpha: float) -> Tensor:
@@ -132,6 +160,7 @@ def _conv2d_grad_input_fake(grad_y, weight, adjoint_weight, x_shape, stride, pad
     return torch.empty(x_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=_format(channels_last))
 
 
+@_on_input_device
 def _conv2d_grad_weight(grad_y: Tensor, x: Tensor, weight_shape: List[int], stride: List[int],
                        padding: List[int], dilation: List[int], groups: int, weight_channels_last: bool,
                        with_bias: bool, alpha: float) -> tuple[Tensor, Tensor]:
@@ -175,6 +204,7 @@ def _activation_fake(u: Tensor, weight_a: Tensor) -> Tensor:
                        memory_format=launchers.conv_output_memory_format(u, weight_a))
 
 
+@_on_input_device
 def _smoothing_step(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
                    bias_b: Optional[Tensor], bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                    bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,
@@ -228,6 +258,7 @@ def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, b
             *adjoints)
 
 
+@_on_input_device
 def _smoothing_step_backward(grad_out: Tensor, u: Tensor, weight_a: Tensor, weight_b: Tensor, r: Tensor, s: Tensor,
                             t: Tensor, adjoint_a: Tensor, adjoint_b: Tensor, stats: Tensor, bn1_weight: Tensor,
                             bn1_bias: Tensor, bn2_weight: Tensor,
@@ -362,6 +393,7 @@ class SmoothingStepFunction(torch.autograd.Function):
                 *(None,) * 13)
 
 
+@_on_input_device
 def _smoothing_step_inference(u: Tensor, f: Tensor, weight_a: Tensor, bias_a: Optional[Tensor], weight_b: Tensor,
                              bias_b: Optional[Tensor], bn1_weight: Tensor, bn1_bias: Tensor, bn2_weight: Tensor,
                              bn2_bias: Tensor, running_mean1: Tensor, running_var1: Tensor, running_mean2: Tensor,

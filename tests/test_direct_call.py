@@ -122,3 +122,49 @@ def test_tensors_inside_list_arguments_are_checked_too():
     assert not ops._dispatch_free((plain, [torch.zeros(1, device="meta")]))
     with _PassThrough():
         assert not ops._dispatch_free((plain,))
+
+
+class _OnDevice:
+    """Stands in for a tensor on a CUDA device (``index``; None: a CPU tensor)."""
+
+    def __init__(self, index):
+        self.is_cuda, self.index = index is not None, index
+
+    def get_device(self):
+        return -1 if self.index is None else self.index
+
+
+@pytest.mark.parametrize("tensor_device, current, entered", [
+    pytest.param(None, 0, [], id="cpu_tensor"),
+    pytest.param(0, 0, [], id="current_device"),
+    pytest.param(1, 0, [1], id="other_device"),
+])
+def test_an_op_runs_with_its_first_tensors_device_current(monkeypatch, tensor_device, current, entered):
+    """Triton launches on the current CUDA device's context and stream: each op's implementation runs with the
+    current device set to its first tensor's (as aten's kernels do), and only where it is not current already."""
+    seen = []
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            seen.append(self.index)
+
+        def __exit__(self, *exc):
+            seen.append("left")
+
+    monkeypatch.setattr(ops, "_current_cuda_device", lambda: current)
+    monkeypatch.setattr(ops, "_cuda_device", Device)
+    impl = ops._on_input_device(lambda first, second: (second, list(seen)))
+    assert impl(_OnDevice(tensor_device), 7) == (7, entered)  # run inside the device's context, if entered
+    assert seen == (entered + ["left"] if entered else [])
+
+
+def test_every_op_implementation_sets_its_inputs_device():
+    """Every custom op's implementation, eager (DirectCall) and through the dispatcher, is wrapped."""
+    calls = [value for value in vars(ops).values() if isinstance(value, ops.DirectCall)]
+    assert len(calls) == 7, calls
+    for call in calls:
+        assert call.impl.__code__ is ops._on_input_device(len).__code__, call.op
+        assert call.op._init_fn is call.impl, call.op
