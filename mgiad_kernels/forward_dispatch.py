@@ -63,10 +63,13 @@ def module():
 
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     errors = []
-    for standard in _STANDARDS:
+    try:
+        with open(_SOURCE_PATH, encoding="utf-8") as f:
+            source = f.read()
+    except OSError as error:  # the package installed without its C++ source: nothing to build
+        errors.append(str(error))
+    for standard in _STANDARDS if not errors else ():
         try:
-            with open(_SOURCE_PATH, encoding="utf-8") as f:
-                source = f.read()
             path = build_shared_library(source, "mgiad-forward-dispatch", _MODULE_NAME + suffix,
                                         _build_flags(standard), language="c++")
             spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
