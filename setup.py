@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mgiad_kernels", "mgiad_kernels.*", "mgiad", "mgiad.*"]),
-    package_data={"mgiad_kernels": ["csrc/*.cpp"]},  # built on first use (mgiad_kernels.forward_dispatch)
+    package_data={"mgiad_kernels": ["runtime/fast_launch.c"]},  # built on first use (runtime/fast_launch.py)
     python_requires=">=3.10",
     entry_points={"console_scripts": ["mgiad=mgiad.cli:main"]},
     # the default `mgiad train` (digits) needs scikit-learn; matplotlib (curves.png), tqdm (progress bar) and

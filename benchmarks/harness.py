@@ -1,14 +1,14 @@
 """What the benchmark modules share: the device, the (case, provider) parameters of a suite, and
 ``run_benchmark``, which files each benchmark's Result: its numbers go to pytest-benchmark's
 extra_info, and every result of the session gets its speedup over the faster cuDNN layout (or
-torch) from ``mgiad_kernels.bench.add_speedups``, the same computation as the command-line benchmark.
+torch) from ``tools.kernel_bench.add_speedups``, the same computation as the command-line benchmark.
 """
 import functools
 
 import pytest
 import torch
 
-from mgiad_kernels import bench
+from tools import kernel_bench as bench
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUICK = DEVICE.type != "cuda"

@@ -8,7 +8,7 @@ providers run on tiny shapes and the Triton and torch.compile providers are skip
 import pytest
 from harness import params, run_benchmark
 
-from mgiad_kernels import bench
+from tools import kernel_bench as bench
 
 SUITE = bench.kernel_suite()
 

@@ -1,9 +1,9 @@
-"""pytest-benchmark suite of whole-model training steps (MGiaD, MgNet, ResNet18): `python -m mgiad.bench`
+"""pytest-benchmark suite of whole-model training steps (MGiaD, MgNet, ResNet18): `python -m tools.model_bench`
 as benchmarks. extra_info adds images per second to the kernel benchmarks' numbers."""
 import pytest
 from harness import params, run_benchmark
 
-from mgiad import bench
+from tools import model_bench as bench
 
 SUITE = bench.SUITE
 

@@ -18,6 +18,7 @@ import tempfile
 
 import torch
 
+from .argparsing import OneLineParser
 from .checkpoints import CheckpointError, load_checkpoint
 from .data import DATASETS, NOMINAL_SHAPES, READER_NEEDS, DatasetError, load_dataset
 from .models.factory import MODELS, build_model
@@ -29,13 +30,6 @@ COMMANDS = {"train": "train a model (the default command: `mgiad [flags]` trains
             "eval": "evaluate a checkpoint on a dataset's test split",
             "plot": "plot weight count against best test accuracy of run folders"}
 SEED_MAX = 2**32 - 1
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line, ``PROG: error: MESSAGE``, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _flag(rule, name: str, parse=int, **bounds):

@@ -1,7 +1,7 @@
-"""CUDA graphs for the training step (issue 12): a whole SGD step captured once, then replayed.
+"""CUDA graphs for the training step: a whole SGD step captured once, then replayed.
 
 An MGiaD step launches ~600 Triton kernels at tens of microseconds of host time each
-(``python -m mgiad.bench --host``), so on a GPU the host is the bottleneck; a replayed graph is one
+(``python -m tools.host_bench``), so on a GPU the host is the bottleneck; a replayed graph is one
 launch. This is PyTorch's whole-network capture (the "CUDA Graphs" notes of ``torch.cuda``,
 ``torch.cuda.graph``): forward under autocast, the loss, backward and ``optimizer.step()`` are
 captured together on static input buffers, and each later step copies its batch into them and replays.

@@ -5,9 +5,9 @@ it is needed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
+from .argparsing import OneLineParser
 from .metrics import read_metrics
 
 __all__ = ["plot_curves", "plot_main", "pyplot_or_none", "read_metrics"]
@@ -65,8 +65,6 @@ def _tradeoff_points(runs: list[str]) -> list[tuple[int, float, str]]:
 
 
 def plot_main(argv) -> None:
-    from .cli import OneLineParser
-
     p = OneLineParser(prog="mgiad plot", description="Weight count vs best test accuracy of runs.")
     p.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl")
     p.add_argument("--out", default="tradeoff.png")

@@ -2,7 +2,7 @@
 
     mgiad train                                  # embedded default: digits, a small MGiaD, CPU, offline
     mgiad train --model mgiad --dataset cifar10 --data-dir ~/data --out runs/c10
-    torchrun --nproc-per-node 8 -m mgiad.train --dataset cifar100 --data-dir ~/data ...
+    torchrun --nproc-per-node 8 -m mgiad train --dataset cifar100 --data-dir ~/data ...
     mgiad eval runs/c10/checkpoint.pt --dataset cifar10 --data-dir ~/data
 
 The command line (flags, their checks, ``main``) is ``mgiad.cli``; this module is what it runs.
@@ -27,7 +27,7 @@ from .metrics import append_metrics, keep_epochs_through, to_json
 from .models.factory import MODELS, build_model
 
 __all__ = ["MODELS", "CheckpointError", "Distributed", "TrainingRun", "build_model", "evaluate", "load_checkpoint",
-           "main", "save_atomic", "setup_run", "train", "train_epoch"]
+           "save_atomic", "setup_run", "train", "train_epoch"]
 
 
 class Distributed:
@@ -272,14 +272,3 @@ def train(args) -> dict:
         write_curves(run)
     run.dist_env.close()
     return {"history": run.history, "model": run.model}
-
-
-def main(argv=None) -> None:
-    """``mgiad``: see mgiad.cli (kept here for ``python -m mgiad.train`` and the console script)."""
-    from .cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    main()

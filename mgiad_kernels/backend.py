@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ._triton_support import triton_unavailable_reason
+from .runtime.triton_support import triton_unavailable_reason
 
 BACKENDS = ("auto", "triton", "torch")
 _warned: set[str] = set()

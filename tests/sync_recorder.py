@@ -4,12 +4,12 @@
 host waits for a value computed on the device) or DATA_SIZED_OPS (the host reads the data to size the output),
 indexing with a boolean mask (a nonzero inside ``aten.index``), and the Tensor methods that read data without
 dispatching an aten op when the tensor is on the CPU (TENSOR_METHODS). It is a
-``mgiad.host_bench.AtenLaunchCounter``: the package's custom ops are opened (their Python implementations run
+``tools.host_bench.AtenLaunchCounter``: the package's custom ops are opened (their Python implementations run
 under it) and ``rec.counts`` counts the aten compute ops, so a test can tell that something ran.
 """
 import torch
 
-from mgiad.host_bench import AtenLaunchCounter
+from tools.host_bench import AtenLaunchCounter
 
 HOST_READ_OPS = ("_local_scalar_dense", "item", "is_nonzero", "equal", "allclose")
 DATA_SIZED_OPS = ("nonzero", "nonzero_numpy", "argwhere", "masked_select", "_unique", "_unique2", "unique_dim",

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.skipif(ON_GPU, reason="the GPU autotunes for real")
 @pytest.fixture
 def every_config_benchmarked(monkeypatch):
     """{kernel name: [benchmark calls]}; the GPU config lists installed on the autotuned kernels."""
-    from mgiad_kernels import launch_plans
-    from mgiad_kernels.kernels import conv
+    from mgiad_kernels.conv import kernels as conv, launch as conv_launch, tiles
+    from mgiad_kernels.runtime import launch_sites
 
-    monkeypatch.setattr(conv, "interpreter_enabled", lambda: False)
-    monkeypatch.setattr(conv, "autotune_enabled", lambda: True)
-    launch_plans.clear()  # sites made before autotuning was switched on launch their one config
-    gpu_configs = {conv.conv2d_gather_kernel: conv._gather_configs(),
-                   conv.conv2d_grad_weight_kernel: conv._grad_weight_configs()}
+    monkeypatch.setattr(tiles, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(conv_launch, "autotune_enabled", lambda: True)
+    launch_sites.clear()  # sites made before autotuning was switched on launch their one config
+    gpu_configs = {conv.conv2d_gather_kernel: tiles.gather_configs(),
+                   conv.conv2d_grad_weight_kernel: tiles.grad_weight_configs()}
     calls = {}
     for kernel, configs in gpu_configs.items():
         name = kernel.base_fn.__name__
@@ -44,7 +44,7 @@ def every_config_benchmarked(monkeypatch):
         monkeypatch.setattr(kernel, "_do_bench", bench)
         kernel.__dict__.pop("do_bench", None)  # a cached_property on triton >= 3.7
     yield calls
-    launch_plans.clear()
+    launch_sites.clear()
     for kernel in gpu_configs:
         kernel.__dict__.pop("do_bench", None)
         kernel.cache = {}
@@ -92,7 +92,7 @@ def _mgiad_training_step():
 def test_every_config_benchmarked_matches_one_config(run, all_configs, every_config_benchmarked):
     """The MGiaD step has ~40 keys: it benchmarks the first two GPU configs of each kernel (every
     config of all keys takes minutes under the interpreter); the others benchmark every config."""
-    from mgiad_kernels.kernels import conv
+    from mgiad_kernels.conv import kernels as conv
 
     if not all_configs:
         for kernel in (conv.conv2d_gather_kernel, conv.conv2d_grad_weight_kernel):
@@ -118,7 +118,7 @@ def test_every_config_benchmarked_matches_one_config(run, all_configs, every_con
 def test_autotune_keys_hold_everything_that_changes_the_best_config():
     """Every constexpr except the tile sizes, and the padding and dilation (which barely change the work),
     is in the key; H and W never are (a key per resolution would retune on every new image size)."""
-    from mgiad_kernels.kernels import conv
+    from mgiad_kernels.conv import kernels as conv, tiles
 
     for kernel, sizes in ((conv.conv2d_gather_kernel, {"C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP"}),
                           (conv.conv2d_grad_weight_kernel, {"C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP"})):
@@ -133,22 +133,23 @@ def test_autotune_keys_hold_everything_that_changes_the_best_config():
 
 def test_no_launch_hands_a_user_tensor_as_a_placeholder(monkeypatch):
     """Unused pointer arguments are the package's scratch buffer, never the weight or another input."""
-    from mgiad_kernels import launch_plans, launchers
-    from mgiad_kernels.kernels import conv
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.conv import kernels as conv
 
     seen = []
-    original = launch_plans.LaunchSite.launch
+    original = launch_sites.LaunchSite.launch
 
     def record(site, pointers, placeholder=None):
         if site.jit_fn in (conv.conv2d_gather_kernel, conv.conv2d_gather_kernel.fn):
             seen.append(dict(zip(conv.conv2d_gather_kernel.arg_names, pointers)))
         return original(site, pointers, placeholder)
 
-    monkeypatch.setattr(launch_plans.LaunchSite, "launch", record)
+    monkeypatch.setattr(launch_sites.LaunchSite, "launch", record)
     x = torch.randn(1, 8, 4, 4, device=DEVICE)
     w = torch.randn(8, 2, 3, 3, device=DEVICE)
     grouped_conv2d(x, w, padding=1, groups=4, backend="triton")
-    scratch = launchers.scratch(x.device)
+    scratch = conv_launch.scratch(x.device)
     args = seen[-1]
     for name in ("bias_ptr", "other_ptr", "bn_mean_ptr", "bn_var_ptr", "bn_gamma_ptr", "bn_beta_ptr", "stats_ptr",
                  "reduced_ptr", "counter_ptr"):

@@ -1,4 +1,4 @@
-"""The `mgiad` command line (issue 11, items 9 and 10): every bad flag is refused in one line before
+"""The `mgiad` command line: every bad flag is refused in one line before
 anything is read or trained; the output folder is checked up front; a failed checkpoint write leaves
 no temporary file; metrics are strict JSON; `mgiad --help` lists the commands; matplotlib, tqdm and
 torchvision are optional on the default path."""

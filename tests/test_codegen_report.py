@@ -1,4 +1,4 @@
-"""The sm_90 codegen report (issue 13 items 1 and 5): its criteria, the committed report, and that it regenerates.
+"""The sm_90 codegen report: its criteria, the committed report, and that it regenerates.
 
 The criteria (no launched config spills; for g_s >= 8 the MMA kernels' main-loop operand loads are >= 64-bit
 and async, fp32 and bf16) are checked by ``check_report``. The committed report records the violations it
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from mgiad_kernels.codegen_report import (AGGREGATE_FIELDS, DTYPES, QUICK_SHAPES, ROW_FIELDS, SHAPES, aggregates,
+from tools.codegen_report import (AGGREGATE_FIELDS, DTYPES, QUICK_SHAPES, ROW_FIELDS, SHAPES, aggregates,
                                           check_report)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ _CLEAN = {
 
 def _committed():
     if not os.path.exists(_REPORT):
-        pytest.skip("no committed report: python -m mgiad_kernels.compile_check --report")
+        pytest.skip("no committed report: python -m tools.compile_check --report")
     with open(_REPORT) as f:
         return json.load(f)
 
@@ -100,7 +100,7 @@ def test_committed_report_covers_every_shape_dtype_and_kernel():
             launched = [r for r in here if r["launched_default"]]
             assert want <= {r["kernel"] for r in launched}, (c, h, gs, dtype)
             variants = {r["variant"] for r in launched if r["kernel"] == "conv2d_gather_kernel"}
-            # fp32 trains through the adjoint weight (launchers.adjoint_weight_wanted), 16-bit through the weight
+            # fp32 trains through the adjoint weight (conv_launch.adjoint_weight_wanted), 16-bit through the weight
             plain = {"forward", "grad input"} if dtype != "fp32" else {"forward, writes the adjoint weight",
                                                                        "grad input, adjoint weight"}
             assert plain <= variants and len(variants) >= 8, variants
@@ -117,7 +117,7 @@ def test_committed_report_covers_every_shape_dtype_and_kernel():
 def test_committed_report_states_its_violations():
     """The violations recorded in the report are exactly what check_report finds in its rows, and there are
     none: no launched config spills, and for g_s >= 8 every MMA kernel's main-loop operand loads are at least
-    64-bit and async, fp32 and bf16 (issue 13, item 5)."""
+    64-bit and async, fp32 and bf16."""
     report = _committed()
     assert report["violations"] == check_report(report["rows"]) == []
 
@@ -130,7 +130,7 @@ def test_report_regenerates_like_the_committed_one(tmp_path):
     committed = _committed()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-m", "mgiad_kernels.compile_check", "--report-quick", "--dtypes", "fp32",
+    done = subprocess.run([sys.executable, "-m", "tools.compile_check", "--report-quick", "--dtypes", "fp32",
                            "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600, cwd=_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with open(tmp_path / "codegen-sm90.json") as f:

@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
                     reason="triton has no NVIDIA backend here")
 def test_first_mgiad_step_compiles_at_most_60_kernels():
-    from mgiad.host_bench import measure_cold_start  # the host benchmark's own measurement: a fresh process
+    from tools.host_bench import measure_cold_start  # the host benchmark's own measurement: a fresh process
 
     result = measure_cold_start(timeout=900)
     assert result["benchmarks"] == 0, result

@@ -16,7 +16,7 @@ import pytest
                     reason="triton has no NVIDIA backend here")
 def test_every_kernel_variant_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "mgiad_kernels.compile_check", "--arch", "90", "--dtypes", "fp32,bf16",
+    done = subprocess.run([sys.executable, "-m", "tools.compile_check", "--arch", "90", "--dtypes", "fp32,bf16",
                            "--quick"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -25,7 +25,7 @@ def test_every_kernel_variant_compiles_for_sm90():
 
 def test_compile_check_refuses_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-m", "mgiad_kernels.compile_check"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tools.compile_check"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "unset TRITON_INTERPRET" in done.stderr
 
@@ -36,9 +36,10 @@ def test_autotune_is_opt_in(setting, autotunes):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
     if setting is not None:
         env["MGIAD_KERNELS_AUTOTUNE"] = setting
-    code = ("from mgiad_kernels.kernels import conv; "
-            "print(len(conv.conv2d_gather_kernel.configs), len(conv.conv2d_grad_weight_kernel.configs), "
-            "conv.autotune_enabled(), conv.default_gather_config(4, 4, 4, 1).kwargs['BLOCK_DST'])")
+    code = ("from mgiad_kernels.conv import kernels, tiles; "
+            "from mgiad_kernels.runtime.triton_support import autotune_enabled; "
+            "print(len(kernels.conv2d_gather_kernel.configs), len(kernels.conv2d_grad_weight_kernel.configs), "
+            "autotune_enabled(), tiles.default_gather_config(4, 4, 4, 1).kwargs['BLOCK_DST'])")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     gather, grad_weight, enabled, tile = done.stdout.split()
@@ -76,7 +77,7 @@ def _configs_off_the_interpreter(loop: str, call: str, tile: str) -> list[tuple]
     """Run ``for {loop}: c = {call}; print({tile})`` in a process without the interpreter (the sm_90 configs)
     and return the printed rows as int tuples."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
-    code = f"from mgiad_kernels.kernels import conv\nfor {loop}:\n    c = {call}\n    print({tile})"
+    code = f"from mgiad_kernels.conv import tiles\nfor {loop}:\n    c = {call}\n    print({tile})"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
@@ -90,7 +91,7 @@ def test_default_gather_tile_follows_the_codegen_study():
     buckets without a BatchNorm across the tile."""
     got = _configs_off_the_interpreter(
         f"(dst, red), size, wide, bn, _ in {_DEFAULT_GATHER_TILES!r}",
-        "conv.default_gather_config(dst, red, size, wide, tile_batchnorm=bn)",
+        "tiles.default_gather_config(dst, red, size, wide, tile_batchnorm=bn)",
         "c.kwargs['BLOCK_P'], c.kwargs['BLOCK_DST'], c.kwargs['BLOCK_RED'], c.num_warps, c.num_stages, c.maxnreg or 0")
     assert got == [(*tile[:3], 4, *tile[3:]) for *_, tile in _DEFAULT_GATHER_TILES]
 
@@ -100,7 +101,7 @@ def test_default_grad_weight_tile_caps_registers_only_where_that_cannot_spill():
     while 32-wide tiles, which need 237-255, keep its own choice."""
     got = _configs_off_the_interpreter(
         "out_pg, in_pg in [(4, 4), (8, 8), (16, 16), (8, 32), (32, 32), (64, 64)]",
-        "conv.default_grad_weight_config(out_pg, in_pg)",
+        "tiles.default_grad_weight_config(out_pg, in_pg)",
         "c.kwargs['BLOCK_OUT'], c.kwargs['BLOCK_IN'], c.num_warps, c.num_stages, c.maxnreg or 0")
     assert got == [(16, 16, 4, 2, 192), (16, 16, 4, 2, 192), (16, 16, 4, 2, 192), (16, 32, 4, 2, 0),
                    (32, 32, 4, 2, 0), (32, 32, 4, 2, 0)]
@@ -111,13 +112,13 @@ def test_grad_weight_grid_offers_the_programs_the_device_wants():
     codegen report's shapes: not twice that, as when the splits assumed 32-wide channel tiles."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MGIAD_KERNELS_AUTOTUNE")}
     code = ("import torch\n"
-            "from mgiad_kernels import launchers\n"
-            "from mgiad_kernels.conv_geometry import ConvGeometry\n"
-            "launchers.parallel_programs_wanted = lambda device: 4 * 132\n"
+            "from mgiad_kernels.conv import launch as conv_launch\n"
+            "from mgiad_kernels.conv.geometry import ConvGeometry\n"
+            "conv_launch.parallel_programs_wanted = lambda device: 4 * 132\n"
             "for c, hw in [(64, 32), (128, 16), (256, 8)]:\n"
             "    x = torch.empty(128, c, hw, hw).contiguous(memory_format=torch.channels_last)\n"
             "    geo = ConvGeometry.of(x.shape, (c, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), c // 8)\n"
-            "    site = launchers._grad_weight_site(x, x, geo, (c, 8, 3, 3), False, None, 1.0,\n"
+            "    site = conv_launch._grad_weight_site(x, x, geo, (c, 8, 3, 3), False, None, 1.0,\n"
             "                                       torch.channels_last, ())[0]\n"
             "    print(*site.grid)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""CUDA graphs for the training step (issue 12, scope 3; ``mgiad.graphs``, ``mgiad train --cuda-graphs``).
+"""CUDA graphs for the training step (``mgiad.graphs``, ``mgiad train --cuda-graphs``).
 
 Without a GPU: the MGiaD step that is captured (forward, loss, backward, fused SGD with a tensor lr) runs
 through the real Triton launch path on the stand-in sm_90 driver under ``SyncRecorder``, which finds no host
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from support import ON_GPU, REL_TOL, rel_err
 from sync_recorder import DATA_SIZED_OPS, HOST_READ_OPS, INDEX_OPS, SyncRecorder
 
-from mgiad import MGiaD, bench
+from mgiad import MGiaD
+from tools import model_bench as bench
 from mgiad.cli import build_parser, main
 from mgiad.data import load_dataset, prepare_batch
 from mgiad.graphs import WARMUP_STEPS, CapturedStep, sgd_step, use_fused_sgd
@@ -44,9 +45,10 @@ _STEP_UNDER_RECORDER = """
 
     import torch
 
-    from mgiad import MGiaD, bench
+    from mgiad import MGiaD
+    from tools import model_bench as bench
     from mgiad.graphs import sgd_step, tensor_lrs, use_fused_sgd
-    from mgiad.host_bench import triton_on_cpu
+    from tools.host_bench import triton_on_cpu
     from sync_recorder import SyncRecorder
 
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Eager calls of the package's custom ops skip the dispatcher (ops.DirectCall) only where it would do nothing:
+"""Eager calls of the package's custom ops skip the dispatcher (device_calls.DirectCall) only where it would do nothing:
 the same values, gradients and version counters either way, and the dispatcher whenever a mode, a
 transform, a profiler, a tensor subclass or a meta tensor needs it."""
 import pytest
@@ -6,7 +6,10 @@ import torch
 from support import DEVICE
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mgiad_kernels import GroupedConv2d, SmoothingStep, ops
+from mgiad_kernels import GroupedConv2d, SmoothingStep
+from mgiad_kernels.conv import ops as conv_ops
+from mgiad_kernels.runtime import device_calls
+from mgiad_kernels.smoothing import ops as smoothing_ops
 
 
 class _PassThrough(TorchDispatchMode):
@@ -26,8 +29,9 @@ class _PassThrough(TorchDispatchMode):
 def dispatched(monkeypatch):
     """The names of the custom ops called through the dispatcher while the test runs."""
     names = []
-    for call in (ops.call_conv2d, ops.call_conv2d_grad_input, ops.call_conv2d_grad_weight, ops.call_smoothing_step,
-                 ops.call_smoothing_step_backward, ops.call_smoothing_step_inference):
+    for call in (conv_ops.call_conv2d, conv_ops.call_conv2d_grad_input, conv_ops.call_conv2d_grad_weight,
+                 smoothing_ops.call_smoothing_step,
+                 smoothing_ops.call_smoothing_step_backward, smoothing_ops.call_smoothing_step_inference):
         def counting(*args, _op=call.op):
             names.append(_op._qualname)
             return _op(*args)
@@ -96,7 +100,7 @@ def test_a_profiler_sees_the_custom_ops(dispatched):
 
 def test_meta_tensors_and_subclasses_take_the_dispatcher(dispatched):
     x, w = torch.empty(2, 8, 5, 5, device="meta"), torch.empty(8, 4, 3, 3, device="meta")
-    y = ops.call_conv2d(x, w, None, None, 1.0, [1, 1], [1, 1, 1, 1], [1, 1], 2)  # the op's fake
+    y = conv_ops.call_conv2d(x, w, None, None, 1.0, [1, 1], [1, 1, 1, 1], [1, 1], 2)  # the op's fake
     assert y.device.type == "meta" and y.shape == (2, 8, 5, 5)
     assert dispatched == ["mgiad_kernels::conv2d"]
 
@@ -117,11 +121,11 @@ def test_tensors_inside_list_arguments_are_checked_too():
         pass
 
     plain = torch.zeros(1)
-    assert ops._dispatch_free((plain, [1, 2], [None, plain], torch.nn.Parameter(plain)))
-    assert not ops._dispatch_free((plain, [None, plain.as_subclass(Marked)]))
-    assert not ops._dispatch_free((plain, [torch.zeros(1, device="meta")]))
+    assert device_calls._dispatch_free((plain, [1, 2], [None, plain], torch.nn.Parameter(plain)))
+    assert not device_calls._dispatch_free((plain, [None, plain.as_subclass(Marked)]))
+    assert not device_calls._dispatch_free((plain, [torch.zeros(1, device="meta")]))
     with _PassThrough():
-        assert not ops._dispatch_free((plain,))
+        assert not device_calls._dispatch_free((plain,))
 
 
 class _OnDevice:
@@ -154,17 +158,18 @@ def test_an_op_runs_with_its_first_tensors_device_current(monkeypatch, tensor_de
         def __exit__(self, *exc):
             seen.append("left")
 
-    monkeypatch.setattr(ops, "_current_cuda_device", lambda: current)
-    monkeypatch.setattr(ops, "_cuda_device", Device)
-    impl = ops._on_input_device(lambda first, second: (second, list(seen)))
+    monkeypatch.setattr(device_calls, "_current_cuda_device", lambda: current)
+    monkeypatch.setattr(device_calls, "_cuda_device", Device)
+    impl = device_calls.on_input_device(lambda first, second: (second, list(seen)))
     assert impl(_OnDevice(tensor_device), 7) == (7, entered)  # run inside the device's context, if entered
     assert seen == (entered + ["left"] if entered else [])
 
 
 def test_every_op_implementation_sets_its_inputs_device():
     """Every custom op's implementation, eager (DirectCall) and through the dispatcher, is wrapped."""
-    calls = [value for value in vars(ops).values() if isinstance(value, ops.DirectCall)]
+    calls = [value for module in (conv_ops, smoothing_ops) for value in vars(module).values()
+             if isinstance(value, device_calls.DirectCall)]
     assert len(calls) == 7, calls
     for call in calls:
-        assert call.impl.__code__ is ops._on_input_device(len).__code__, call.op
+        assert call.impl.__code__ is device_calls.on_input_device(len).__code__, call.op
         assert call.op._init_fn is call.impl, call.op

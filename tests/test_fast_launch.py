@@ -1,4 +1,4 @@
-"""The fast launcher's plans (mgiad_kernels.fast_launch.make_plan): the bytes its C function reads, and the
+"""The fast launcher's plans (mgiad_kernels.runtime.fast_launch.make_plan): the bytes its C function reads, and the
 launches it leaves to Triton. Its launches themselves are checked against Triton's own launcher on the
 stand-in driver (tests/test_standin_driver.py)."""
 import struct
@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from mgiad_kernels import launch_plans
-from mgiad_kernels.fast_launch import _HEADER, make_plan
+from mgiad_kernels.runtime import launch_sites
+from mgiad_kernels.runtime.fast_launch import _HEADER, make_plan
 
 # a kernel's signature as Triton's CompiledKernel.src holds it: pointers, scalars and constexprs in order
 SIGNATURE = {"a_ptr": "*fp32", "b_ptr": "*fp16", "unused_ptr": "*fp32", "n": "i32", "offset": "i64", "big": "u64",
@@ -71,6 +71,6 @@ def test_launches_a_plan_cannot_carry_are_left_to_triton(case, change):
 def test_a_launch_asks_torch_for_the_current_device_directly():
     """Triton's CUDA driver (with torch) hands torch.cuda.current_device, a Python frame around a lazy-init
     check and torch's C getter; a warm launch calls the getter. Any other driver's function is kept."""
-    assert launch_plans._device_getter(torch.cuda.current_device) is torch._C._cuda_getDevice
+    assert launch_sites._device_getter(torch.cuda.current_device) is torch._C._cuda_getDevice
     own = lambda: 3  # noqa: E731
-    assert launch_plans._device_getter(own) is own
+    assert launch_sites._device_getter(own) is own

@@ -144,7 +144,7 @@ def test_grad_weight_splits_the_pixel_reduction():
 def test_grad_weight_pixel_box(sizes, box):
     """grad weight reduces over (TILE_N, TILE_H, TILE_W) boxes of 64 output pixels, powers of two, the same
     at every resolution from 4x4 up (one compiled kernel per key), narrower for smaller images."""
-    from mgiad_kernels.launchers import grad_weight_pixel_box
+    from mgiad_kernels.conv.tiles import grad_weight_pixel_box
 
     assert grad_weight_pixel_box(*sizes) == box
 
@@ -152,16 +152,17 @@ def test_grad_weight_pixel_box(sizes, box):
 def test_grad_weight_with_64_bit_pixel_indices(monkeypatch):
     """The kernels' WIDE_PIXEL_INDEX branches (gather and grad weight, taken from 2^31 pixels on), forced at a
     small shape."""
-    from mgiad_kernels import launch_plans, launchers
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
 
-    monkeypatch.setattr(launchers, "_PIXEL_INDEX_LIMIT", 0)
-    launch_plans.clear()
+    monkeypatch.setattr(conv_launch, "_PIXEL_INDEX_LIMIT", 0)
+    launch_sites.clear()
     try:
         torch.manual_seed(6)
         x, w, b = _make(3, 8, 8, 20, 20, 3, 2, True, torch.float32)
         _check_against_reference(x, w, b, 1, 1, 2, "triton", torch.float32)
     finally:
-        launch_plans.clear()
+        launch_sites.clear()
 
 
 @pytest.mark.parametrize("wide_pixel_index", [False, True], ids=["32-bit", "64-bit"])
@@ -172,12 +173,13 @@ def test_grad_weight_with_64_bit_pixel_indices(monkeypatch):
 def test_grad_weight_splits_step_across_box_rows_and_images(monkeypatch, n, h, w, stride, dilation, wide_pixel_index):
     """With the splits a GPU gets, a split starts at any box and steps its corner along W, then H, then to
     the next images: grad weight and grad bias against float64 at every crossing."""
-    from mgiad_kernels import launch_plans, launchers
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
 
-    monkeypatch.setattr(launchers, "parallel_programs_wanted", lambda device: 64)
+    monkeypatch.setattr(conv_launch, "parallel_programs_wanted", lambda device: 64)
     if wide_pixel_index:
-        monkeypatch.setattr(launchers, "_PIXEL_INDEX_LIMIT", 0)
-    launch_plans.clear()
+        monkeypatch.setattr(conv_launch, "_PIXEL_INDEX_LIMIT", 0)
+    launch_sites.clear()
     try:
         torch.manual_seed(7)
         x, wt, b = _make(n, 8, 8, h, w, 3, 2, True, torch.float32)
@@ -192,7 +194,7 @@ def test_grad_weight_splits_step_across_box_rows_and_images(monkeypatch, n, h, w
                                   ("grad_weight", wt.grad, ref[1].grad), ("grad_bias", b.grad, ref[2].grad)):
             assert_close_rel(out, expect, torch.float32, name)
     finally:
-        launch_plans.clear()
+        launch_sites.clear()
 
 
 def test_gradcheck_torch_path_float64():
@@ -216,30 +218,31 @@ def test_float64_on_triton_falls_back_with_warning(monkeypatch):
 
 
 def _gather_sites():
-    """The constexprs of every gather launch site made since launch_plans.clear()."""
-    from mgiad_kernels import launch_plans
+    """The constexprs of every gather launch site made since launch_sites.clear()."""
+    from mgiad_kernels.runtime import launch_sites
 
-    return [site.constexprs for site in launch_plans.SITES.values() if "WEIGHT_OUT_IS_DST" in site.constexprs]
+    return [site.constexprs for site in launch_sites.SITES.values() if "WEIGHT_OUT_IS_DST" in site.constexprs]
 
 
 @pytest.mark.parametrize("n,c_in,c_out,h,w,k,stride,padding,groups,bias", CASES)
 def test_forward_writes_the_adjoint_weight_grad_input_reads(n, c_in, c_out, h, w, k, stride, padding, groups, bias):
-    """fp32 (launchers.adjoint_weight_wanted): a forward whose input requires grad writes
+    """fp32 (conv_launch.adjoint_weight_wanted): a forward whose input requires grad writes
     adjoint[g*I + i, o] = weight[g*O + o, i] (bit for bit, every element: the buffer starts as NaN), and
     grad input reads it in the weight's place, matching float64."""
-    from mgiad_kernels import launch_plans, launchers
-    from mgiad_kernels.ops import conv_geometry
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.conv.ops import conv_geometry
 
     torch.manual_seed(5)
     x, weight, b = _make(n, c_in, c_out, h, w, k, groups, bias, torch.float32)
     geo = conv_geometry(x.shape, weight.shape, [stride] * 2, [padding] * 4, [1, 1], groups)
-    adjoint = launchers.empty_adjoint_weight(weight, geo).fill_(float("nan"))
-    launchers.conv2d_forward(x, weight, b, None, 1.0, geo, adjoint)
+    adjoint = conv_launch.empty_adjoint_weight(weight, geo).fill_(float("nan"))
+    conv_launch.conv2d_forward(x, weight, b, None, 1.0, geo, adjoint)
     expected = weight.view(groups, c_out // groups, c_in // groups, k, k).transpose(1, 2).reshape(adjoint.shape)
     assert torch.equal(adjoint, expected)
     assert adjoint.is_contiguous(memory_format=torch.channels_last)  # out-channels contiguous
 
-    launch_plans.clear()
+    launch_sites.clear()
     _check_against_reference(x, weight, b, stride, padding, groups, "triton", torch.float32)
     flags = {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"]) for c in _gather_sites()}
     assert flags == {(False, True, True), (True, True, False)}, flags
@@ -250,13 +253,13 @@ def test_forward_writes_the_adjoint_weight_grad_input_reads(n, c_in, c_out, h, w
 def test_no_adjoint_weight_where_grad_input_does_not_want_it(dtype, x_requires_grad):
     """No grad input (x not requiring grad), or 16-bit, whose dots transpose in shared memory: the
     forward writes nothing and grad input, if any, reads the weight itself."""
-    from mgiad_kernels import launch_plans
+    from mgiad_kernels.runtime import launch_sites
 
     torch.manual_seed(6)
     x, weight, _ = _make(2, 8, 8, 5, 5, 3, 2, False, dtype)
     x.requires_grad_(x_requires_grad)
     weight.requires_grad_()
-    launch_plans.clear()
+    launch_sites.clear()
     grouped_conv2d(x, weight, padding=1, groups=2, backend="triton").sum().backward()
     flags = {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"]) for c in _gather_sites()}
     assert flags == ({(False, True, False), (True, False, False)} if x_requires_grad else {(False, True, False)})
@@ -355,7 +358,7 @@ def test_import_without_triton_and_without_gpu():
     code = (
         "import sys, warnings; sys.modules['triton'] = None\n"
         "import torch, mgiad_kernels\n"
-        "from mgiad_kernels._triton_support import triton_unavailable_reason\n"
+        "from mgiad_kernels.runtime.triton_support import triton_unavailable_reason\n"
         "x = torch.randn(1, 4, 5, 5); w = torch.randn(4, 1, 3, 3)\n"
         "with warnings.catch_warnings(record=True) as rec:\n"
         "    warnings.simplefilter('always')\n"
@@ -420,7 +423,7 @@ def test_module_rejects_unknown_backend():
 
 
 def test_demo_runs_both_backends(capsys):
-    from mgiad_kernels.demo import main
+    from examples.demo import main
 
     main(["--channels", "16", "--group-size", "4", "--size", "4", "--batch", "1"])
     out = capsys.readouterr().out
@@ -443,7 +446,7 @@ def test_autocast_runs_the_triton_conv_in_the_autocast_dtype():
 def test_weight_alignment_divides_the_strides_the_gather_rounds(layout):
     """The gather rounds the weight's out-channel and tap strides down to W_ALIGN (so the compiler sees their
     alignment): exact only if W_ALIGN divides them, for every layout a weight can come in."""
-    from mgiad_kernels.launchers import weight_alignment
+    from mgiad_kernels.conv.tiles import weight_alignment
 
     cl = torch.channels_last
     weights = {"OIHW": torch.empty(16, 8, 3, 3), "channels_last": torch.empty(16, 8, 3, 3).to(memory_format=cl),
@@ -484,7 +487,7 @@ def _every_channel_block_whole(c_dst, dst_per_group, red_per_group, block_dst, b
 def test_full_channel_blocks_matches_the_kernels_tile_walk(c_dst, dst_per_group, red_per_group, tiles, expected):
     """The launcher drops the gather's channel masks only if every tile of every config it may launch is
     whole, as checked by walking the kernel's tiles."""
-    from mgiad_kernels.launchers import full_channel_blocks
+    from mgiad_kernels.conv.tiles import full_channel_blocks
 
     walked = all(_every_channel_block_whole(c_dst, dst_per_group, red_per_group, bd, br) for bd, br in tiles)
     assert walked == expected
@@ -492,7 +495,7 @@ def test_full_channel_blocks_matches_the_kernels_tile_walk(c_dst, dst_per_group,
 
 
 def test_full_channel_blocks_agrees_with_the_tile_walk_on_every_small_shape():
-    from mgiad_kernels.launchers import full_channel_blocks
+    from mgiad_kernels.conv.tiles import full_channel_blocks
 
     for groups in (1, 2, 3, 4, 6, 8):
         for dst_per_group in (1, 2, 3, 4, 8, 12, 16, 24, 64):
@@ -518,8 +521,8 @@ def test_single_reduced_block_agrees_with_the_tile_walk_on_every_small_shape():
     """The gather computes a tile's reduced-channel offsets and masks once, outside its tap loop, only if
     every tile of every config it may launch reduces over one block; the interpreter's 32x32 tile takes the
     flat (tap, block) loop for the dense 48-channel case of CASES and the single block for the others."""
-    from mgiad_kernels.kernels.conv import _INTERPRETER_GATHER
-    from mgiad_kernels.launchers import single_reduced_block
+    from mgiad_kernels.conv.tiles import _INTERPRETER_GATHER
+    from mgiad_kernels.conv.tiles import single_reduced_block
 
     for groups in (1, 2, 3, 4, 6, 8):
         for dst_per_group in (1, 2, 3, 4, 8, 12, 16, 24, 64):
@@ -530,21 +533,21 @@ def test_single_reduced_block_agrees_with_the_tile_walk_on_every_small_shape():
                         _every_reduced_range_one_block(c_dst, dst_per_group, red_per_group, *tile), \
                         (c_dst, dst_per_group, red_per_group, tile)
     assert not single_reduced_block(64, 8, 8, [(32, 32), (64, 16)])  # one config of an autotune list spills over
-    interpreter_tile = [(_INTERPRETER_GATHER.kwargs["BLOCK_DST"], _INTERPRETER_GATHER.kwargs["BLOCK_RED"])]
+    interpreter_tile = [(_INTERPRETER_GATHER["BLOCK_DST"], _INTERPRETER_GATHER["BLOCK_RED"])]
     assert not single_reduced_block(48, 48, 48, interpreter_tile)  # dense-wider-than-tile-bias: the flat loop
     assert single_reduced_block(32, 4, 4, interpreter_tile)  # smoother3x3-8groups-N1: one block
 
 
 def test_launch_site_caches_are_bounded_oldest_first_and_cleared_together():
-    from mgiad_kernels import launch_plans
+    from mgiad_kernels.runtime import launch_sites
 
-    cache = launch_plans.SiteCache()
-    for key in range(launch_plans._MAX_SITES + 10):
+    cache = launch_sites.SiteCache()
+    for key in range(launch_sites._MAX_SITES + 10):
         cache.put(key, str(key))
-    assert len(cache) == launch_plans._MAX_SITES
-    newest = launch_plans._MAX_SITES + 9
+    assert len(cache) == launch_sites._MAX_SITES
+    newest = launch_sites._MAX_SITES + 9
     assert 9 not in cache and cache[10] == "10" and cache[newest] == str(newest)
-    launch_plans.clear()
+    launch_sites.clear()
     assert not cache
 
 
@@ -559,7 +562,7 @@ def test_channel_range_alignment_divides_every_tiles_reduced_range_and_is_the_la
     """The alignment the launchers hint for the reduced-channel range of a tile (gather's RED_RANGE_ALIGN,
     grad weight's IN_ALIGN) divides the start and end of the channels every tile reads, listed one by one,
     and no larger power of two (at most 16) does: 4-channel groups in 16-wide tiles load 16 at once."""
-    from mgiad_kernels.launchers import channel_range_alignment
+    from mgiad_kernels.conv.tiles import channel_range_alignment
 
     assert channel_range_alignment(128, 4, 4, [16]) == 16
     assert channel_range_alignment(128, 4, 4, [16, 32]) == 16
@@ -590,15 +593,31 @@ def test_grad_weight_whole_boxes_and_channel_blocks_drop_their_masks(n, c, h, w,
     """Grad weight's FULL_BOXES (N, H_out, W_out multiples of the 4x4x4 pixel box) and FULL_CHANNEL_BLOCKS
     (whole 16- or 32-wide channel tiles) let the kernel skip the pixel and channel masks; either way it
     matches float64."""
-    from mgiad_kernels import launch_plans, launchers
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
 
-    launch_plans.clear()
+    launch_sites.clear()
     try:
         torch.manual_seed(8)
         x, wt, b = _make(n, c, c, h, w, 3, groups, True, torch.float32)
         _check_against_reference(x, wt, b, 1, 1, groups, "triton", torch.float32)
         flags = {(site[0].constexprs["FULL_BOXES"], site[0].constexprs["FULL_CHANNEL_BLOCKS"])
-                 for site in launchers._GRAD_WEIGHT_SITES.values()}
+                 for site in conv_launch._GRAD_WEIGHT_SITES.values()}
         assert flags == {(whole_boxes, whole_channel_blocks)}, flags
     finally:
-        launch_plans.clear()
+        launch_sites.clear()
+
+
+def test_the_path_from_the_module_to_its_launches_normalizes_the_geometry_once(monkeypatch):
+    """GroupedConv2d.forward, forward and backward on the Triton path: the sizes are normalized by the argument
+    check alone (ConvGeometry.of once); the launches of the op and of its derivatives reuse that geometry."""
+    from mgiad_kernels.conv import geometry
+
+    made = []
+    original = geometry.ConvGeometry.of
+    monkeypatch.setattr(geometry.ConvGeometry, "of", staticmethod(lambda *args: made.append(args) or original(*args)))
+    conv = GroupedConv2d(8, 8, 3, padding=1, groups=2, backend="triton").to(DEVICE)
+    x = torch.randn(2, 8, 5, 5, device=DEVICE, requires_grad=True)
+    conv(x).sum().backward()
+    assert len(made) == 1, made
+    assert x.grad is not None and conv.weight.grad is not None

@@ -92,7 +92,7 @@ def test_every_model_and_the_cli_give_the_rules_message(rule, capsys, monkeypatc
 
 
 def test_channel_levels_stop_at_an_odd_count():
-    """The drift of issue 14: channel_levels(18, 4) is [18, 9], and SiC agrees that 9 is the coarsest level."""
+    """channel_levels(18, 4) is [18, 9], and SiC agrees that 9 is the coarsest level."""
     assert channel_levels(18, 4) == [18, 9] == rules.channel_levels(18, 4)
     assert channel_levels(64, 8) == [64, 32, 16, 8] and channel_levels(12, 8) == [12]
     assert SiC(18, 4, 2, 1, 1, "torch").coarse.is_coarsest  # 18 -> 9, and 9 is not halved

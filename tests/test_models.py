@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from support import DEVICE, REL_TOL, rel_err
 
 from mgiad import MGICResNet, MGiaD, MgNet, MultigridNet, PolyMgNet, resnet18_cifar, resnet20
-from mgiad.param_table import count_weights, markdown
+from tools.param_table import count_weights, markdown
 
 EXACT_BASELINES = [
     pytest.param(lambda: resnet18_cifar(10), 11_173_962, id="resnet18-cifar"),
@@ -37,7 +37,8 @@ def test_mgiad_table2_rows_within_one_percent(c_k, g_s, lam, paper):
 
 def test_param_table_is_committed_and_current():
     with open("docs/param_counts.md") as fh:
-        assert fh.read() == markdown(), "docs/param_counts.md is stale: python -m mgiad.param_table > docs/param_counts.md"
+        assert fh.read() == markdown(), \
+            "docs/param_counts.md is stale: python -m tools.param_table > docs/param_counts.md"
 
 
 TINY = {

@@ -11,7 +11,7 @@ from torch import nn
 
 from mgiad import MGICBlock, MultigridConv2d, MultigridResidualUnit, PolyMgNet, mgic_resnet56, multigrid_net
 from mgiad.models.polymgnet import symbol_spectrum
-from mgiad.param_table import SLIDES_M, count_weights
+from tools.param_table import SLIDES_M, count_weights
 
 
 def _mgic_resnet56_formula(s_g: int, s_c: int) -> int:

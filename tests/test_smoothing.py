@@ -15,8 +15,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mgiad_kernels import (FASRestriction, GroupedConv2d, ProlongationCorrection, SmoothingStep, fas_restriction,
-                           launch_plans, launchers, prolongation_correction, residual_conv2d, smoothing_step,
+                           prolongation_correction, residual_conv2d, smoothing_step,
                            smoothing_steps)
+from mgiad_kernels.conv import launch as conv_launch
+from mgiad_kernels.runtime import launch_sites
+from mgiad_kernels.smoothing import launch as smoothing_launch
 
 # (N, C, H, W, channels per group, kernel, dilation, bias, channels_last), named after what makes them awkward
 STEP_CASES = [
@@ -130,71 +133,69 @@ def test_fused_step_matches_eager_float64(n, c, h, w, group_size, kernel, dilati
 @pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
                                   if c.id in ("g4-oddHW", "dilated-channels_last", "g8-N1-odd")])
 def test_half_step_keeps_t_for_the_backward_pass(case, train, launches):
-    """In 16-bit (launchers.materializes_t) the step writes t = relu(bn1(r)) in a launch of its own, B reads
+    """In 16-bit (smoothing_launch.materializes_t) the step writes t = relu(bn1(r)) in a launch of its own, B reads
     it with no prologue and B's grad weight reads it with no recompute: four launches forward, seven
     backward, within twice the eager fp16 error of float64 (run in fp16 under the interpreter too)."""
-    from mgiad_kernels import launch_plans, launchers
-
     n, c, h, w, group_size, kernel, dilation, bias, channels_last = case
     step = _make_step(c, group_size, kernel, dilation, bias, "triton")
     if not train:  # eval mode with parameters requiring grad: the running statistics, autograd kept
         step.eval()
     u, f, grad = _inputs(n, c, h, w, torch.float16, channels_last)
-    launch_plans.clear()
+    launch_sites.clear()
     try:
         _check_step(step, u, f, grad, torch.float16, train)
         assert len(launches) == 4 + 7, launches
-        recompute = {site[0].constexprs["X_BN_RELU"] for site in launchers._GRAD_WEIGHT_SITES.values()}
+        recompute = {site[0].constexprs["X_BN_RELU"] for site in conv_launch._GRAD_WEIGHT_SITES.values()}
         assert recompute == {False}, recompute
-        prologue = {site.constexprs["PROLOGUE_BN_RELU"] for site in launch_plans.SITES.values()
+        prologue = {site.constexprs["PROLOGUE_BN_RELU"] for site in launch_sites.SITES.values()
                     if "PROLOGUE_BN_RELU" in site.constexprs}
         assert prologue == {False}, prologue
         assert _adjoint_flags() == {(False, True, False), (True, False, False)}  # 16-bit: no adjoint weights
     finally:
-        launch_plans.clear()
+        launch_sites.clear()
 
 
 def _adjoint_flags():
     """(TRANSPOSED, WEIGHT_OUT_IS_DST, WRITE_ADJOINT_WEIGHT) of every gather launch site made."""
-    from mgiad_kernels import launch_plans
+    from mgiad_kernels.runtime import launch_sites
 
     return {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"])
-            for c in (site.constexprs for site in launch_plans.SITES.values()) if "WEIGHT_OUT_IS_DST" in c}
+            for c in (site.constexprs for site in launch_sites.SITES.values()) if "WEIGHT_OUT_IS_DST" in c}
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval-with-grad"])
 @pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
                                   if c.id in ("g4-oddHW", "dilated-channels_last")])
 def test_fp32_step_writes_adjoint_weights_for_its_backward(case, train, launches):
-    """fp32 (launchers.adjoint_weight_wanted): A and B write their adjoint weights in the forward's
+    """fp32 (conv_launch.adjoint_weight_wanted): A and B write their adjoint weights in the forward's
     launches and B^T and A^T read them (vector loads on sm_90), still three launches forward and seven
     backward, matching float64."""
-    from mgiad_kernels import launch_plans
+    from mgiad_kernels.runtime import launch_sites
 
     n, c, h, w, group_size, kernel, dilation, bias, channels_last = case
     step = _make_step(c, group_size, kernel, dilation, bias, "triton")
     u, f, grad = _inputs(n, c, h, w, torch.float32, channels_last)
-    launch_plans.clear()
+    launch_sites.clear()
     try:
         _check_step(step, u, f, grad, torch.float32, train)
         assert len(launches) == 3 + 7, launches
         assert _adjoint_flags() == {(False, True, True), (True, True, False)}
     finally:
-        launch_plans.clear()
+        launch_sites.clear()
 
 
 def test_fused_step_sums_bn2_gradients_over_several_pixel_tiles(monkeypatch):
-    """bn2's backward sums take 256-pixel tiles (launchers._GRAD_SUMS_BLOCK_P): 2*17*16 = 544 pixels make three
+    """bn2's backward sums take 256-pixel tiles (smoothing_launch._GRAD_SUMS_BLOCK_P): 2*17*16 = 544 pixels make three
     partial rows, the last one part-filled, merged in order by the last tile to arrive; matches float64."""
     rows = []
-    original = launchers._elementwise
+    original = smoothing_launch._elementwise
 
     def record(kernel, grid, *args, **kwargs):
-        if kernel is launchers._batchnorm_kernels().bn_relu_grad_sums_kernel:
+        if kernel is smoothing_launch._batchnorm_kernels().bn_relu_grad_sums_kernel:
             rows.append(grid[0])
         return original(kernel, grid, *args, **kwargs)
 
-    monkeypatch.setattr(launchers, "_elementwise", record)
+    monkeypatch.setattr(smoothing_launch, "_elementwise", record)
     step = _make_step(8, 4, 3, 1, False, "triton")
     u, f, grad = _inputs(2, 8, 17, 16, torch.float32, True)
     _check_step(step, u, f, grad, torch.float32, True)
@@ -218,7 +219,7 @@ def _channels_last(*shape):
 def test_batchnorm_kernels_index_evenly_spaced_pixels_without_division(make, evenly_spaced):
     """PIXEL_DENSE (pixel p at p * stride_w) exactly when the tensor's pixels are evenly spaced."""
     t = make()
-    assert launchers._pixels_evenly_spaced(t) == evenly_spaced
+    assert smoothing_launch._pixels_evenly_spaced(t) == evenly_spaced
     if evenly_spaced:
         n, c, h, w = t.shape
         flat = torch.arange(n * h * w)
@@ -234,10 +235,10 @@ def test_fused_step_reads_a_gradient_with_gaps_between_rows():
     u, f, _ = _inputs(2, 8, 5, 4, torch.float32, True)
     wide = torch.randn(2, 8, 5, 7, generator=torch.Generator().manual_seed(3))
     grad = wide.to(DEVICE).contiguous(memory_format=torch.channels_last)[..., 2:6]
-    assert not launchers._pixels_evenly_spaced(grad)
-    launch_plans.clear()
+    assert not smoothing_launch._pixels_evenly_spaced(grad)
+    launch_sites.clear()
     _check_step(step, u, f, grad, torch.float32, True)
-    dense = {site.constexprs["PIXEL_DENSE"] for site in launch_plans.SITES.values()
+    dense = {site.constexprs["PIXEL_DENSE"] for site in launch_sites.SITES.values()
              if "PIXEL_DENSE" in site.constexprs}
     assert dense == {True, False}, dense  # the update reads evenly spaced u, s; the backward the sliced grad
 
@@ -747,7 +748,7 @@ def test_grad_weight_of_a_batchnorm_relu_input_zeroes_its_padding_exactly(bn_cas
     channel's t = relu(bn1(0)) is finite, else selected, as in fp32: with gamma = +inf on a channel whose r
     is negative everywhere eager's gradient is finite (t = 0), and a product with 0 would give NaN.
     Against float64, with the NaN pattern."""
-    from mgiad_kernels.conv_geometry import ConvGeometry
+    from mgiad_kernels.conv.geometry import ConvGeometry
 
     torch.manual_seed(11)
     n, c, h, w, groups = 2, 8, 5, 6, 2
@@ -763,8 +764,8 @@ def test_grad_weight_of_a_batchnorm_relu_input_zeroes_its_padding_exactly(bn_cas
     geo = ConvGeometry.of(x.shape, (c, c // groups, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), groups)
     grad_y = torch.randn(n, c, h, w, device=DEVICE)
     x, grad_y = x.to(dtype), grad_y.to(dtype)
-    grad_w, _ = launchers.conv2d_grad_weight(grad_y, x, geo, False,
-                                             x_bn=launchers.BatchNormArgs(mean, var, gamma, beta, eps))
+    grad_w, _ = conv_launch.conv2d_grad_weight(grad_y, x, geo, False,
+                                             x_bn=conv_launch.BatchNormArgs(mean, var, gamma, beta, eps))
     assert grad_w.dtype == dtype
     t = torch.relu((x.double() - mean.double()[:, None, None]) / (var.double()[:, None, None] + eps).sqrt()
                    * gamma.double()[:, None, None] + beta.double()[:, None, None])

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from mgiad_kernels.c_build import c_compiler, cxx_compiler
+from tools.c_build import c_compiler
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
                                 reason="triton has no NVIDIA backend here")
@@ -35,16 +35,16 @@ def _run(tmp_path, code: str, autotune: str, cache_dir=None) -> str:
 
 _CONV = """
     import torch
-    from mgiad_kernels import launchers
-    from mgiad_kernels.conv_geometry import ConvGeometry
-    from mgiad_kernels.standin_driver import standin_cuda_driver
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.conv.geometry import ConvGeometry
+    from tools.standin_driver import standin_cuda_driver
     from triton.runtime import driver
 
     before = driver._active
     x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
     geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
     with standin_cuda_driver(arch=90) as rec:
-        y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)
+        y = conv_launch.conv2d_forward(x, w, None, None, 1.0, geo)
     assert driver._active is before  # restored
 """
 
@@ -68,7 +68,7 @@ def test_standin_autotunes_the_conv_over_every_config_once(tmp_path):
     disk, so a second process with the same cache benchmarks nothing and launches the same config."""
     cache = tmp_path / "triton-cache"  # empty: the first process compiles and tunes everything
     out = _run(tmp_path, _CONV + """
-    from mgiad_kernels.kernels import conv
+    from mgiad_kernels.conv import kernels as conv
     n = len(conv.conv2d_gather_kernel.configs)
     assert n > 1
     assert sorted(b.index for b in rec.benchmarks) == list(range(n)), rec.benchmarks
@@ -79,7 +79,7 @@ def test_standin_autotunes_the_conv_over_every_config_once(tmp_path):
     """, autotune="1", cache_dir=cache)
     assert out.startswith("ok")
     out = _run(tmp_path, _CONV + """
-    from mgiad_kernels.kernels import conv
+    from mgiad_kernels.conv import kernels as conv
     assert rec.benchmarks == [], rec.benchmarks
     assert [l.bench for l in rec.launches] == [False]
     assert [l.constexprs["BLOCK_P"] for l in rec.launches] == [conv.conv2d_gather_kernel.configs[0].kwargs["BLOCK_P"]]
@@ -92,7 +92,7 @@ def test_standin_runs_every_autotuner_hook_on_cpu_tensors(tmp_path):
     """restore_value, reset_to_zero and config pre_hooks run as on a GPU; on_launch emulates the writes."""
     out = _run(tmp_path, """
     import torch, triton, triton.language as tl
-    from mgiad_kernels.standin_driver import standin_cuda_driver
+    from tools.standin_driver import standin_cuda_driver
 
     seen = []
     cfgs = [triton.Config({"BLOCK": b}, num_warps=1, pre_hook=lambda a: seen.append(a["BLOCK"])) for b in (16, 32)]
@@ -122,13 +122,14 @@ def test_standin_runs_every_autotuner_hook_on_cpu_tensors(tmp_path):
 
 
 def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
-    """A warm launch skips Triton's dispatch (launch_plans): it must reach the same compiled kernel with the
+    """A warm launch skips Triton's dispatch (launch_sites): it must reach the same compiled kernel with the
     same grid and arguments as JITFunction.run, and a misaligned pointer must get its own specialization."""
     out = _run(tmp_path, """
     import torch
-    from mgiad_kernels import launch_plans, launchers
-    from mgiad_kernels.conv_geometry import ConvGeometry
-    from mgiad_kernels.standin_driver import standin_cuda_driver
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.conv.geometry import ConvGeometry
+    from tools.standin_driver import standin_cuda_driver
 
     seen = []
     x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
@@ -137,25 +138,25 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
         seen.append((record.grid, record.constexprs, tuple(a.data_ptr() if torch.is_tensor(a) else a for a in args)))
     with standin_cuda_driver(arch=90, on_launch=on_launch) as rec:
         y = torch.empty(2, 8, 8, 8)
-        launch_plans.set_enabled(False)  # Triton's own dispatch: the reference
-        launchers._gather(x, w, None, y, geo, transposed=False)
-        launch_plans.set_enabled(True)
-        launchers._gather(x, w, None, y, geo, transposed=False)  # cold: through Triton, makes a plan
-        launchers._gather(x, w, None, y, geo, transposed=False)  # warm: the plan
-        plans = lambda: sum(len(site.plans) for site in launch_plans.SITES.values())  # noqa: E731
-        assert len(launch_plans.SITES) == 1 and plans() == 1 and len(rec.compiles) == 1
+        launch_sites.set_enabled(False)  # Triton's own dispatch: the reference
+        conv_launch._gather(x, w, None, y, geo, transposed=False)
+        launch_sites.set_enabled(True)
+        conv_launch._gather(x, w, None, y, geo, transposed=False)  # cold: through Triton, makes a plan
+        conv_launch._gather(x, w, None, y, geo, transposed=False)  # warm: the plan
+        plans = lambda: sum(len(site.plans) for site in launch_sites.SITES.values())  # noqa: E731
+        assert len(launch_sites.SITES) == 1 and plans() == 1 and len(rec.compiles) == 1
         assert seen[0] == seen[1] == seen[2], seen
         offset = torch.randn(2 * 4 * 8 * 8 + 1)[1:].view(2, 4, 8, 8)  # 4-byte aligned, not 16
-        launchers._gather(offset, w, None, y, geo, transposed=False)
-        assert len(launch_plans.SITES) == 1 and plans() == 2 and len(rec.compiles) == 2  # one site, two plans
+        conv_launch._gather(offset, w, None, y, geo, transposed=False)
+        assert len(launch_sites.SITES) == 1 and plans() == 2 and len(rec.compiles) == 2  # one site, two plans
         assert rec.compiles[1].specialization["src_ptr"] == [], rec.compiles[1].specialization
-        launchers._gather(offset, w, None, y, geo, transposed=False)
+        conv_launch._gather(offset, w, None, y, geo, transposed=False)
         assert len(rec.compiles) == 2 and seen[3] == seen[4] and len(rec.launches) == 5
         y_offset = torch.empty(2 * 8 * 8 * 8 + 1)[1:].view(2, 8, 8, 8)  # another pointer misaligned instead
-        launchers._gather(x, w, None, y_offset, geo, transposed=False)
+        conv_launch._gather(x, w, None, y_offset, geo, transposed=False)
         assert plans() == 3 and len(rec.compiles) == 3
         assert rec.compiles[2].specialization["dst_ptr"] == [] and rec.compiles[2].specialization["src_ptr"]
-    assert not launch_plans.SITES  # the stand-in's plans go with it
+    assert not launch_sites.SITES  # the stand-in's plans go with it
     print("ok")
     """, autotune="0")
     assert out.startswith("ok")
@@ -171,13 +172,13 @@ def test_a_warm_forward_call_allocates_its_output_as_the_cold_call_does(tmp_path
     allocate as said."""
     out = _run(tmp_path, """
     import torch
-    from mgiad_kernels import launchers
-    from mgiad_kernels.conv_geometry import ConvGeometry
-    from mgiad_kernels.standin_driver import standin_cuda_driver
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.conv.geometry import ConvGeometry
+    from tools.standin_driver import standin_cuda_driver
 
     seen = []
     def on_launch(record, args):
-        address = launchers.scratch(torch.device("cpu")).data_ptr()  # warm: the placeholder as its address
+        address = conv_launch.scratch(torch.device("cpu")).data_ptr()  # warm: the placeholder as its address
         seen.append((record.grid, tuple("placeholder" if type(a) is int and a == address or torch.is_tensor(a)
                                         and a.data_ptr() == address else (a.shape, a.stride(), a.dtype)
                                         if torch.is_tensor(a) else a for a in args)))
@@ -193,8 +194,8 @@ def test_a_warm_forward_call_allocates_its_output_as_the_cold_call_does(tmp_path
         for name, (x, w, stride, allocation) in cases.items():
             geo = ConvGeometry.of(x.shape, w.shape, (stride, stride), (1, 1, 1, 1), (1, 1), 2)
             start = len(seen)
-            outputs = [launchers.conv2d_forward(x, w, None, None, 1.0, geo) for _ in range(3)]  # cold, then warm
-            call = launchers._FORWARD_SITES[next(reversed(launchers._FORWARD_SITES))]
+            outputs = [conv_launch.conv2d_forward(x, w, None, None, 1.0, geo) for _ in range(3)]  # cold, then warm
+            call = conv_launch._FORWARD_SITES[next(reversed(conv_launch._FORWARD_SITES))]
             assert call.__name__ == "conv2d_forward_call" and allocation in call.__code__.co_names, (name, call)
             first = outputs[0]
             for y in outputs[1:]:
@@ -212,9 +213,6 @@ _NEEDS_NOOP_LIBCUDA = pytest.mark.skipif(
     reason="the no-op libcuda needs a C compiler, and no GPU visible (it would stand in for its driver)")
 
 
-_NEEDS_CXX = pytest.mark.skipif(not cxx_compiler(), reason="the C++ dispatch needs a C++ compiler")
-
-
 @pytest.mark.parametrize("launcher", ["noop", pytest.param("triton", marks=_NEEDS_NOOP_LIBCUDA)])
 def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when_it_must(tmp_path, launcher):
     """Once warm, a site's launch is its generated function, which calls the compiled launcher itself (on
@@ -226,16 +224,17 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
     import torch
     from triton import knobs
     from triton.runtime.driver import driver
-    from mgiad_kernels import launch_plans, launchers
-    from mgiad_kernels.conv_geometry import ConvGeometry
-    from mgiad_kernels.standin_driver import StandinCudaDriver, standin_cuda_driver
+    from mgiad_kernels.runtime import launch_sites
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.conv.geometry import ConvGeometry
+    from tools.standin_driver import StandinCudaDriver, standin_cuda_driver
 
     fallbacks = []
-    generic = launch_plans.LaunchSite.launch
+    generic = launch_sites.LaunchSite.launch
     def counting(site, pointers, placeholder=None):
         fallbacks.append(site)
         return generic(site, pointers, placeholder)
-    launch_plans.LaunchSite.launch = counting
+    launch_sites.LaunchSite.launch = counting
 
     x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
     geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
@@ -246,25 +245,25 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
     def launched():
         if LAUNCHER == "noop":
             return len(rec.launches)
-        from mgiad_kernels.standin_driver import noop_libcuda
+        from tools.standin_driver import noop_libcuda
         return noop_libcuda().noop_launches()
 
     def launch(src=x):
         before = len(fallbacks), launched()
-        launchers._gather(src, w, None, y, geo, transposed=False)
+        conv_launch._gather(src, w, None, y, geo, transposed=False)
         return len(fallbacks) - before[0], launched() - before[1]  # (fallbacks, launches)
 
     with standin_cuda_driver(arch=90, launcher=LAUNCHER) as rec:
         assert launch() == (1, 1)  # cold: the class's method, which generates the warm launch
-        site, = launch_plans.SITES.values()
+        site, = launch_sites.SITES.values()
         assert "launch" in vars(site) and fallbacks == [site]
         assert (site.fast_plan is not None) == (LAUNCHER == "triton"), site.fast_plan
         assert launch() == (0, 1) and launch() == (0, 1)  # warm: the generated function alone
         assert launch(offset) == (1, 1) and launch(offset) == (1, 1)  # misaligned: the plan of its own
         assert launch() == (0, 1)
-        launch_plans.set_enabled(False)
+        launch_sites.set_enabled(False)
         assert launch() == (1, 1)  # through Triton's dispatch
-        launch_plans.set_enabled(True)
+        launch_sites.set_enabled(True)
         assert launch() == (0, 1)
         for chain in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
             hook = seen.append
@@ -296,8 +295,10 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
 _CONV_AND_STEPS = """
     import torch
     from torch import nn
-    from mgiad.host_bench import triton_on_cpu
-    from mgiad_kernels import SmoothingStep, grouped_conv2d, launch_plans, launchers, smoothing_steps
+    from tools.host_bench import triton_on_cpu
+    from mgiad_kernels import SmoothingStep, grouped_conv2d, smoothing_steps
+    from mgiad_kernels.conv import launch as conv_launch
+    from mgiad_kernels.runtime import launch_sites
 
     torch.manual_seed(0)
     x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
@@ -322,7 +323,7 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
     out = _run(tmp_path, _CONV_AND_STEPS + """
 
     def normalized(args):
-        scratch = launchers.scratch(x.device)
+        scratch = conv_launch.scratch(x.device)
         # a warm launch passes the placeholder as its address
         address = scratch.data_ptr()
         return tuple("placeholder" if a is scratch or type(a) is int and a == address else (tuple(a.shape),
@@ -336,10 +337,10 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
     with triton_on_cpu() as rec:
         rec.on_launch = on_launch
         for plans in (False, True, True):
-            launch_plans.set_enabled(plans)
+            launch_sites.set_enabled(plans)
             runs.append([])
             work()
-        launch_plans.set_enabled(True)
+        launch_sites.set_enabled(True)
     names = {r[0] for r in runs[0]}
     assert {"conv2d_gather_kernel", "conv2d_grad_weight_kernel", "bn_backward_kernel", "bn_relu_grad_sums_kernel",
             "bn_relu_residual_kernel"} <= names, names
@@ -358,16 +359,15 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
     libcuda, which keeps each launch's grid, block, shared memory, attributes, stream, function and kernel
     parameters. A grouped conv fwd+bwd with bias and two training smoothing steps, launched through Triton's
     dispatch (plans off), then cold and warm through the sites (warm: the fast launcher on each site's packed
-    plan, and conv2d_forward's warm calls the C++ dispatch's), then cold and warm again with no fast launcher
-    (the placeholder as an address, Triton's C launch function called directly), must reach the driver with the same launches: grids, blocks, functions,
+    plan), then cold and warm again with no fast launcher (the placeholder as an address, Triton's C launch
+    function called directly), must reach the driver with the same launches: grids, blocks, functions,
     scalars and pointers (the placeholder's address at the same positions, the inputs' own addresses, the
     others' alignment)."""
     out = _run(tmp_path, _CONV_AND_STEPS + """
-    from mgiad_kernels import forward_dispatch
-    from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
+    from tools.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
 
     def launches(plans=True):
-        launch_plans.set_enabled(plans)
+        launch_sites.set_enabled(plans)
         start = noop_libcuda().noop_launches()
         work()
         return driver_launches(start)
@@ -376,31 +376,28 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
         launches(plans=False)  # compiles and loads every kernel
         for kernel in list(_KERNELS):
             describe_to_driver(kernel)
-        extension = forward_dispatch.module()  # None without a C++ compiler
-        served = extension and extension.served()
         runs = [launches(plans=False), launches(), launches()]
-        assert extension is None or extension.served() > served, "the C++ dispatch served no warm conv forward"
-        fast = [site for site in launch_plans.SITES.values() if site.fast_plan is not None]
+        fast = [site for site in launch_sites.SITES.values() if site.fast_plan is not None]
         assert fast and all("fast_launch" in site.launch.__code__.co_names for site in fast), \
             "no warm site calls the fast launcher"
-        forward, = launchers._FORWARD_SITES.values()  # conv2d_forward's: allocation and launch generated
+        forward, = conv_launch._FORWARD_SITES.values()  # conv2d_forward's: allocation and launch generated
         assert forward.__name__ == "conv2d_forward_call" and "fast_launch" in forward.__code__.co_names
-        launch_plans.clear()
-        launch_plans.fast_launcher, saved = (lambda: None), launch_plans.fast_launcher
+        launch_sites.clear()
+        launch_sites.fast_launcher, saved = (lambda: None), launch_sites.fast_launcher
         try:
             runs += [launches(), launches()]
-            direct = [site for site in launch_plans.SITES.values() if "launch_c" in site.launch.__code__.co_names]
-            assert direct and not any(site.fast_plan for site in launch_plans.SITES.values()), \
+            direct = [site for site in launch_sites.SITES.values() if "launch_c" in site.launch.__code__.co_names]
+            assert direct and not any(site.fast_plan for site in launch_sites.SITES.values()), \
                 "no warm site calls Triton's C launch function"
-            forward, = launchers._FORWARD_SITES.values()
+            forward, = conv_launch._FORWARD_SITES.values()
             assert forward.__name__ == "conv2d_forward_call" and "launch_c" in forward.__code__.co_names
         finally:
-            launch_plans.fast_launcher = saved
-        launch_plans.set_enabled(True)
+            launch_sites.fast_launcher = saved
+        launch_sites.set_enabled(True)
         assert not rec.launches  # Triton's launcher records nothing
 
     kinds = {k.function: [t for t in k.src.signature.values() if t != "constexpr"] + ["*", "*"] for k in _KERNELS}
-    placeholder = launchers.scratch(x.device).data_ptr()
+    placeholder = conv_launch.scratch(x.device).data_ptr()
     inputs = {t.data_ptr(): name for name, t in dict(x=x, w=w, b=b, u=u, f=f).items()}
 
     def normalized(launch):
@@ -420,183 +417,6 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
 
 
 @_NEEDS_NOOP_LIBCUDA
-@_NEEDS_CXX
-def test_the_cxx_dispatch_launches_what_the_python_path_launches_and_declines_what_it_must(tmp_path):
-    """conv2d_forward's warm calls are served by the C++ dispatch (forward_dispatch) once registered. For each
-    argument case (bias, other with alpha, the adjoint's weight, layouts that are dense, channels_last or not
-    dense, a channel multiplier, a stride, a Parameter weight), the C++-served calls must reach the no-op
-    driver with the Python path's launches (grid, block, function, every parameter, the inputs' own
-    addresses) and return outputs of its shape, strides and dtype. Where the Python path must run, the C++
-    call declines (returns None, launches nothing): an unregistered key (tf32 toggled, another alpha, a weight
-    on another device), plans disabled, a launch hook with calls, a misaligned input, a tensor subclass (with
-    Python dispatch or not), a TorchFunctionMode; clear()
-    forgets every entry; bad calls raise TypeError."""
-    out = _run(tmp_path, """
-    import pytest
-    import torch
-    from triton import knobs
-    from mgiad.host_bench import triton_on_cpu
-    from mgiad_kernels import forward_dispatch, launch_plans, launchers
-    from mgiad_kernels.conv_geometry import ConvGeometry
-    from mgiad_kernels.standin_driver import _KERNELS, describe_to_driver, driver_launches, noop_libcuda
-
-    torch.manual_seed(0)
-    base = torch.randn(2, 4, 8, 8)
-    cl = base.to(memory_format=torch.channels_last)
-    bias, other = torch.randn(8), torch.randn(2, 8, 8, 8).to(memory_format=torch.channels_last)
-    w8 = torch.randn(8, 2, 3, 3)
-    cases = {  # name: (x, weight, bias, other, alpha, adjoint weight wanted, stride)
-        "nchw": (base, torch.randn(4, 2, 3, 3), None, None, 1.0, False, 1),
-        "channels_last_bias": (cl, w8, bias, None, 1.0, False, 1),
-        "other_alpha": (cl, w8, None, other, -0.5, False, 1),
-        "adjoint_weight": (cl, w8, bias, other, 2.0, True, 1),
-        "not_dense": (torch.randn(2, 4, 8, 12)[..., :8], torch.randn(4, 2, 3, 3), None, None, 1.0, False, 1),
-        "stride_2": (cl, torch.randn(4, 2, 3, 3), None, None, 1.0, False, 2),
-        "parameter_weight": (cl, torch.nn.Parameter(w8), None, None, 1.0, False, 1),
-    }
-    placeholder = launchers.scratch(base.device).data_ptr()
-
-    def forward(case, geo):
-        x, w, b, o, alpha, adjoint, _ = case
-        a = launchers.empty_adjoint_weight(w, geo) if adjoint else None
-        return launchers.conv2d_forward(x, w, b, o, alpha, geo, a), (x, w, b, o, a)
-
-    def normalized(launches, tensors, y):
-        names = {t.data_ptr(): n for n, t in zip(("x", "w", "b", "o", "a", "y"), (*tensors, y)) if t is not None}
-        return [l._replace(params=tuple(names.get(p, "placeholder" if p == placeholder else p) for p in l.params))
-                for l in launches]
-
-    with triton_on_cpu(launcher="triton"):
-        for name, case in cases.items():
-            x, w, stride = case[0], case[1], case[6]
-            geo = ConvGeometry.of(x.shape, w.shape, (stride, stride), (1, 1, 1, 1), (1, 1), 2)
-            forward(case, geo)  # cold: compiles and loads the kernel
-            for kernel in list(_KERNELS):
-                describe_to_driver(kernel)
-            runs = []
-            extension = forward_dispatch.module()
-            for through_cxx in (False, True, True):  # the Python path's warm call registers the key
-                if not through_cxx:
-                    launchers._DISPATCH["call"] = launchers._not_dispatched
-                served, start = extension.served(), noop_libcuda().noop_launches()
-                try:
-                    y, tensors = forward(case, geo)
-                finally:
-                    launchers._DISPATCH["call"] = extension.call
-                assert extension.served() - served == through_cxx, (name, through_cxx)
-                runs.append(((y.shape, y.stride(), y.dtype), normalized(driver_launches(start), tensors, y)))
-            assert runs[0] == runs[1] == runs[2] and len(runs[0][1]) == 1, (name, runs)
-            assert all(p != "placeholder" for p in runs[0][1][0].params[:2]), runs[0]  # x and w by address
-
-        x, w = cl, w8
-        geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
-
-        def served_by_cxx(*args):
-            before = extension.served(), noop_libcuda().noop_launches()
-            y = extension.call(*args)
-            launched = noop_libcuda().noop_launches() - before[1]
-            assert (y is not None) == (extension.served() - before[0] == 1) == (launched == 1), (args, launched)
-            return y is not None
-
-        args = (x, w, None, None, None, geo.site_id, 1.0)
-        launchers.conv2d_forward(x, w, None, None, 1.0, geo)
-        assert served_by_cxx(*args)
-        assert not served_by_cxx(x, w, None, None, None, geo.site_id, 0.75)  # another alpha: not registered
-        assert served_by_cxx(x, w, None, None, None, geo.site_id, 1)  # the same alpha as an int
-        tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = not tf32
-        try:
-            assert not served_by_cxx(*args)  # tf32 is in the key
-        finally:
-            torch.backends.cudnn.allow_tf32 = tf32
-        launch_plans.set_enabled(False)
-        assert not served_by_cxx(*args)
-        launch_plans.set_enabled(True)
-        seen = []
-        knobs.runtime.launch_enter_hook.add(seen.append)
-        assert not served_by_cxx(*args)
-        y = launchers.conv2d_forward(x, w, None, None, 1.0, geo)  # the Python path calls the hook
-        assert len(seen) == 1 and seen[0].get()["name"] == "conv2d_gather_kernel"
-        knobs.runtime.launch_enter_hook.remove(seen.append)
-        assert served_by_cxx(*args)
-        misaligned = torch.randn(x.numel() + 1)[1:].view(2, 8, 8, 4).permute(0, 3, 1, 2)
-        assert misaligned.stride() == x.stride() and misaligned.data_ptr() % 16
-        assert not served_by_cxx(misaligned, *args[1:])
-        assert not served_by_cxx(x, w.to("meta"), *args[2:])  # every tensor's device is in the key
-        assert not served_by_cxx(x, w, None, None, None, geo.site_id, 10 ** 400)  # no double: the Python path's
-
-        class Logged(torch.Tensor):  # a subclass with Python dispatch: its allocation is its own
-            @classmethod
-            def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-                return func(*args, **(kwargs or {}))
-
-        assert not served_by_cxx(x.as_subclass(Logged), *args[1:])
-
-        class Plain(torch.Tensor):  # a subclass without: torch.empty_like returns one, through __torch_function__
-            pass
-
-        assert not served_by_cxx(x.as_subclass(Plain), *args[1:])
-
-        class Watching(torch.overrides.TorchFunctionMode):  # a mode sees the Python path's allocation
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                return func(*args, **(kwargs or {}))
-
-        with Watching():
-            assert not served_by_cxx(*args)
-        assert served_by_cxx(*args)
-        with pytest.raises(TypeError, match="got 2 arguments"):
-            extension.call(x, w)
-        with pytest.raises(TypeError, match="entry: tuple"):
-            extension.add(*args, [])
-        with pytest.raises(TypeError):
-            extension.add(*args, ("not bytes",) + (None,) * 9)
-        assert extension.size() > 0
-        launch_plans.clear()
-        assert extension.size() == 0 and not served_by_cxx(*args)
-    print("ok")
-    """, autotune="0")
-    assert out.startswith("ok")
-
-
-@_NEEDS_NOOP_LIBCUDA
-def test_without_the_cxx_dispatch_warm_conv_forwards_take_the_python_path(tmp_path):
-    """Where the extension cannot be built (its build raising, as with no C++ compiler, for every C++
-    standard tried), the first warm call warns once, naming the error, and every call is served by the
-    generated Python call, launching as it does."""
-    out = _run(tmp_path, """
-    import warnings
-    import torch
-    from mgiad.host_bench import triton_on_cpu
-    from mgiad_kernels import forward_dispatch, launchers
-    from mgiad_kernels.conv_geometry import ConvGeometry
-    from mgiad_kernels.standin_driver import noop_libcuda
-
-    tried = []
-    def no_compiler(source, name, filename, flags=(), language="c"):
-        tried.append(flags[0])
-        raise RuntimeError("building it needs a C++ compiler (g++ or c++, or $CXX)")
-    forward_dispatch.build_shared_library = no_compiler
-
-    x, w = torch.randn(2, 4, 8, 8), torch.randn(8, 2, 3, 3)
-    geo = ConvGeometry.of(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1), 2)
-    with triton_on_cpu(launcher="triton"), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        start = noop_libcuda().noop_launches()
-        ys = [launchers.conv2d_forward(x, w, None, None, 1.0, geo) for _ in range(4)]
-        assert noop_libcuda().noop_launches() - start == 4
-        call, = launchers._FORWARD_SITES.values()  # the stand-in's sites go with it
-    assert forward_dispatch.module() is None and launchers._DISPATCH["call"] is launchers._not_dispatched
-    assert tried == ["-std=c++20", "-std=c++2a", "-std=c++17"], tried
-    messages = [str(w.message) for w in caught if "C++ dispatch is off" in str(w.message)]
-    assert len(messages) == 1 and "needs a C++ compiler" in messages[0], messages
-    assert call.__name__ == "conv2d_forward_call" and "fast_launch" in call.__code__.co_names
-    assert all(y.shape == (2, 8, 8, 8) for y in ys)
-    print("ok")
-    """, autotune="0")
-    assert out.startswith("ok")
-
-
-@_NEEDS_NOOP_LIBCUDA
 def test_the_fast_launcher_refuses_bad_calls_and_declines_what_triton_must_launch(tmp_path):
     """The fast launcher's C function, bound to the no-op libcuda: a plan launches with the given tensors'
     addresses written in (kept by the driver); a wrong tensor count or a plan that is not bytes is a
@@ -606,8 +426,8 @@ def test_the_fast_launcher_refuses_bad_calls_and_declines_what_triton_must_launc
     import types
     import pytest
     import torch
-    from mgiad_kernels import fast_launch
-    from mgiad_kernels.standin_driver import driver_launches, noop_libcuda
+    from mgiad_kernels.runtime import fast_launch
+    from tools.standin_driver import driver_launches, noop_libcuda
 
     lib = noop_libcuda()
     launch = fast_launch.launcher()

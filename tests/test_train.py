@@ -26,7 +26,7 @@ TINY = ["--model", "mgnet", "--widths", "4,8", "--smoothing-steps", "1,1", "--ba
 
 def _train_cli(out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "mgiad.train", "--out", str(out), *TINY, *extra],
+    return subprocess.Popen([sys.executable, "-m", "mgiad", "train", "--out", str(out), *TINY, *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

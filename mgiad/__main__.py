@@ -1,0 +1,4 @@
+"""``python -m mgiad``: the ``mgiad`` command."""
+from .cli import main
+
+main()
