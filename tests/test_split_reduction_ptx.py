@@ -25,7 +25,8 @@ _ATOM = re.compile(r"^(@!?%\w+\s+)?(atom\.[\w:.]+)")
 
 
 def _instructions(ptx: str) -> list[str]:
-    return [line.split("//")[0].strip() for line in ptx.splitlines() if line.strip() and not line.strip().startswith("//")]
+    lines = (line.split("//")[0].strip() for line in ptx.splitlines())
+    return [line for line in lines if line]
 
 
 def _arrivals(lines: list[str]) -> list[tuple[int, set]]:
@@ -98,7 +99,8 @@ _COMPILE = """
 
     no_stats = _fusion_modes()[1]["none"]
     target, out, index = GPUTarget("cuda", 90, 32), sys.argv[1], {{}}
-    for i, (label, kernel, consts, dtype, warps, stages, maxnreg) in enumerate(compile_check.jobs({dtypes}, quick=True)):
+    jobs = compile_check.jobs({dtypes}, quick=True)
+    for i, (label, kernel, consts, dtype, warps, stages, maxnreg) in enumerate(jobs):
         name = getattr(kernel, "fn", kernel).__name__
         merges = (name == "conv2d_grad_weight_kernel" or name == "bn_relu_grad_sums_kernel"
                   or (name == "conv2d_gather_kernel" and consts["STATS"] != no_stats))
