@@ -43,9 +43,9 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises many kinds on a damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                              "delete it to start over, or restore it") from exc
+    except Exception as exc:  # torch.load raises many kinds on a damaged file or one of another format
+        reason = " ".join(str(exc).split())  # torch's messages span lines: the error stays one line
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {reason})") from exc
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: not a checkpoint written by mgiad train")

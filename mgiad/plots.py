@@ -31,16 +31,19 @@ def _values(rows: list[dict], key: str) -> list[float]:
 
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
-    """Loss and accuracy against epochs."""
+    """Loss and accuracy against epochs (whole-number ticks)."""
     rows = read_metrics(metrics_path)
     plt = pyplot_or_none()
     if plt is None:
         raise ImportError("plotting needs matplotlib (pip install matplotlib)")
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
     for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
         ax.plot(epochs, _values(rows, f"train_{key}"), label="train")
         ax.plot(epochs, _values(rows, f"test_{key}"), label="test")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.legend()
@@ -67,7 +70,8 @@ def _tradeoff_points(runs: list[str]) -> list[tuple[int, float, str]]:
 def plot_main(argv) -> None:
     p = OneLineParser(prog="mgiad plot", description="Weight count vs best test accuracy of runs.")
     p.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl")
-    p.add_argument("--out", default="tradeoff.png")
+    p.add_argument("--out", default="tradeoff.png", help="the PNG to write (default: tradeoff.png here); "
+                   "its full path is printed")
     a = p.parse_args(argv)
     plt = pyplot_or_none()
     if plt is None:
@@ -83,4 +87,4 @@ def plot_main(argv) -> None:
     fig.tight_layout()
     fig.savefig(a.out, dpi=100)
     plt.close(fig)
-    print(f"wrote {a.out} ({len(points)} runs)")
+    print(f"wrote {os.path.abspath(a.out)} ({len(points)} runs)")

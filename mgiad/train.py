@@ -2,6 +2,7 @@
 
     mgiad train                                  # embedded default: digits, a small MGiaD, CPU, offline
     mgiad train --model mgiad --dataset cifar10 --data-dir ~/data --out runs/c10
+    mgiad train --dataset cifar10 --data-dir ~/data --out runs/c10 --resume --epochs 500  # 500 in total
     torchrun --nproc-per-node 8 -m mgiad train --dataset cifar100 --data-dir ~/data ...
     mgiad eval runs/c10/checkpoint.pt --dataset cifar10 --data-dir ~/data
 
@@ -26,8 +27,18 @@ from .graphs import CapturedStep, sgd_step
 from .metrics import append_metrics, keep_epochs_through, to_json
 from .models.factory import MODELS, build_model
 
-__all__ = ["MODELS", "CheckpointError", "Distributed", "TrainingRun", "build_model", "evaluate", "load_checkpoint",
-           "save_atomic", "setup_run", "train", "train_epoch"]
+__all__ = ["MODELS", "CheckpointError", "Distributed", "NothingToTrain", "TrainingRun", "build_model", "evaluate",
+           "load_checkpoint", "planned_epochs", "replan_schedule", "save_atomic", "setup_run", "train",
+           "train_epoch"]
+
+
+class NothingToTrain(Exception):
+    """A resume that would train no epoch. ``finished``: the run has trained all its epochs (not an error);
+    otherwise --epochs asks for fewer epochs in total than the run has trained."""
+
+    def __init__(self, message: str, finished: bool):
+        super().__init__(message)
+        self.finished = finished
 
 
 class Distributed:
@@ -152,16 +163,65 @@ def _autoaugment(enabled: bool):
     return AutoAugment(AutoAugmentPolicy.CIFAR10)
 
 
+def planned_epochs(args, ckpt: dict | None) -> int:
+    """The run's total number of epochs: --epochs; without it a resumed run's own total, a new run 20 on digits
+    and 400 otherwise (the paper). Raises NothingToTrain when a resumed run has trained that many already."""
+    if ckpt is None:
+        return args.epochs or (20 if args.dataset == "digits" else 400)
+    epochs, done = args.epochs or ckpt["scheduler"]["T_max"], ckpt["epoch"]
+    if done == epochs:
+        raise NothingToTrain(f"{args.out} has trained all {epochs} of its epochs, nothing to train (--epochs is the "
+                             f"run's total: pass a larger one to train on)", finished=True)
+    if done > epochs:
+        raise NothingToTrain(f"--epochs {epochs} is fewer than the {done} epochs {args.out} has trained "
+                             f"(--epochs is the run's total: pass more than {done} to train on)", finished=False)
+    return epochs
+
+
+def replan_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, optimizer: torch.optim.Optimizer,
+                    epochs: int) -> bool:
+    """Put a cosine schedule on the curve of a run of ``epochs`` in total, at the epoch it stands at: each later
+    epoch gets the learning rate a run started with that total has there. Returns whether it re-planned (the
+    schedule's total differed)."""
+    if scheduler.T_max == epochs:
+        return False
+    scheduler.T_max = epochs
+    done, low = scheduler.last_epoch, scheduler.eta_min
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = low + (base - low) * (1 + math.cos(math.pi * done / epochs)) / 2
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return True
+
+
+def _restore(run: "TrainingRun", ckpt: dict) -> None:
+    """The checkpoint's weights, optimizer, schedule (re-planned when --epochs gives another total), RNG and
+    progress; a re-planned schedule is reported in one line on stderr."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    old_total = run.scheduler.T_max
+    if replan_schedule(run.scheduler, run.optimizer, run.epochs) and run.dist_env.is_main:
+        print(f"resuming {run.args.out} at epoch {ckpt['epoch']}: the cosine learning-rate schedule is re-planned "
+              f"from {old_total} to {run.epochs} epochs in total", file=sys.stderr)
+    set_rng_state(ckpt["rng"])
+    run.start_epoch, run.best_acc = ckpt["epoch"], ckpt["best_acc"]
+
+
 def setup_run(args) -> TrainingRun:
-    """Device and processes, the checkpoint to resume (read first: a bad one fails before the data
-    loads), the dataset, the seeded model, SGD with cosine annealing, restored state, the wrappers, and
-    with --cuda-graphs the step captured in a CUDA graph (mgiad.graphs)."""
+    """Device and processes, the checkpoint to resume (read first: a bad one, or a resume with nothing to
+    train, fails before the data loads), the dataset, the seeded model, SGD with cosine annealing over the
+    run's total epochs, restored state, the wrappers, and with --cuda-graphs the step captured in a CUDA
+    graph (mgiad.graphs)."""
     device, dist_env = _device_and_processes(args)
     if args.resume and not args.out:
         raise CheckpointError("--resume needs --out, the run folder holding checkpoint.pt")
     ckpt = load_checkpoint(os.path.join(args.out, "checkpoint.pt")) if args.resume else None
+    try:
+        epochs = planned_epochs(args, ckpt)
+    except NothingToTrain:
+        dist_env.close()
+        raise
     ds = load_dataset(args.dataset, args.data_dir)
-    epochs = args.epochs or (20 if args.dataset == "digits" else 400)
     torch.manual_seed(args.seed)
     model = build_model(args, ds.name, ds.num_classes, ds.in_channels).to(device)
     if device.type == "cuda":
@@ -174,11 +234,7 @@ def setup_run(args) -> TrainingRun:
     if run.writes:
         os.makedirs(args.out, exist_ok=True)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        run.start_epoch, run.best_acc = ckpt["epoch"], ckpt["best_acc"]
+        _restore(run, ckpt)
     run.train_model = _wrap(model, device, dist_env, args.compile)
     if args.cuda_graphs:
         torch.cuda.set_device(device)  # capture and replay use the current device's streams
@@ -224,8 +280,8 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
 
 
 def save_checkpoints(run: TrainingRun, epoch: int, test_acc: float) -> None:
-    """checkpoint.pt after every epoch, best.pt when the test accuracy is the best so far."""
-    run.best_acc = max(run.best_acc, test_acc)
+    """checkpoint.pt after every epoch, best.pt when the test accuracy is the best so far (``end_epoch`` has
+    counted it in ``run.best_acc``)."""
     ckpt = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "epoch": epoch + 1, "rng": rng_state(),
             "args": vars(run.args), "best_acc": run.best_acc}
@@ -239,6 +295,7 @@ def end_epoch(run: TrainingRun, epoch: int, stats: dict) -> dict:
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     test_loss, test_acc = evaluate(run.model, run.ds, run.device)
+    run.best_acc = max(run.best_acc, test_acc)
     record = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
               "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
               "images_per_s": stats["seen"] * run.dist_env.world / stats["seconds"], "params": run.params}
@@ -264,11 +321,12 @@ def write_curves(run: TrainingRun) -> None:
 
 
 def train(args) -> dict:
-    """Train as ``args`` (``mgiad.cli.build_parser``'s namespace) says; returns the history and the model."""
+    """Train as ``args`` (``mgiad.cli.build_parser``'s namespace) says; returns the history (this process's
+    epochs), the run's best test accuracy (a resumed run's earlier epochs included) and the model."""
     run = setup_run(args)
     for epoch in range(run.start_epoch, run.epochs):
         run.history.append(end_epoch(run, epoch, train_epoch(run, epoch)))
     if run.writes:
         write_curves(run)
     run.dist_env.close()
-    return {"history": run.history, "model": run.model}
+    return {"history": run.history, "best_acc": run.best_acc, "model": run.model}

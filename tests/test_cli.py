@@ -3,6 +3,7 @@ anything is read or trained; the output folder is checked up front; a failed che
 no temporary file; metrics are strict JSON; `mgiad --help` lists the commands; matplotlib, tqdm and
 torchvision are optional on the default path."""
 import ast
+import errno
 import json
 import os
 import subprocess
@@ -63,6 +64,8 @@ BAD_FLAGS = {
     "post-smoothing-negative": (["--post-smoothing", "-1"], "post_smoothing must be an int of at least 0"),
     "degree": (["--model", "polymgnet", "--degree", "3"], "argument --degree: invalid choice: 3"),
     "max-steps-0": (["--max-steps-per-epoch", "0"], "max_steps_per_epoch must be an int of at least 1"),
+    "threads-0": (["--threads", "0"], "threads must be an int of at least 1, got 0"),
+    "threads-text": (["--threads", "all"], "expected an int, got 'all'"),
     "device-unknown": (["--device", "foo"], "expected cpu, cuda or cuda:N, got 'foo'"),
     "device-other-type": (["--device", "meta"], "expected cpu, cuda or cuda:N, got 'meta'"),
     "device-index": (["--device", "cuda:99"], "cuda:99"),
@@ -103,7 +106,8 @@ def test_output_folder_is_checked_up_front(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert "is a file, not a folder" in _refused(["--out", str(a_file)], capsys, monkeypatch)
-    assert "cannot be created" in _refused(["--out", str(a_file / "run")], capsys, monkeypatch)
+    assert f"cannot be created: {a_file} is a file, not a folder" in _refused(
+        ["--out", str(a_file / "sub" / "run")], capsys, monkeypatch)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -187,3 +191,77 @@ def test_default_path_needs_only_the_install_requires(tmp_path):
     assert "curves.png skipped: matplotlib is not installed" in proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("final test accuracy ")
     assert sorted(os.listdir(tmp_path)) == ["best.pt", "checkpoint.pt", "metrics.jsonl"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self") or os.path.exists("/proc/mgiad-run"), reason="needs Linux's /proc")
+def test_an_out_that_cannot_be_created_is_refused_with_the_real_reason(tmp_path, capsys, monkeypatch):
+    """procfs answers mkdir with "No such file or directory" though /proc exists: the message names /proc and its
+    file system instead; read-only and permission failures are told of the folder that refuses."""
+    from mgiad.cli import creation_failure
+
+    err = _refused(["--out", "/proc/mgiad-run/sub"], capsys, monkeypatch)
+    assert "--out /proc/mgiad-run/sub cannot be created: /proc takes no new folders (a proc file system)" in err, err
+    assert "No such file" not in err
+    assert creation_failure(str(tmp_path / "a" / "b"), OSError(errno.EROFS, "Read-only file system")) == \
+        f"{tmp_path} is on a read-only file system"
+    assert creation_failure(str(tmp_path / "a"), OSError(errno.EACCES, "Permission denied")) == \
+        f"{tmp_path} does not let this user create folders (permission denied)"
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert creation_failure(str(tmp_path / "link" / "run"), OSError(errno.ENOENT, "No such file or directory")) == \
+        f"{tmp_path / 'link'} is a broken link, not a folder"
+
+
+def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
+    picture = tmp_path / "curves.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(picture)])
+    message = str(info.value)
+    assert message.startswith(f"mgiad eval: error: {picture} is not a readable checkpoint ("), message
+    assert "\n" not in message and "delete" not in message, message
+
+
+def test_threads_flag_and_default(tmp_path, capsys, monkeypatch):
+    """--threads sets torch's thread count for the run, restored after it; the default is OMP_NUM_THREADS when
+    set, else half the CPUs this process may use; --help gives the measurement behind it."""
+    from mgiad.cli import default_threads
+
+    seen = []
+
+    def fake_train(args):
+        seen.append(torch.get_num_threads())
+        return {"history": [{"test_acc": 0.5}], "best_acc": 0.5}
+    monkeypatch.setattr("mgiad.train.train", fake_train)
+    before = torch.get_num_threads()
+    main(["train", "--out", str(tmp_path), "--threads", "3"])
+    assert seen == [3] and torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert default_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert default_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_threads() == 1
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "7-15 s with 1 and 30-94 s with 2 beside other jobs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_plot_prints_the_full_path_and_curves_have_whole_epoch_ticks(tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from mgiad.plots import plot_curves
+
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "train_acc": 0.3 * e, "test_acc": 0.25 * e,
+             "params": 10} for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    main(["plot", ".", "--out", "tradeoff.png"])
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'tradeoff.png'} (1 runs)\n"
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_curves(str(tmp_path / "metrics.jsonl"), str(tmp_path / "curves.png"))
+    for ax in figures[0].axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks

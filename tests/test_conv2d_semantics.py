@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from support import DEVICE, REL_TOL, TRITON_DTYPES
+from support import DEVICE, REL_TOL, TRITON_DTYPES, nonfinite_on_purpose
 
 from mgiad_kernels import grouped_conv2d
 
@@ -185,6 +185,7 @@ NONFINITE_CASES = ["N1", "depthwise", "dense", "groups2-out12", "stride2", "grou
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in NONFINITE_CASES])
+@nonfinite_on_purpose
 def test_nonfinite_pattern_matches(case, value):
     """A NaN or Inf in one input channel reaches exactly the outputs F.conv2d's reach (its group only),
     forward and in grad input (a non-finite grad_y)."""

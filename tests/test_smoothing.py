@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 from launch_counter import counting_launches
-from support import DEVICE, ON_GPU, REL_TOL, TRITON_DTYPES, rel_err
+from support import DEVICE, ON_GPU, REL_TOL, TRITON_DTYPES, nonfinite_on_purpose, rel_err
 from torch import nn
 
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -589,6 +589,7 @@ def test_autocast_runs_the_fused_step_in_the_autocast_dtype(input_dtype):
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 @pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
                                   if c.id in ("g4-oddHW", "depthwise", "g16-wider-than-tile-bias")])
+@nonfinite_on_purpose
 def test_fused_step_gives_the_eager_nonfinite_pattern(case, value, train):
     """A NaN or Inf at one pixel of u spreads exactly as in eager (through A, the batch statistics,
     ReLU, B); a diverging training is never hidden."""
@@ -614,6 +615,7 @@ def test_fused_step_gives_the_eager_nonfinite_pattern(case, value, train):
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in STEP_CASES
                                   if c.id in ("dense", "g4-oddHW")])
+@nonfinite_on_purpose
 def test_fused_step_gives_the_eager_pattern_of_an_infinite_batchnorm_shift(case, train):
     """bn1's bias at +inf: t = relu(bn1(r)) is +inf on the grid and 0 in B's padding. With B's weights
     positive, eager's B t is +inf at every pixel (no NaN): the prologue's padding, zeroed by a product
@@ -636,6 +638,7 @@ def test_fused_step_gives_the_eager_pattern_of_an_infinite_batchnorm_shift(case,
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@nonfinite_on_purpose
 def test_fas_transfers_give_the_eager_nonfinite_pattern(value):
     convs = [_conv(8, 8, 3, 1, 2, 0), _conv(8, 16, 3, 2, 8, 1), _conv(8, 16, 3, 2, 8, 2), _conv(16, 16, 3, 1, 4, 3),
              _conv(16, 16, 1, 1, 4, 4)]
@@ -736,6 +739,7 @@ def test_auto_backend_never_takes_the_interpreter(launches):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("bn_case", ["finite", "infinite-gamma-negative-x", "nan-beta"])
+@nonfinite_on_purpose
 def test_grad_weight_of_a_batchnorm_relu_input_zeroes_its_padding_exactly(bn_case, dtype):
     """B's weight gradient recomputes t = relu(bn1(r)) as it loads r, and t is zero in B's padding. In
     16-bit (run here in fp16 even under the interpreter) padding is zeroed by a product with 0 where every

@@ -37,7 +37,9 @@ def test_default_train_reaches_95_percent_on_digits(tmp_path, capsys, monkeypatc
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert len(rows) == 20 and rows[-1]["test_acc"] >= 0.95, rows[-1]
     printed = capsys.readouterr().out.splitlines()[-1]
-    assert printed == f"final test accuracy {rows[-1]['test_acc']:.4f}", printed
+    best = max(row["test_acc"] for row in rows)
+    assert printed == (f"final test accuracy {rows[-1]['test_acc']:.4f} (best {best:.4f}); "
+                       f"metrics in {tmp_path / 'metrics.jsonl'}"), printed
     quoted = re.search(r"`final test accuracy (0\.\d{4})`", open("README.md").read())
     assert quoted, "README.md's 'Install and run' quotes the line `mgiad train` prints"
     # README.md quotes one machine's run: across machines, thread counts and seeds 0-5 the last epoch has
@@ -291,3 +293,123 @@ def test_two_gloo_processes_give_the_single_process_gradient(tmp_path):
     ddp_grads = torch.load(tmp_path / "g.pt")
     for name, p in model.named_parameters():
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _fast(out, *extra):
+    return ["train", "--out", str(out), *TINY, "--max-steps-per-epoch", "2", *extra]
+
+
+def _files(folder) -> dict:
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_resume_with_a_larger_total_replans_the_schedule_and_trains(tmp_path, capsys):
+    """--epochs is the run's total: a finished 2-epoch run resumed with --epochs 4 trains epochs 3 and 4 at the
+    learning rates a 4-epoch run has there (not at the finished schedule's zero), and its weights move."""
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    main(_fast(run, "--epochs", "2"))
+    before = load_checkpoint(str(run / "checkpoint.pt"))["model"]
+    capsys.readouterr()
+    main(_fast(run, "--epochs", "4", "--resume"))
+    out, err = capsys.readouterr()
+    assert "re-planned from 2 to 4 epochs in total" in err, err
+    assert out.splitlines()[-1].endswith(f"; metrics in {run / 'metrics.jsonl'}"), out
+    main(_fast(fresh, "--epochs", "4"))
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    fresh_rows = [json.loads(line) for line in open(fresh / "metrics.jsonl")]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert [row["lr"] for row in rows[2:]] == pytest.approx([row["lr"] for row in fresh_rows[2:]])
+    assert rows[2]["lr"] == pytest.approx(0.05 * (1 + np.cos(np.pi * 2 / 4)) / 2) and rows[3]["lr"] > 0
+    after = load_checkpoint(str(run / "checkpoint.pt"))
+    assert after["epoch"] == 4 and after["scheduler"]["T_max"] == 4
+    moved = [k for k, v in before.items() if v.is_floating_point() and "running" not in k
+             and not torch.equal(v, after["model"][k])]
+    assert any(k.endswith("weight") and "bn" not in k for k in moved), moved
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, capsys, monkeypatch):
+    """The same total (or none: the run's own) is one line on stdout, exit 0; a total below the epochs trained
+    is a one-line flag error, exit 2. Neither reads the data nor touches the run folder."""
+    main(_fast(tmp_path, "--epochs", "2"))
+    files = _files(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr("mgiad.train.load_dataset", lambda *a: pytest.fail("read the dataset"))
+    for extra in (["--epochs", "2"], []):
+        main(_fast(tmp_path, "--resume", *extra))
+        out, err = capsys.readouterr()
+        assert out == (f"mgiad train: {tmp_path} has trained all 2 of its epochs, nothing to train (--epochs is the "
+                       f"run's total: pass a larger one to train on); metrics in {tmp_path / 'metrics.jsonl'}\n")
+        assert err == ""
+    with pytest.raises(SystemExit) as info:
+        main(_fast(tmp_path, "--resume", "--epochs", "1"))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"mgiad train: error: --epochs 1 is fewer than the 2 epochs {tmp_path} has trained"), err
+    assert _files(tmp_path) == files
+
+
+def test_replanned_schedule_follows_the_new_totals_curve():
+    """replan_schedule at epoch 3 of a 5-epoch schedule, to 8 in total: every later learning rate is the 8-epoch
+    schedule's, and a schedule already on its total is left as it is."""
+    from mgiad.train import replan_schedule
+
+    def schedule(total):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+
+    opt, sched = schedule(5)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    ref_opt, ref_sched = schedule(8)
+    for _ in range(3):
+        ref_opt.step()
+        ref_sched.step()
+    assert replan_schedule(sched, opt, 8) and not replan_schedule(ref_sched, ref_opt, 8)
+    for _ in range(5):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
+        assert sched.get_last_lr() == pytest.approx(ref_sched.get_last_lr(), abs=1e-12)
+        for o, s in ((opt, sched), (ref_opt, ref_sched)):
+            o.step()
+            s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_run_without_out_keeps_its_metrics_in_a_new_run_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["train", *TINY, "--epochs", "1", "--max-steps-per-epoch", "2"])
+    (folder,) = os.listdir(tmp_path / "runs")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d-\d{6}", folder), folder
+    metrics = tmp_path / "runs" / folder / "metrics.jsonl"
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"; metrics in {metrics}")
+    assert [json.loads(line)["epoch"] for line in open(metrics)] == [1]
+
+
+def test_run_folders_made_for_runs_are_new_and_removed_when_training_fails(tmp_path, monkeypatch):
+    """Two runs started in the same second get two folders; a run that fails before it writes anything leaves
+    no folder it created behind."""
+    import datetime
+    import types
+
+    from mgiad.cli import new_run_dir
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr("mgiad.cli.datetime", types.SimpleNamespace(datetime=Frozen))
+    monkeypatch.chdir(tmp_path)
+    first, second = new_run_dir(), new_run_dir()
+    assert (first, second) == (os.path.join("runs", "2026-01-02-030405"), os.path.join("runs", "2026-01-02-030405-2"))
+    assert os.path.isdir(first) and os.path.isdir(second)
+    for folder in (first, second):
+        os.rmdir(folder)
+
+    def fail(*args):
+        raise DatasetError("digits: cannot be read")
+    monkeypatch.setattr("mgiad.train.load_dataset", fail)
+    for out in ([], ["--out", "fresh"]):
+        with pytest.raises(SystemExit, match="digits: cannot be read"):
+            main(["train", *TINY, "--epochs", "1", *out])
+    assert os.listdir(tmp_path / "runs") == [] and not os.path.exists("fresh")

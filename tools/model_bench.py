@@ -5,7 +5,7 @@
 
 One SGD step (forward, backward, update; bf16 autocast for ``bfloat16``) of each model at CIFAR
 shape, on the providers ``triton`` (every conv and smoothing step on the Triton kernels), ``torch``
-(cuDNN) and ``torch_compile``, and ``triton_graphs`` and ``torch_graphs``: the same steps captured in
+(cuDNN on a GPU) and ``torch_compile``, and ``triton_graphs`` and ``torch_graphs``: the same steps captured in
 a CUDA graph and replayed (``mgiad.graphs.CapturedStep``, as ``mgiad train --cuda-graphs``; warm-up
 and capture happen before timing, each timed call copies the batch in and replays). It runs on the
 kernel benchmark's machinery (``tools.kernel_bench``: timers, report, flags) and writes
@@ -46,7 +46,7 @@ def cases(quick: bool, ops, dtypes) -> list[Case]:
     return [Case(op, "train", dtype, n, 3, size, size, 8) for dtype in dtypes for op in OPS if op in ops]
 
 
-def providers_for(case: Case) -> tuple[str, ...]:
+def providers_for(case: Case, device: torch.device) -> tuple[str, ...]:
     return PROVIDERS
 
 
@@ -132,8 +132,8 @@ def main(argv=None) -> str | None:
         return host_bench.main([a for a in argv if a != "--host"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as tools.kernel_bench.main picks it
     skipped = {p: skip_reason(p, device) for p in PROVIDERS if skip_reason(p, device)}
-    suite = dataclasses.replace(SUITE, providers_for=lambda case: tuple(p for p in providers_for(case)
-                                                                        if p not in skipped))
+    suite = dataclasses.replace(SUITE, providers_for=lambda case, device: tuple(
+        p for p in providers_for(case, device) if p not in skipped))
     stem = bench_main(argv, suite, __doc__, prog="python -m tools.model_bench")
     print("\n".join(add_images_per_s(stem)[2:]))
     for provider, reason in skipped.items():

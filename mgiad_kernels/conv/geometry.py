@@ -117,6 +117,8 @@ class ConvGeometry:
         """``padding``: (top, left, bottom, right) as resolve_padding returns it. Kept per distinct
         sizes (a geometry is built on every op call; a frozen dataclass costs ~4 us to make)."""
         sizes = (*x_shape[1:], *weight_shape, *stride, *padding, *dilation, groups)
+        if torch.compiler.is_compiling():  # Dynamo traces past an lru_cache (and warns that it does): build it
+            return _geometry_of.__wrapped__(*sizes)
         try:
             return _geometry_of(*sizes)
         except TypeError:  # a symbolic size (tracing with dynamic shapes) is not hashable

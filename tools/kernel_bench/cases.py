@@ -8,7 +8,8 @@ import torch
 MODEL_SHAPES = [(64, 32), (128, 16), (256, 8), (192, 32), (384, 16), (768, 8), (768, 4)]  # (C, H = W)
 QUICK_SHAPES = [(16, 8), (32, 4)]
 GROUP_SIZES = (4, 8, 16)
-CONV_PROVIDERS = ("triton", "cudnn_nchw", "cudnn_channels_last", "torch_compile")
+CONV_PROVIDERS = ("triton", "cudnn_nchw", "cudnn_channels_last", "torch_compile")  # on a GPU
+CPU_NAMES = {"cudnn_nchw": "torch_cpu_nchw", "cudnn_channels_last": "torch_cpu_channels_last"}  # what runs off-GPU
 OPS = ("grouped_conv3x3", "transfer1x1", "depthwise_pool", "smoothing_step")
 
 
@@ -60,8 +61,15 @@ def cases(quick: bool, ops, dtypes) -> list[Case]:
     return out
 
 
-def providers_for(case: Case) -> tuple[str, ...]:
-    return CONV_PROVIDERS
+def providers_for(case: Case, device: torch.device) -> tuple[str, ...]:
+    """The providers of a case on ``device``: on a CPU the two layouts of F.conv2d are PyTorch's CPU
+    convolutions, named ``torch_cpu_nchw`` and ``torch_cpu_channels_last`` (no cuDNN runs there)."""
+    return CONV_PROVIDERS if device.type == "cuda" else tuple(CPU_NAMES.get(p, p) for p in CONV_PROVIDERS)
+
+
+def channels_last(provider: str) -> bool:
+    """Whether a provider's inputs are channels_last (every one but the ``*_nchw`` layouts)."""
+    return not provider.endswith("_nchw")
 
 
 def skip_reason(provider: str, device: torch.device) -> str | None:

@@ -24,7 +24,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 class Suite:
     ops: tuple[str, ...]
     cases: Callable[[bool, list[str], list[torch.dtype]], list[Case]]
-    providers_for: Callable[[Case], tuple[str, ...]]
+    providers_for: Callable[[Case, torch.device], tuple[str, ...]]
     build: Callable  # (case, provider, device) -> (run, bytes, FLOPs)
     stem_suffix: str = ""  # results go to <device>-<date><suffix>.json / .md
     runs_on: Callable[[Case, torch.device], bool] = lambda case, device: True
@@ -69,7 +69,7 @@ def run_suite(suite: Suite, quick: bool, ops, dtypes, device: torch.device, copy
     for case in suite.cases(quick, ops, dtypes):
         if not suite.runs_on(case, device):
             continue
-        for provider in suite.providers_for(case):
+        for provider in suite.providers_for(case, device):
             if skip_reason(provider, device):
                 continue
             r = measure(case, provider, device, copy_gbs, suite.build)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgiad_kernels import GroupedConv2d, SmoothingStep, grouped_conv2d
-from .cases import Case, conv_geometry
+from .cases import Case, channels_last, conv_geometry
 from .cost import conv_cost, smoothing_step_cost
 from .timing import Rotation
 
@@ -23,8 +23,7 @@ def conv_fn(provider: str, case: Case, device: torch.device) -> Runner:
     """One pass (forward, or forward and both gradients) of the case's convolution on ``provider``."""
     c_in, c_out, k, stride, groups = conv_geometry(case)
     backward = case.pass_ == "fwd+bwd"
-    fmt = torch.channels_last if provider in ("triton", "cudnn_channels_last", "torch_compile") else \
-        torch.contiguous_format
+    fmt = torch.channels_last if channels_last(provider) else torch.contiguous_format
 
     def make():
         x = torch.randn(case.N, c_in, case.H, case.W, device=device, dtype=case.dtype).to(memory_format=fmt)
@@ -57,7 +56,7 @@ def smoothing_fn(provider: str, case: Case, device: torch.device) -> Runner:
     step = SmoothingStep(GroupedConv2d(c, c, 3, padding=1, groups=groups, bias=False, backend=backend),
                          GroupedConv2d(c, c, 3, padding=1, groups=groups, bias=False, backend=backend), c,
                          backend=backend).to(device=device, dtype=case.dtype)
-    fmt = torch.channels_last if provider != "cudnn_nchw" else torch.contiguous_format
+    fmt = torch.channels_last if channels_last(provider) else torch.contiguous_format
     step = step.to(memory_format=fmt)
     module: nn.Module = torch.compile(step, mode="max-autotune-no-cudagraphs") if provider == "torch_compile" else step
     nbytes, flops = smoothing_step_cost(case.N, c, case.H, case.W, groups, _elem(case.dtype))

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-BASELINE_PROVIDERS = ("cudnn_nchw", "cudnn_channels_last", "torch")
+BASELINE_PROVIDERS = ("cudnn_nchw", "cudnn_channels_last", "torch_cpu_nchw", "torch_cpu_channels_last", "torch")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class Result:
 
 
 def add_speedups(results: list[Result]) -> None:
-    """Each result's speedup over the faster cuDNN layout (or the torch provider) of the same case."""
+    """Each result's speedup over the faster cuDNN layout (on a CPU the faster torch_cpu layout, or the torch
+    provider) of the same case."""
     key = lambda r: (r.op, r.pass_, r.dtype, r.N, r.C, r.H, r.group_size)  # noqa: E731
     baseline = {}
     for r in results:
@@ -83,7 +84,7 @@ def markdown(results: list[Result], doc: dict, on_gpu: bool) -> str:
     lines = [f"# Benchmarks on {doc['device']}, {doc['date']}", "",
              f"torch {doc['torch']}, triton {doc['triton']}, cuDNN {doc['cudnn']}; measured copy "
              f"bandwidth {doc['copy_bandwidth_gbs']:.0f} GB/s. Times are medians (p20-p80)."
-             + ("" if on_gpu else " On a CPU the cudnn_* providers are PyTorch's CPU "
+             + ("" if on_gpu else " On a CPU the torch_cpu_* providers are PyTorch's CPU "
                 "convolutions in each layout, and the Triton providers are not timed."), "",
              "| op | pass | dtype | N | C | H=W | g_s | provider | median ms | p20-p80 ms | GB/s | of copy BW "
              "| TFLOP/s | speedup |", "|" + "---|" * 14]

@@ -12,6 +12,15 @@ from .report import Result
 
 L2_ROTATION_BYTES = 256 << 20  # more than any lent GPU's L2
 Timer = Callable[[Callable[[], object]], "tuple[float, float, float]"]
+CPU_ROUNDS = 5  # timed calls per case on a CPU, after one warm-up call
+
+
+def quantiles_ms(times_ms: list[float]) -> tuple[float, float, float]:
+    """(median, p20, p80) of timings, the quantiles as the nearest-rank timings (of 5: the second-lowest and
+    the second-highest)."""
+    times = sorted(times_ms)
+    rank = lambda q: times[round(q * (len(times) - 1))]  # noqa: E731
+    return statistics.median(times), rank(0.2), rank(0.8)
 
 
 def timer(device: torch.device) -> Timer:
@@ -28,12 +37,11 @@ def timer(device: torch.device) -> Timer:
     def cpu_time(fn):
         fn()
         times = []
-        for _ in range(5):
+        for _ in range(CPU_ROUNDS):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-        times.sort()
-        return statistics.median(times), times[1], times[-2]
+        return quantiles_ms(times)
 
     return cpu_time
 
@@ -60,10 +68,12 @@ class Rotation:
         return self.items[self.i]
 
 
-def measure(case: Case, provider: str, device: torch.device, copy_gbs: float, build) -> Result:
-    """Time one case on one provider. ``build(case, provider, device)`` gives (run, bytes, FLOPs)."""
+def measure(case: Case, provider: str, device: torch.device, copy_gbs: float, build,
+            time_fn: Timer | None = None) -> Result:
+    """Time one case on one provider. ``build(case, provider, device)`` gives (run, bytes, FLOPs);
+    ``time_fn``: the timer (default: ``timer(device)``)."""
     run, nbytes, flops = build(case, provider, device)
-    median, p20, p80 = timer(device)(run)
+    median, p20, p80 = (time_fn or timer(device))(run)
     gbs = nbytes / median / 1e6
     return Result(case.op_name, case.pass_, case.dtype_name, case.N, case.C, case.H, case.W, case.group_size,
                   provider, median, p20, p80, gbs, flops / median / 1e9, gbs / copy_gbs if copy_gbs else 0.0)

@@ -1,0 +1,57 @@
+"""The benchmarks as a user runs them off a GPU (`python -m pytest benchmarks`): one line of what was timed and
+what was skipped and why, provider names that say what ran, several rounds per case, a table within 120
+columns, and under -q the line alone."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tools import kernel_bench as bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASE = "grouped_conv3x3-fwd-float32-N2-C16-H8-g4"  # one tiny case: its four providers
+OFF_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the tiny shapes are the benchmarks' off a GPU")
+
+
+def _benchmarks(*args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_kernels.py", "-k", CASE,
+                           "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_provider_names_say_what_runs():
+    case = bench.Case("grouped_conv3x3", "fwd", torch.float32, 2, 16, 8, 8, 4)
+    assert bench.providers_for(case, torch.device("cuda")) == ("triton", "cudnn_nchw", "cudnn_channels_last",
+                                                              "torch_compile")
+    assert bench.providers_for(case, torch.device("cpu")) == ("triton", "torch_cpu_nchw", "torch_cpu_channels_last",
+                                                             "torch_compile")
+
+
+@OFF_GPU
+def test_benchmarks_say_what_ran_and_what_was_skipped_in_one_line(tmp_path):
+    stats = tmp_path / "stats.json"
+    lines = _benchmarks("--benchmark-only", f"--benchmark-json={stats}").stdout.splitlines()
+    (summary,) = [line for line in lines if line.startswith("benchmarks: ")]
+    assert summary.startswith("benchmarks: 2 timed on cpu-"), summary
+    assert "at tiny shapes, 5 rounds each (1 torch_cpu_nchw, 1 torch_cpu_channels_last); 2 skipped: " \
+           "1 triton (Triton providers need a GPU" in summary, summary
+    assert summary.endswith("; 1 torch_compile (torch.compile max-autotune is timed on GPUs only)"), summary
+    table = lines[lines.index(summary) - 4:lines.index(summary)]
+    assert table[0].startswith("ms per call over 5 rounds") and table[1].split()[:2] == ["case", "provider"], table
+    assert [row.split()[1] for row in table[2:]] == ["torch_cpu_nchw", "torch_cpu_channels_last"], table
+    assert max(len(line) for line in table) <= 120, table
+    assert not any("cudnn" in line for line in lines)
+    rows = json.loads(stats.read_text())["benchmarks"]
+    assert [row["stats"]["rounds"] for row in rows] == [5, 5]
+    assert all(row["stats"]["stddev"] > 0 and "speedup_vs_best_torch_cpu" in row["extra_info"] for row in rows)
+
+
+@OFF_GPU
+def test_quiet_benchmarks_print_the_summary_line_without_the_table():
+    lines = _benchmarks("-q").stdout.splitlines()
+    assert sum(line.startswith("benchmarks: 2 timed on cpu-") for line in lines) == 1, lines
+    assert not any(line.startswith(("ms per call", "case ", "Name (time")) for line in lines), lines
