@@ -1,8 +1,12 @@
-"""Test set-up: the Triton interpreter on CPU-only machines, fp32 without TF32, and a one-line summary of the
-tests skipped and why.
+"""Test set-up: the Triton interpreter on CPU-only machines, every launch's promises checked, fp32 without TF32,
+and a one-line summary of the tests skipped and why.
 
 TRITON_INTERPRET must be set before any @triton.jit function is defined; the package defines
 its kernels lazily, so setting it here, before the tests import anything, is enough.
+MGIAD_KERNELS_CHECK_PROMISES=1 (read once per process, at the first launch site): every launch checks the
+alignment and contiguity promises its launcher makes to the kernel (``launch_sites.check_promises``). The
+subprocesses tests start inherit it, but for those that check or time the warm launch path, which the switch
+bypasses: they set it to 0.
 """
 import os
 
@@ -10,6 +14,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("MGIAD_KERNELS_CHECK_PROMISES", "1")
 
 import pytest  # noqa: E402
 

@@ -18,13 +18,17 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(tmp_path, code: str, autotune: str, cache_dir=None) -> str:
+def _run(tmp_path, code: str, autotune: str, cache_dir=None, warm: bool = False) -> str:
     """Run ``code`` from a file (triton.jit reads its kernels' source) without TRITON_INTERPRET;
-    ``cache_dir``: Triton's cache (compiled kernels and persisted autotuning), else the user's."""
+    ``cache_dir``: Triton's cache (compiled kernels and persisted autotuning), else the user's. ``warm``: the
+    code checks the warm launch path, so it runs with MGIAD_KERNELS_CHECK_PROMISES=0 (the switch sends every
+    launch through LaunchSite.launch); else the switch is inherited (conftest sets it)."""
     script = tmp_path / "standin_case.py"
     script.write_text(textwrap.dedent(code))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["MGIAD_KERNELS_AUTOTUNE"] = autotune
+    if warm:
+        env["MGIAD_KERNELS_CHECK_PROMISES"] = "0"
     if cache_dir is not None:
         env["TRITON_CACHE_DIR"] = str(cache_dir)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
@@ -158,7 +162,7 @@ def test_warm_launch_plans_launch_what_triton_dispatch_launches(tmp_path):
         assert rec.compiles[2].specialization["dst_ptr"] == [] and rec.compiles[2].specialization["src_ptr"]
     assert not launch_sites.SITES  # the stand-in's plans go with it
     print("ok")
-    """, autotune="0")
+    """, autotune="0", warm=True)
     assert out.startswith("ok")
 
 
@@ -206,7 +210,7 @@ def test_a_warm_forward_call_allocates_its_output_as_the_cold_call_does(tmp_path
                 memory_format=torch.channels_last if name in ("channels_last", "stride_2") else
                 torch.contiguous_format), name
     print("ok")
-    """, autotune="0")
+    """, autotune="0", warm=True)
     assert out.startswith("ok")
 _NEEDS_NOOP_LIBCUDA = pytest.mark.skipif(
     not c_compiler() or torch.cuda.is_available(),
@@ -287,7 +291,7 @@ def test_a_warm_site_launches_through_its_generated_function_and_falls_back_when
         assert launch() == (1, 1) and launch() == (0, 1)
         assert len(site.plans) == 2  # aligned and misaligned, the second driver's aligned plan replaced
     print("ok")
-    """, autotune="0")
+    """, autotune="0", warm=True)
     assert out.startswith("ok")
 
 
@@ -349,7 +353,7 @@ def test_every_warm_launch_site_passes_what_triton_dispatch_passes(tmp_path):
         assert reference == cold == warm, (i, reference, cold, warm)
     assert len(runs[0]) == len(runs[1]) == len(runs[2])
     print("ok", len(runs[0]))
-    """, autotune="0")
+    """, autotune="0", warm=True)
     assert out.startswith("ok")
 
 
@@ -412,7 +416,7 @@ def test_warm_launches_hand_the_driver_what_tritons_own_launcher_hands_it(tmp_pa
         assert all(other[i] == launch for other in others), (i, launch, [other[i] for other in others])
     assert any("placeholder" in launch.params for launch in reference)
     print("ok", len(reference))
-    """, autotune="0")
+    """, autotune="0", warm=True)
     assert out.startswith("ok")
 
 

@@ -205,7 +205,53 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         dst_per_group, red_per_group, src.element_size(), tiles.gather_pixels_bucket(pixels),
         tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad")
     constexprs.update(_gather_tile_flags(c_dst, dst_per_group, red_per_group, config))
-    return launch_sites.SITES.put(key, _tiled_site(kernels.conv2d_gather_kernel, grid, rest, constexprs, config))
+    description = (f"{'grad input' if transposed else 'forward'} src {tuple(src.shape)} {src.stride()} weight "
+                   f"{tuple(weight.shape)} {ws} dst {tuple(dst.shape)} {dst.stride()} {geo.groups} groups {src.dtype}")
+    return launch_sites.SITES.put(key, _tiled_site(kernels.conv2d_gather_kernel, grid, rest, constexprs, config,
+                                                   _gather_promises(weight_out_is_dst), description))
+
+
+def _gather_promises(weight_out_is_dst: bool) -> Callable:
+    """A gather site's ``promises`` (LaunchSite): its alignment and whole-tile constexprs, recomputed by tiles.py's
+    helpers from a launch's src, weight and dst (the group sizes from the weight's dim 1: reduced channels per
+    group where ``weight_out_is_dst``, else dst ones) for the site's tile, or every tile of the autotune list."""
+
+    def promises(c: dict, pointers: tuple) -> list[str]:
+        src, weight, dst = pointers[0], pointers[1], pointers[4]
+        n_batch, c_dst, h_dst, w_dst = dst.shape
+        c_red, per_group = src.shape[1], weight.shape[1]
+        groups = (c_red if weight_out_is_dst else c_dst) // per_group
+        dst_pg, red_pg = c_dst // groups, c_red // groups
+        tile_shapes = _tile_shapes(c, "BLOCK_DST", "BLOCK_RED", _kernels().conv2d_gather_kernel)
+        red_range = tiles.channel_range_alignment(c_dst, dst_pg, red_pg, sorted({t[0] for t in tile_shapes}))
+        promise, pixels = launch_sites.promise, n_batch * h_dst * w_dst
+        return [*promise(tiles.channel_alignment(red_pg) % c["RED_ALIGN"] == 0,
+                         f"RED_ALIGN={c['RED_ALIGN']} divides the reduced channels per group ({red_pg})"),
+                *promise(tiles.channel_alignment(dst_pg) % c["DST_ALIGN"] == 0,
+                         f"DST_ALIGN={c['DST_ALIGN']} divides the dst channels per group ({dst_pg})"),
+                *promise(tiles.weight_alignment(weight.stride()) % c["W_ALIGN"] == 0,
+                         f"W_ALIGN={c['W_ALIGN']} divides the weight's out-channel and tap strides {weight.stride()}"),
+                *promise(red_range % c["RED_RANGE_ALIGN"] == 0,
+                         f"RED_RANGE_ALIGN={c['RED_RANGE_ALIGN']} divides every tile's reduced-channel range "
+                         f"(multiples of {red_range} for tiles {tile_shapes})"),
+                *promise(not c["FULL_CHANNEL_BLOCKS"] or tiles.full_channel_blocks(c_dst, dst_pg, red_pg, tile_shapes),
+                         f"FULL_CHANNEL_BLOCKS: every channel tile of {tile_shapes} is whole and its reduced channels "
+                         f"whole blocks ({c_dst} dst channels, groups of {dst_pg} and {red_pg})"),
+                *promise(not c["SINGLE_RED_BLOCK"] or tiles.single_reduced_block(c_dst, dst_pg, red_pg, tile_shapes),
+                         f"SINGLE_RED_BLOCK: every channel tile of {tile_shapes} reduces over one block "
+                         f"({c_dst} dst channels, groups of {dst_pg} and {red_pg})"),
+                *promise(c["WIDE_PIXEL_INDEX"] or pixels < _PIXEL_INDEX_LIMIT,
+                         f"WIDE_PIXEL_INDEX=False: the dst pixels ({pixels}) are below 2^31")]
+
+    return promises
+
+
+def _tile_shapes(constexprs: dict, first: str, second: str, kernel) -> list[tuple[int, int]]:
+    """The (first, second) channel tiles a site may launch: its own tile's, or (autotuned: no tile in its
+    constexprs) those of every config of ``kernel``'s autotune list."""
+    if first in constexprs:
+        return [(constexprs[first], constexprs[second])]
+    return sorted({(config.kwargs[first], config.kwargs[second]) for config in kernel.configs})
 
 
 def _check_gather_fusions(prologue_bn, epilogue_bn, epilogue_bn_relu: bool, other_mode: str, stats_mode: str,
@@ -259,16 +305,19 @@ def _fusion_modes() -> tuple[dict, dict, dict]:
              "cumulative": kernels.RUNNING_CUMULATIVE.value})
 
 
-def _tiled_site(kernel, grid, rest: tuple, constexprs: dict, config) -> launch_sites.LaunchSite:
+def _tiled_site(kernel, grid, rest: tuple, constexprs: dict, config, promises: Callable,
+                description: str) -> launch_sites.LaunchSite:
     """The site of an autotuned kernel: through the autotuner when ``config`` is None
     (MGIAD_KERNELS_AUTOTUNE=1), else with ``config``'s tile (no benchmarking, no Triton dispatch once warm).
-    The caller keeps it in its own cache."""
+    ``promises``, ``description``: the site's (LaunchSite). The caller keeps it in its own cache."""
     if config is None:
-        return launch_sites.LaunchSite(kernel, grid, rest, constexprs, {}, through_triton=True)
+        return launch_sites.LaunchSite(kernel, grid, rest, constexprs, {}, through_triton=True, promises=promises,
+                                       description=description)
     constexprs = {**constexprs, **config.kwargs}
     return launch_sites.LaunchSite(kernel.fn, grid(constexprs), rest, constexprs,
                                    {"num_warps": config.num_warps, "num_stages": config.num_stages,
-                                    **({"maxnreg": config.maxnreg} if config.maxnreg else {})})
+                                    **({"maxnreg": config.maxnreg} if config.maxnreg else {})},
+                                   promises=promises, description=description)
 
 
 # What every site key holds besides its arguments: fp32 dots' precision, PyTorch's tf32 switch for cuDNN
@@ -470,9 +519,36 @@ def _grad_weight_site(grad_y, x, geo: ConvGeometry, w_shape: tuple, with_bias: b
                                                             for c in configs}))
     constexprs["FULL_BOXES"] = n_batch % tile[0] == 0 and h_out % tile[1] == 0 and w_out % tile[2] == 0
     grid = lambda meta: (geo.kernel_h, _cdiv(c_out, meta["BLOCK_OUT"]), splits)  # noqa: E731
-    site = _tiled_site(kernels.conv2d_grad_weight_kernel, grid, rest, constexprs, config)
+    site = _tiled_site(kernels.conv2d_grad_weight_kernel, grid, rest, constexprs, config, _grad_weight_promises,
+                       f"x {tuple(x.shape)} {x.stride()} grad_y {tuple(grad_y.shape)} {grad_y.stride()} weight "
+                       f"{w_shape} {w_strides} {geo.groups} groups {x.dtype}")
     counters = geo.kernel_h * _cdiv(c_out, _SMALLEST_CHANNEL_TILE) * _cdiv(c_in, _SMALLEST_CHANNEL_TILE)
     return site, w_strides, ((splits, *w_shape), (splits, *g_shape)), counters, scratch(x.device)
+
+
+def _grad_weight_promises(c: dict, pointers: tuple) -> list[str]:
+    """A grad-weight site's ``promises`` (LaunchSite): its channel flags, recomputed by tiles.py's helper from a
+    launch's x, grad_y and grad_w (the group sizes from grad_w's dim 1, the in-channels per group) for the site's
+    tile, or every tile of the autotune list; its pixel flags from grad_y's sizes and the site's pixel box."""
+    x, grad_y, grad_w = pointers[0], pointers[1], pointers[2]
+    n_batch, c_out, h_out, w_out = grad_y.shape
+    in_pg = grad_w.shape[1]
+    groups = x.shape[1] // in_pg
+    tile_shapes = _tile_shapes(c, "BLOCK_OUT", "BLOCK_IN", _kernels().conv2d_grad_weight_kernel)
+    out_align, in_align, full = tiles.grad_weight_channel_blocks(c_out, c_out // groups, in_pg, tile_shapes)
+    box = (c["TILE_N"], c["TILE_H"], c["TILE_W"])
+    promise, pixels = launch_sites.promise, n_batch * h_out * w_out
+    return [*promise(out_align % c["OUT_ALIGN"] == 0, f"OUT_ALIGN={c['OUT_ALIGN']} divides C_out ({c_out})"),
+            *promise(in_align % c["IN_ALIGN"] == 0,
+                     f"IN_ALIGN={c['IN_ALIGN']} divides every tile's input-channel range (multiples of {in_align} "
+                     f"for tiles {tile_shapes})"),
+            *promise(not c["FULL_CHANNEL_BLOCKS"] or full,
+                     f"FULL_CHANNEL_BLOCKS: every tile of {tile_shapes} is whole and its input channels whole blocks "
+                     f"({c_out} out channels, {groups} groups)"),
+            *promise(not c["FULL_BOXES"] or all(size % side == 0 for size, side in zip((n_batch, h_out, w_out), box)),
+                     f"FULL_BOXES: N, H_out, W_out {(n_batch, h_out, w_out)} are multiples of the pixel box {box}"),
+            *promise(c["WIDE_PIXEL_INDEX"] or pixels < _PIXEL_INDEX_LIMIT,
+                     f"WIDE_PIXEL_INDEX=False: the output pixels ({pixels}) are below 2^31")]
 
 
 def _weight_carries(carries, w_shape, with_bias: bool, x: torch.Tensor) -> list:

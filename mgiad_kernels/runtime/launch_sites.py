@@ -22,6 +22,15 @@ output's allocation included. On Triton's own launcher (the stand-in's ``launche
 grouped conv forward, allocation included, went from 7.0 (Triton's launcher called) to 5.1 (its C launch
 function called) to 2.8-3.0 us of host (the fast launcher). Under the interpreter, through the autotuner
 and with plans disabled, every launch goes through Triton.
+
+With MGIAD_KERNELS_CHECK_PROMISES=1 (``triton_support.promises_checked``), a debug switch, every launch first
+checks the promises made to the kernel (``check_promises``): the launcher's own, given as the site's
+``promises`` (the alignment and whole-tile constexprs it derived, recomputed from the launch's tensors), and the
+16-byte alignment of each pointer the compiled variant the launch takes was specialized on. A broken promise
+raises ``BrokenPromise`` naming the kernel, the site and the promise, before anything is launched: on a GPU it
+would be a misaligned-address error that ends the process, or wrong values. No warm function is generated
+then, so every launch goes through ``LaunchSite.launch``; with the switch off a site is made as before and its
+warm launch runs no check.
 """
 from __future__ import annotations
 
@@ -29,9 +38,10 @@ import weakref
 from typing import Callable, Sequence
 
 from .fast_launch import launcher as fast_launcher, make_plan
+from .triton_support import promises_checked
 
 _MAX_SITES = 4096  # distinct (shape, layout, fusion) launches kept per cache; the oldest go first beyond it
-_STATE = {"enabled": True}
+_STATE = {"enabled": True, "checks": 0}  # plans enabled; the promise checks made (check_promises)
 _CACHES: list = []
 
 
@@ -92,10 +102,16 @@ class LaunchSite:
 
     ``through_triton``: always launch through ``jit_fn[grid]`` (an Autotuner: it benchmarks and picks the
     tile; ``grid`` is then a function of the chosen meta-parameters). ``launch`` is the method below until
-    a launch with every checked pointer aligned has made its plan; then the instance's generated one."""
+    a launch with every checked pointer aligned has made its plan; then the instance's generated one. Where
+    launches check their promises (``promises_checked``), it is always an instance function that checks each
+    launch (``check_promises``) and then calls the method."""
 
-    def __init__(self, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False):
+    def __init__(self, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False,
+                 promises: Callable | None = None, description: str = ""):
         self.jit_fn, self.rest, self.constexprs, self.options = jit_fn, rest, constexprs, options
+        self.promises = promises  # promises(constexprs, pointers) -> the launcher's promises to the kernel that
+        #                           the launch's tensors break, as texts (checked under promises_checked())
+        self.description = description  # the site as a broken promise names it: what its key fixes, readably
         self.through_triton = through_triton or not isinstance(jit_fn, _triton_runtime()[2])  # the interpreter
         self.grid = grid if self.through_triton else (tuple(grid) + (1, 1))[:3]
         self.plans: dict = {}  # misaligned-pointer bits -> (driver, launcher, function, packed metadata, kernel,
@@ -106,6 +122,8 @@ class LaunchSite:
         #                      launch checks; set at the first direct launch
         self.fast_plan = None  # the fast launcher's plan of the warm launch (fast_launch), where it has one
         self.placeholder = self.placeholder_address = None  # the aligned plan's placeholder, and its address
+        if promises_checked():  # every launch checked, none through a generated function
+            self.launch = _checking_launch(weakref.ref(self))
 
     def launch(self, pointers: tuple, placeholder=None) -> None:
         """Launch on ``pointers``, the kernel's leading tensor arguments. ``placeholder``: the 16-byte aligned
@@ -152,9 +170,10 @@ class LaunchSite:
             self.placeholder, self.placeholder_address = placeholder, None if placeholder is None else \
                 placeholder.data_ptr()
             self.fast_plan = _fast_plan(self, plan)
-            self.launch = warm_function(self, "pointers, placeholder=None",
-                                        [f"pointers[{i}]" for i in range(self.n_pointers)],
-                                        fallback="pointers, placeholder")
+            if not promises_checked():
+                self.launch = warm_function(self, "pointers, placeholder=None",
+                                            [f"pointers[{i}]" for i in range(self.n_pointers)],
+                                            fallback="pointers, placeholder")
 
 
 def _device_getter(get_current_device):
@@ -284,9 +303,10 @@ def warm_function(site: LaunchSite, parameters: str, pointers: Sequence[str], be
     query), Triton's C launch function directly where its launcher would only pass its arguments on
     (``_direct_launch``). Anything else (a misaligned pointer, another driver, plans disabled, a launch
     hook set, no current CUDA context) goes to ``LaunchSite.launch(site, fallback)``, looked up then
-    (``fallback``: the source of its arguments; default, the pointers as a tuple and the placeholder)."""
+    (``fallback``: the source of its arguments; default, the pointers as a tuple and the placeholder).
+    None as well where launches check their promises (``promises_checked``): each goes through the site."""
     plan = site.plans.get(0)
-    if site.through_triton or site.checked is None or plan is None:
+    if site.through_triton or site.checked is None or plan is None or promises_checked():
         return None
     active, run, function, packed, _, current_stream, current_device = plan
     runtime, driver, _ = _TRITON
@@ -324,7 +344,82 @@ def warm_function(site: LaunchSite, parameters: str, pointers: Sequence[str], be
     return scope[name]
 
 
-def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict,
-             through_triton: bool = False) -> LaunchSite:
+def add_site(key, jit_fn, grid, rest: tuple, constexprs: dict, options: dict, through_triton: bool = False,
+             promises: Callable | None = None, description: str = "") -> LaunchSite:
     """Make and keep the site of ``key`` (see LaunchSite)."""
-    return SITES.put(key, LaunchSite(jit_fn, grid, rest, constexprs, options, through_triton))
+    return SITES.put(key, LaunchSite(jit_fn, grid, rest, constexprs, options, through_triton, promises, description))
+
+
+class BrokenPromise(RuntimeError):
+    """A launch whose tensors break a promise made to its kernel (``check_promises``)."""
+
+
+def checks_made() -> int:
+    """How many launches this process has checked the promises of (MGIAD_KERNELS_CHECK_PROMISES=1)."""
+    return _STATE["checks"]
+
+
+def _checking_launch(site_ref) -> Callable:
+    """A site's launch where launches check their promises: ``check_promises``, then ``LaunchSite.launch``
+    (looked up at each call). The site by weak reference: it holds this function."""
+
+    def launch(pointers: tuple, placeholder=None) -> None:
+        site = site_ref()
+        check_promises(site, pointers, placeholder)
+        LaunchSite.launch(site, pointers, placeholder)
+
+    return launch
+
+
+def promise(holds: bool, text: str) -> list[str]:
+    """``[text]`` where the promise ``text`` (e.g. 'RED_ALIGN=16 divides the reduced channels per group (12)')
+    does not hold for a launch's tensors, else []: a line of a site's ``promises``."""
+    return [] if holds else [text]
+
+
+def kernel_name(site: LaunchSite) -> str:
+    """The name of the kernel ``site`` launches (through an Autotuner: the kernel it tunes)."""
+    fn = site.jit_fn
+    return getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", None) or repr(fn)
+
+
+def check_promises(site: LaunchSite, pointers: tuple, placeholder=None) -> None:
+    """Raise BrokenPromise naming ``site``'s kernel, the site and each promise a launch on ``pointers`` would
+    break: the launcher's (``site.promises`` against the constexprs baked into the site) and the pointers'
+    (``_pointer_promises``). Counted by ``checks_made``."""
+    _STATE["checks"] += 1
+    broken = list(site.promises(site.constexprs, pointers)) if site.promises is not None else []
+    broken += _pointer_promises(site, pointers, placeholder)
+    if broken:
+        raise BrokenPromise(f"{kernel_name(site)}, launch site {site.description or '(not described)'}: broken "
+                            "promise: " + "; ".join(broken))
+
+
+def _pointer_promises(site: LaunchSite, pointers: tuple, placeholder) -> list[str]:
+    """The pointers' promises a launch on ``pointers`` breaks, once the site has made a direct launch: the
+    placeholder stands where it stood then (a warm launch passes its address there, whatever it is given), and
+    each pointer the compiled variant this launch takes (its plan for the pointers' misalignment, on the active
+    driver) was specialized as divisible by d (Triton's tt.divisibility, 16 bytes) is at an address divisible
+    by d. A launch with no plan yet, or through Triton's dispatch, is specialized by Triton on these tensors."""
+    if site.through_triton or site.checked is None:
+        return []
+    names = _pointer_names(site)
+    broken = [f"{names[i]} is a tensor where the site's first launch had the placeholder"
+              for i, t in enumerate(pointers) if i not in site.checked and t is not placeholder]
+    misaligned = sum(1 << i for i in site.checked if pointers[i].data_ptr() & 15)
+    plan = site.plans.get(misaligned)
+    if plan is None or plan[0] is not _TRITON[1].active:
+        return broken
+    attrs = getattr(plan[4].src, "attrs", None) or {}
+    for i, t in enumerate(pointers):
+        for attr in attrs.get((i,), ()):
+            if attr[0] == "tt.divisibility" and t.data_ptr() % attr[1]:
+                broken.append(f"{names[i]} specialized as divisible by {attr[1]} bytes in the compiled variant this "
+                              f"launch takes, at an address {t.data_ptr() % attr[1]} bytes past a multiple")
+    return broken
+
+
+def _pointer_names(site: LaunchSite) -> list[str]:
+    """The kernel's parameter names, the pointers' first."""
+    fn = site.jit_fn
+    return list(getattr(fn, "arg_names", None) or fn.fn.arg_names)

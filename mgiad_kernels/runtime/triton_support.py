@@ -26,6 +26,14 @@ def autotune_enabled() -> bool:
     return not interpreter_enabled() and os.environ.get("MGIAD_KERNELS_AUTOTUNE", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
+def promises_checked() -> bool:
+    """Whether every launch checks its launcher's promises to the kernel (MGIAD_KERNELS_CHECK_PROMISES=1, a
+    debug switch: ``launch_sites.check_promises``); warm launches then go through ``LaunchSite.launch``, not
+    their generated functions. Read once per process, when the first launch site is made."""
+    return os.environ.get("MGIAD_KERNELS_CHECK_PROMISES", "0") == "1"
+
+
 def triton_unavailable_reason(*tensors: torch.Tensor, interpreter: bool = True) -> str | None:
     """Why the Triton kernels cannot run on ``tensors``, or None when they can.
 

@@ -4,7 +4,7 @@ convolution's gather kernel with its BatchNorm fusions (``conv.launch._gather``)
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -53,10 +53,26 @@ def _elementwise(kernel, grid: tuple, pointers: tuple, rest: tuple, activations:
     site = launch_sites.SITES.get(key)
     if site is None:
         dense = all(_pixels_evenly_spaced(t) for t in activations)
+        positions = tuple(next(i for i, p in enumerate(pointers) if p is t) for t in activations)
         site = launch_sites.add_site(key, kernel, grid, rest, {**flags, "PIXEL_DENSE": dense, "BLOCK_P": block_p,
                                                                "BLOCK_C": _ELEMENTWISE_BLOCK_C},
-                                     {"num_warps": num_warps})
+                                     {"num_warps": num_warps}, promises=_elementwise_promises(positions),
+                                     description=f"grid {grid} {flags} activations " + ", ".join(
+                                         f"{tuple(t.shape)} {t.stride()}" for t in activations))
     site.launch(pointers, scratch(device))
+
+
+def _elementwise_promises(positions: tuple) -> Callable:
+    """A BatchNorm kernel site's ``promises`` (LaunchSite): PIXEL_DENSE, every activation (the pointers at
+    ``positions``) with its pixels evenly spaced."""
+
+    def promises(c: dict, pointers: tuple) -> list[str]:
+        return launch_sites.promise(not c["PIXEL_DENSE"] or all(_pixels_evenly_spaced(pointers[i]) for i in positions),
+                                    "PIXEL_DENSE: every activation's pixels are evenly spaced ("
+                                    + ", ".join(f"{tuple(pointers[i].shape)} {pointers[i].stride()}" for i in positions)
+                                    + ")")
+
+    return promises
 
 
 def _carry_arguments(tensors: list, unused: torch.Tensor, rank: int) -> tuple[tuple, tuple]:
