@@ -45,6 +45,9 @@ VARIATIONS = {
     "no-bias": dict(bias=False),
     "x-channels_last": dict(x_layout="channels_last"),
     "w-channels_last": dict(w_layout="channels_last"),
+    "x-and-w-channels_last": dict(x_layout="channels_last", w_layout="channels_last"),  # with the base: all 4 pairs
+    "depthwise-stride2-x-and-w-channels_last": dict(groups=8, stride=2, x_layout="channels_last",
+                                                    w_layout="channels_last"),
     "x-sliced": dict(x_layout="sliced"),
     "x-expanded": dict(x_layout="expanded"),
     "w-transposed-storage": dict(w_layout="sliced"),

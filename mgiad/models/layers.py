@@ -1,4 +1,11 @@
-"""Layers every model is built from: grouped 3x3 and 1x1 convolutions, the stem, the head, the layout."""
+"""Layers every model is built from: grouped 3x3 and 1x1 convolutions, the stem, the head, the layout.
+
+The models' convolution weights are channels_last from construction, as ``model.to(memory_format=
+torch.channels_last)`` would make them: the kernels' variants for channels_last weights are the tuned ones, and
+a model used as constructed (``MGiaD(backend="triton").cuda()`` in a user's own loop) launches the same kernels
+as under ``mgiad train``. The values, the initialization and the state_dict are those of a contiguous weight;
+``.to()``, ``.cuda()``, ``copy.deepcopy`` and ``load_state_dict`` keep the layout (they preserve memory format).
+"""
 from __future__ import annotations
 
 import torch
@@ -7,12 +14,20 @@ from torch import nn
 from mgiad_kernels import GroupedConv2d
 
 
+def channels_last_weight(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with its weight's storage re-laid channels_last in place (same Parameter, same values)."""
+    conv.weight.data = conv.weight.data.to(memory_format=torch.channels_last)
+    return conv
+
+
 def conv3x3(c_in: int, c_out: int, groups: int, backend: str, stride: int = 1) -> GroupedConv2d:
-    return GroupedConv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups, bias=False, backend=backend)
+    return channels_last_weight(GroupedConv2d(c_in, c_out, 3, stride=stride, padding=1, groups=groups, bias=False,
+                                              backend=backend))
 
 
 def conv1x1(c_in: int, c_out: int, groups: int, backend: str, stride: int = 1) -> GroupedConv2d:
-    return GroupedConv2d(c_in, c_out, 1, stride=stride, groups=groups, bias=False, backend=backend)
+    return channels_last_weight(GroupedConv2d(c_in, c_out, 1, stride=stride, groups=groups, bias=False,
+                                              backend=backend))
 
 
 def stem(in_channels: int, channels: int, backend: str) -> nn.Sequential:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgiad_kernels import GroupedConv2d, check_backend
+from mgiad_kernels import check_backend
 
 from .layers import classifier_head, conv1x1, conv3x3, stem, to_model_layout
 from .rules import check_channel_levels, check_int, check_int_tuple, check_per_level, check_width_multiples
@@ -92,8 +92,8 @@ class MGICResNet(nn.Module):
         for i, (c, n) in enumerate(zip(widths, blocks)):
             layers: list[nn.Module] = []
             if i:
-                layers += [GroupedConv2d(widths[i - 1], c, 3, stride=2, padding=1, groups=widths[i - 1], bias=False,
-                                         backend=backend), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+                layers += [conv3x3(widths[i - 1], c, widths[i - 1], backend, stride=2), nn.BatchNorm2d(c),
+                           nn.ReLU(inplace=True)]
             layers += [MGICBlock(c, group_size, coarsest_channels, backend=backend) for _ in range(n)]
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
