@@ -36,8 +36,8 @@ def kernel_suite() -> Suite:
     return Suite(OPS, cases, providers_for, build)
 
 
-# ops that ``python -m tools.kernel_bench`` no longer times, and where they went
-MOVED_OPS = {op: "python -m tools.model_bench (the application's whole-model benchmarks)"
+# whole-model ops that ``python -m tools.kernel_bench`` does not time, and the command that does
+MODEL_OPS = {op: "python -m tools.model_bench (the application's whole-model benchmarks)"
              for op in ("train_step_mgiad", "train_step_mgnet", "train_step_resnet18")}
 
 
@@ -50,9 +50,9 @@ def parse_args(argv, suite: Suite, description: str | None, prog: str | None = N
     p.add_argument("--out-dir", default=os.path.join("benchmarks", "results"))
     a = p.parse_args(argv)
     a.ops = a.ops.split(",")
-    moved = [f"{op} moved to {MOVED_OPS[op]}" for op in a.ops if op in MOVED_OPS and op not in suite.ops]
-    if moved:
-        p.error(f"--ops: {'; '.join(moved)}")
+    elsewhere = [f"{op} is timed by {MODEL_OPS[op]}" for op in a.ops if op in MODEL_OPS and op not in suite.ops]
+    if elsewhere:
+        p.error(f"--ops: {'; '.join(elsewhere)}")
     unknown = sorted(set(a.ops) - set(suite.ops))
     if unknown:
         p.error(f"--ops: unknown {unknown}; choose from {suite.ops}")
