@@ -13,11 +13,12 @@ from tools import kernel_bench as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE = "grouped_conv3x3-fwd-float32-N2-C16-H8-g4"  # one tiny case: its four providers
+LAYER_CASE = "convnext_tiny.features.1.0.block.0-fwd-float32-N2-C4-H8-g1"  # a model layer's tiny case
 OFF_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the tiny shapes are the benchmarks' off a GPU")
 
 
-def _benchmarks(*args) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_kernels.py", "-k", CASE,
+def _benchmarks(*args, case=CASE) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_kernels.py", "-k", case,
                            "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -27,8 +28,64 @@ def test_provider_names_say_what_runs():
     case = bench.Case("grouped_conv3x3", "fwd", torch.float32, 2, 16, 8, 8, 4)
     assert bench.providers_for(case, torch.device("cuda")) == ("triton", "cudnn_nchw", "cudnn_channels_last",
                                                               "torch_compile")
+    layer = bench.Case("model_layers", "fwd", torch.float32, 2, 96, 56, 56, 1,
+                       {"model": "convnext_tiny", "layer": "features.1.0.block.0", "kernel": 7})
+    assert bench.providers_for(layer, torch.device("cuda")) == ("triton_nchw", "triton_channels_last", "cudnn_nchw",
+                                                               "cudnn_channels_last")
+    assert bench.providers_for(layer, torch.device("cpu")) == ("triton_nchw", "triton_channels_last", "torch_cpu_nchw",
+                                                              "torch_cpu_channels_last")
+
+
+def test_model_layers_are_the_stride_1_grouped_convs_of_torchvision_models():
+    """Every distinct (C, H, channels per group, kernel) of the models' stride-1 grouped convs at 224x224, each
+    under the name of its first layer, and the quick cases keep each kernel and group width."""
+    models = pytest.importorskip("torchvision.models")
+    found = []
+    for name in ("resnext50_32x4d", "regnet_x_400mf", "mobilenet_v2", "convnext_tiny"):
+        model = getattr(models, name)(weights=None).eval()
+        for layer, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.stride == (1, 1):
+                assert m.padding[0] == m.kernel_size[0] // 2 and m.in_channels == m.out_channels
+                m.register_forward_hook(lambda m, i, o, name=name, layer=layer: found.append(
+                    (name, layer, m.in_channels, i[0].shape[-1], m.in_channels // m.groups, m.kernel_size[0])))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 224, 224))
+    seen = set()
+    firsts = [row for row in found if (row[0], *row[2:]) not in seen and not seen.add((row[0], *row[2:]))]
+    assert firsts == bench.MODEL_LAYERS
+    quick = bench.cases(True, ["model_layers"], [torch.float32])
+    assert {(c.extra["kernel"], c.group_size) for c in quick} == {(k, g) for *_, g, k in bench.MODEL_LAYERS}
+    assert all(c.N == 2 and c.H <= 8 and c.C % c.group_size == 0 for c in quick)
     assert bench.providers_for(case, torch.device("cpu")) == ("triton", "torch_cpu_nchw", "torch_cpu_channels_last",
                                                              "torch_compile")
+    layer = bench.Case("model_layers", "fwd", torch.float32, 2, 96, 56, 56, 1,
+                       {"model": "convnext_tiny", "layer": "features.1.0.block.0", "kernel": 7})
+    assert bench.providers_for(layer, torch.device("cuda")) == ("triton_nchw", "triton_channels_last", "cudnn_nchw",
+                                                               "cudnn_channels_last")
+    assert bench.providers_for(layer, torch.device("cpu")) == ("triton_nchw", "triton_channels_last", "torch_cpu_nchw",
+                                                              "torch_cpu_channels_last")
+
+
+def test_model_layers_are_the_stride_1_grouped_convs_of_torchvision_models():
+    """Every distinct (C, H, channels per group, kernel) of the models' stride-1 grouped convs at 224x224, each
+    under the name of its first layer, and the quick cases keep each kernel and group width."""
+    models = pytest.importorskip("torchvision.models")
+    found = []
+    for name in ("resnext50_32x4d", "regnet_x_400mf", "mobilenet_v2", "convnext_tiny"):
+        model = getattr(models, name)(weights=None).eval()
+        for layer, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.stride == (1, 1):
+                assert m.padding[0] == m.kernel_size[0] // 2 and m.in_channels == m.out_channels
+                m.register_forward_hook(lambda m, i, o, name=name, layer=layer: found.append(
+                    (name, layer, m.in_channels, i[0].shape[-1], m.in_channels // m.groups, m.kernel_size[0])))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 224, 224))
+    seen = set()
+    firsts = [row for row in found if (row[0], *row[2:]) not in seen and not seen.add((row[0], *row[2:]))]
+    assert firsts == bench.MODEL_LAYERS
+    quick = bench.cases(True, ["model_layers"], [torch.float32])
+    assert {(c.extra["kernel"], c.group_size) for c in quick} == {(k, g) for *_, g, k in bench.MODEL_LAYERS}
+    assert all(c.N == 2 and c.H <= 8 and c.C % c.group_size == 0 for c in quick)
 
 
 @OFF_GPU
@@ -48,6 +105,14 @@ def test_benchmarks_say_what_ran_and_what_was_skipped_in_one_line(tmp_path):
     rows = json.loads(stats.read_text())["benchmarks"]
     assert [row["stats"]["rounds"] for row in rows] == [5, 5]
     assert all(row["stats"]["stddev"] > 0 and "speedup_vs_best_torch_cpu" in row["extra_info"] for row in rows)
+
+
+@OFF_GPU
+def test_model_layer_benchmarks_time_the_torch_layouts_and_skip_both_triton_layouts():
+    lines = _benchmarks("-q", case=LAYER_CASE).stdout.splitlines()
+    (summary,) = [line for line in lines if line.startswith("benchmarks: ")]
+    assert "5 rounds each (1 torch_cpu_nchw, 1 torch_cpu_channels_last); 2 skipped: 1 triton_nchw + " \
+           "1 triton_channels_last (Triton providers need a GPU" in summary, summary
 
 
 @OFF_GPU

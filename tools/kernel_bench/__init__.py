@@ -15,15 +15,16 @@ Modules, one concern each: ``cases`` (the grid of ops, shapes, dtypes, providers
 ``providers`` (what is timed per op and provider), ``report`` (results, speedups, JSON, markdown,
 plots) and ``cli`` (flags and the run loop, reusable by other suites).
 """
-from .cases import (CONV_PROVIDERS, CPU_NAMES, GROUP_SIZES, MODEL_SHAPES, OPS, QUICK_SHAPES, Case, cases, providers_for,
-                    skip_reason)
+from .cases import (CONV_PROVIDERS, CPU_NAMES, GROUP_SIZES, MODEL_LAYER_PROVIDERS, MODEL_LAYERS, MODEL_SHAPES, OPS,
+                    QUICK_SHAPES, Case, cases, providers_for, skip_reason)
 from .cli import Suite, kernel_suite, main, run_suite
 from .cost import SMOOTHING_STEP_MIN_PASSES, conv_cost, smoothing_step_cost
 from .providers import build
 from .report import Result, add_speedups, device_name, write_results
 from .timing import L2_ROTATION_BYTES, Rotation, copy_bandwidth_gbs, measure, timer
 
-__all__ = ["CONV_PROVIDERS", "CPU_NAMES", "GROUP_SIZES", "L2_ROTATION_BYTES", "MODEL_SHAPES", "OPS", "QUICK_SHAPES",
+__all__ = ["CONV_PROVIDERS", "CPU_NAMES", "GROUP_SIZES", "L2_ROTATION_BYTES", "MODEL_LAYERS",
+           "MODEL_LAYER_PROVIDERS", "MODEL_SHAPES", "OPS", "QUICK_SHAPES",
            "SMOOTHING_STEP_MIN_PASSES", "Case", "Result", "Rotation", "Suite", "add_speedups", "build", "cases",
            "conv_cost", "copy_bandwidth_gbs", "device_name", "kernel_suite", "main", "measure", "providers_for",
            "run_suite", "skip_reason", "smoothing_step_cost", "timer", "write_results"]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgiad_kernels import GroupedConv2d, SmoothingStep, grouped_conv2d
-from .cases import Case, channels_last, conv_geometry
+from .cases import TRITON_PROVIDERS, Case, channels_last, conv_geometry
 from .cost import conv_cost, smoothing_step_cost
 from .timing import Rotation
 
@@ -31,7 +31,7 @@ def conv_fn(provider: str, case: Case, device: torch.device) -> Runner:
         return x.requires_grad_(backward), w.requires_grad_(backward)
 
     conv = (lambda x, w: grouped_conv2d(x, w, None, stride, k // 2, 1, groups, backend="triton")) \
-        if provider == "triton" else (lambda x, w: F.conv2d(x, w, None, stride, k // 2, 1, groups))
+        if provider in TRITON_PROVIDERS else (lambda x, w: F.conv2d(x, w, None, stride, k // 2, 1, groups))
     if provider == "torch_compile":
         conv = torch.compile(conv, mode="max-autotune-no-cudagraphs", dynamic=False)
     nbytes, flops = conv_cost(case.N, c_in, c_out, case.H, case.W, k, stride, groups, _elem(case.dtype), backward)
