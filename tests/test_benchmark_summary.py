@@ -120,3 +120,20 @@ def test_quiet_benchmarks_print_the_summary_line_without_the_table():
     lines = _benchmarks("-q").stdout.splitlines()
     assert sum(line.startswith("benchmarks: 2 timed on cpu-") for line in lines) == 1, lines
     assert not any(line.startswith(("ms per call", "case ", "Name (time")) for line in lines), lines
+
+
+def test_the_resnext_train_step_converts_its_grouped_convs_and_times_both_torch_layouts_on_gpus():
+    from mgiad_kernels import GroupedConv2d
+    from tools import model_bench
+
+    pytest.importorskip("torchvision")
+    (case,) = model_bench.cases(True, ["train_step_resnext50"], [torch.float32])
+    assert (case.N, case.H) == (2, 32) and model_bench.cases(False, [case.op], [torch.float32])[0].H == 224
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model_bench.providers_for(case, cpu) == ("triton", "torch", "torch_channels_last")
+    assert [model_bench.skip_reason(p, cuda) for p in ("triton", "torch", "torch_channels_last")] == [None] * 3
+    assert "GPUs only" in model_bench.skip_reason("torch_channels_last", cpu)
+    assert model_bench.skip_reason("torch", cpu) is None
+    convs = [m for m in model_bench.build_model(case.op, "triton").modules() if isinstance(m, GroupedConv2d)]
+    assert len(convs) == 16 and {m.groups for m in convs} == {32}
+    assert not any(isinstance(m, GroupedConv2d) for m in model_bench.build_model(case.op, "torch").modules())

@@ -1,4 +1,4 @@
-"""Whole-model training-step benchmarks: MGiaD, MgNet and ResNet18 images per second per provider.
+"""Whole-model training-step benchmarks: MGiaD, MgNet, ResNet18 and ResNeXt-50 images per second per provider.
 
     python -m tools.model_bench [--quick] [--ops train_step_mgiad,...] [--dtypes float32,bfloat16] [--out-dir DIR]
     python -m tools.model_bench --host [--out-dir DIR] [--repeats N] [--no-cold-start] [--device cpu|cuda]
@@ -12,6 +12,11 @@ kernel benchmark's machinery (``tools.kernel_bench``: timers, report, flags) and
 ``benchmarks/results/<device>-<date>-models.json`` and ``.md`` in the same format, each row with its
 images per second. Off-GPU it runs float32 only, at batch 4 and 16x16 (``--quick``), and times the
 torch provider; the others are skipped with their reason.
+
+``train_step_resnext50`` is torchvision's ResNeXt-50 32x4d (weights=None, 1000 classes) at batch 128 and
+224x224 (``--quick``: batch 2 at 32x32), on the providers ``triton`` (its grouped convs converted by
+``mgiad_kernels.use_kernels``, channels_last), ``torch`` (cuDNN, NCHW) and ``torch_channels_last``; off-GPU
+the torch provider alone is timed, as a smoke run.
 
 ``--host`` runs the host-path benchmark instead (``tools.host_bench``; no GPU needed): the benchmark's
 MGiaD step on CPU tensors through the real Triton launch path compiled for sm_90 by the stand-in
@@ -34,20 +39,30 @@ from tools.kernel_bench import skip_reason as kernel_skip_reason
 
 from mgiad.graphs import CapturedStep, sgd_step
 from mgiad.models import MGiaD, MgNet, resnet18_cifar
+from mgiad_kernels import use_kernels
 
-OPS = ("train_step_mgiad", "train_step_mgnet", "train_step_resnet18")
+TORCHVISION_OPS = ("train_step_resnext50",)  # torchvision models, their grouped convs converted by use_kernels
+OPS = ("train_step_mgiad", "train_step_mgnet", "train_step_resnet18", *TORCHVISION_OPS)
 GRAPH_PROVIDERS = {"triton_graphs": "triton", "torch_graphs": "torch"}  # the eager provider each one captures
 PROVIDERS = ("triton", "torch", "torch_compile", *GRAPH_PROVIDERS)
+TORCHVISION_PROVIDERS = ("triton", "torch", "torch_channels_last")  # torch: NCHW; the others channels_last
 
 
 def cases(quick: bool, ops, dtypes) -> list[Case]:
-    """CIFAR-shaped batches of 128, or of 4 at 16x16 when ``quick`` (a smoke run)."""
-    n, size = (4, 16) if quick else (128, 32)
-    return [Case(op, "train", dtype, n, 3, size, size, 8) for dtype in dtypes for op in OPS if op in ops]
+    """CIFAR-shaped batches of 128, or of 4 at 16x16 when ``quick`` (a smoke run); the torchvision models at
+    ImageNet shape, batch 128 at 224x224, or batch 2 at 32x32 when ``quick``."""
+    out = []
+    for dtype in dtypes:
+        for op in OPS:
+            if op in ops:
+                n, size = ((2, 32) if quick else (128, 224)) if op in TORCHVISION_OPS else \
+                    ((4, 16) if quick else (128, 32))
+                out.append(Case(op, "train", dtype, n, 3, size, size, 8 if op not in TORCHVISION_OPS else 4))
+    return out
 
 
 def providers_for(case: Case, device: torch.device) -> tuple[str, ...]:
-    return PROVIDERS
+    return TORCHVISION_PROVIDERS if case.op in TORCHVISION_OPS else PROVIDERS
 
 
 def runs_on(case: Case, device: torch.device) -> bool:
@@ -60,6 +75,8 @@ def skip_reason(provider: str, device: torch.device) -> str | None:
     CUDA-graph providers need a GPU."""
     if provider in GRAPH_PROVIDERS and device.type != "cuda":
         return "CUDA-graph providers capture GPU work: timed on GPUs only"
+    if provider == "torch_channels_last" and device.type != "cuda":
+        return "the torchvision models' layouts are compared on GPUs only (off-GPU the torch provider smoke-runs)"
     return kernel_skip_reason(provider, device)
 
 
@@ -70,6 +87,13 @@ def build_model(op: str, backend: str) -> torch.nn.Module:
         return MgNet(backend=backend)
     if op == "train_step_resnet18":
         return resnet18_cifar(backend=backend)
+    if op == "train_step_resnext50":
+        import torchvision
+
+        model = torchvision.models.resnext50_32x4d(weights=None)
+        if backend == "triton":
+            use_kernels(model, backend="triton")
+        return model
     raise ValueError(f"unknown op {op!r}; choose from {OPS}")
 
 
@@ -78,10 +102,11 @@ def train_step_fn(case: Case, provider: str, device: torch.device):
     provider's step is warmed up and captured here, so that every timed call is a replay."""
     eager_provider = GRAPH_PROVIDERS.get(provider, provider)
     model = build_model(case.op, "triton" if eager_provider == "triton" else "torch")
-    model = model.to(device).to(memory_format=torch.channels_last)
+    fmt = torch.contiguous_format if case.op in TORCHVISION_OPS and provider == "torch" else torch.channels_last
+    model = model.to(device).to(memory_format=fmt)
     module = torch.compile(model) if provider == "torch_compile" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(case.N, 3, case.H, case.W, device=device).to(memory_format=torch.channels_last)
+    x = torch.randn(case.N, 3, case.H, case.W, device=device).to(memory_format=fmt)
     y = torch.randint(0, 10, (case.N,), device=device)
     amp_dtype = torch.bfloat16 if case.dtype == torch.bfloat16 else None
     if provider in GRAPH_PROVIDERS:
@@ -131,7 +156,8 @@ def main(argv=None) -> str | None:
 
         return host_bench.main([a for a in argv if a != "--host"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as tools.kernel_bench.main picks it
-    skipped = {p: skip_reason(p, device) for p in PROVIDERS if skip_reason(p, device)}
+    skipped = {p: skip_reason(p, device) for p in dict.fromkeys(PROVIDERS + TORCHVISION_PROVIDERS)
+               if skip_reason(p, device)}
     suite = dataclasses.replace(SUITE, providers_for=lambda case, device: tuple(
         p for p in providers_for(case, device) if p not in skipped))
     stem = bench_main(argv, suite, __doc__, prog="python -m tools.model_bench")

@@ -38,7 +38,7 @@ def kernel_suite() -> Suite:
 
 # whole-model ops that ``python -m tools.kernel_bench`` does not time, and the command that does
 MODEL_OPS = {op: "python -m tools.model_bench (the application's whole-model benchmarks)"
-             for op in ("train_step_mgiad", "train_step_mgnet", "train_step_resnet18")}
+             for op in ("train_step_mgiad", "train_step_mgnet", "train_step_resnet18", "train_step_resnext50")}
 
 
 def parse_args(argv, suite: Suite, description: str | None, prog: str | None = None) -> argparse.Namespace:
