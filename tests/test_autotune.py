@@ -118,7 +118,7 @@ def test_every_config_benchmarked_matches_one_config(run, all_configs, every_con
 def test_autotune_keys_hold_everything_that_changes_the_best_config():
     """Every constexpr except the tile sizes, and the padding and dilation (which barely change the work),
     is in the key; H and W never are (a key per resolution would retune on every new image size)."""
-    from mgiad_kernels.conv import kernels as conv, tiles
+    from mgiad_kernels.conv import kernels as conv
 
     for kernel, sizes in ((conv.conv2d_gather_kernel, {"C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP"}),
                           (conv.conv2d_grad_weight_kernel, {"C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP"})):

@@ -28,34 +28,6 @@ def test_provider_names_say_what_runs():
     case = bench.Case("grouped_conv3x3", "fwd", torch.float32, 2, 16, 8, 8, 4)
     assert bench.providers_for(case, torch.device("cuda")) == ("triton", "cudnn_nchw", "cudnn_channels_last",
                                                               "torch_compile")
-    layer = bench.Case("model_layers", "fwd", torch.float32, 2, 96, 56, 56, 1,
-                       {"model": "convnext_tiny", "layer": "features.1.0.block.0", "kernel": 7})
-    assert bench.providers_for(layer, torch.device("cuda")) == ("triton_nchw", "triton_channels_last", "cudnn_nchw",
-                                                               "cudnn_channels_last")
-    assert bench.providers_for(layer, torch.device("cpu")) == ("triton_nchw", "triton_channels_last", "torch_cpu_nchw",
-                                                              "torch_cpu_channels_last")
-
-
-def test_model_layers_are_the_stride_1_grouped_convs_of_torchvision_models():
-    """Every distinct (C, H, channels per group, kernel) of the models' stride-1 grouped convs at 224x224, each
-    under the name of its first layer, and the quick cases keep each kernel and group width."""
-    models = pytest.importorskip("torchvision.models")
-    found = []
-    for name in ("resnext50_32x4d", "regnet_x_400mf", "mobilenet_v2", "convnext_tiny"):
-        model = getattr(models, name)(weights=None).eval()
-        for layer, m in model.named_modules():
-            if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.stride == (1, 1):
-                assert m.padding[0] == m.kernel_size[0] // 2 and m.in_channels == m.out_channels
-                m.register_forward_hook(lambda m, i, o, name=name, layer=layer: found.append(
-                    (name, layer, m.in_channels, i[0].shape[-1], m.in_channels // m.groups, m.kernel_size[0])))
-        with torch.no_grad():
-            model(torch.randn(1, 3, 224, 224))
-    seen = set()
-    firsts = [row for row in found if (row[0], *row[2:]) not in seen and not seen.add((row[0], *row[2:]))]
-    assert firsts == bench.MODEL_LAYERS
-    quick = bench.cases(True, ["model_layers"], [torch.float32])
-    assert {(c.extra["kernel"], c.group_size) for c in quick} == {(k, g) for *_, g, k in bench.MODEL_LAYERS}
-    assert all(c.N == 2 and c.H <= 8 and c.C % c.group_size == 0 for c in quick)
     assert bench.providers_for(case, torch.device("cpu")) == ("triton", "torch_cpu_nchw", "torch_cpu_channels_last",
                                                              "torch_compile")
     layer = bench.Case("model_layers", "fwd", torch.float32, 2, 96, 56, 56, 1,

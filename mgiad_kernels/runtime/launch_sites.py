@@ -19,9 +19,9 @@ the pointers bound as constants and the placeholder as its address (Triton's C l
 where it can). Either way a warm launch runs no loop, builds no argument tuple and looks nothing up. A
 launcher with a cache of its own (conv2d_forward's) generates its warm call around the same launch, the
 output's allocation included. On Triton's own launcher (the stand-in's ``launcher='triton'``) a warm
-grouped conv forward, allocation included, went from 7.0 (Triton's launcher called) to 5.1 (its C launch
-function called) to 2.8-3.0 us of host (the fast launcher). Under the interpreter, through the autotuner
-and with plans disabled, every launch goes through Triton.
+grouped conv forward, allocation included, takes 2.8-3.0 us of host through the fast launcher, against 5.1
+calling Triton's C launch function and 7.0 calling Triton's launcher. Under the interpreter, through the
+autotuner and with plans disabled, every launch goes through Triton.
 
 With MGIAD_KERNELS_CHECK_PROMISES=1 (``triton_support.promises_checked``), a debug switch, every launch first
 checks the promises made to the kernel (``check_promises``): the launcher's own, given as the site's
