@@ -3,7 +3,9 @@
 Each scenario builds its modules and inputs on ``device`` and calls ``phase()`` between the phases it
 counts; ``count_phases(scenario, device, count)`` returns the launches of each phase, ``count()`` being any
 running total of launches (``launch_counter``'s names, the stand-in's record, the no-op libcuda's count).
-``EXPECTED`` holds the counts that tests/test_smoothing.py asserts for the same steps.
+``EXPECTED`` holds the counts that tests/test_smoothing.py asserts for the same steps. The modules and
+inputs are channels_last, as the mgiad models hold them: NCHW activations and OIHW weights add the copies that
+re-lay them (``conv_launch.relaid``), counted by tests/test_smoothing.py.
 """
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ def _step(device: torch.device, dtype: torch.dtype, c: int = 16, group_size: int
         for bn in (step.bn1, step.bn2):
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.3, 0.3)
-    return step.to(device=device, dtype=dtype)
+    return step.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 
 def _pair(device: torch.device, dtype: torch.dtype, c: int = 16, hw: int = 4):
     g = torch.Generator().manual_seed(1)
-    return tuple(torch.randn(2, c, hw, hw, generator=g).to(device, dtype) for _ in range(2))
+    return tuple(torch.randn(2, c, hw, hw, generator=g).to(device, dtype, memory_format=torch.channels_last)
+                 for _ in range(2))
 
 
 def smoothing_eval(device: torch.device, phase: Callable[[], None]) -> None:
@@ -57,7 +60,7 @@ def fas_transfers(device: torch.device, phase: Callable[[], None]) -> None:
     def conv(c_in, c_out, kernel, stride, groups, seed):
         torch.manual_seed(seed)
         return GroupedConv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False,
-                             backend="triton").to(device)
+                             backend="triton").to(device, memory_format=torch.channels_last)
 
     Pi, R = conv(8, 8, 3, 2, 8, 1), conv(8, 8, 3, 2, 8, 2)
     A, A_coarse, P = conv(8, 8, 3, 1, 2, 0), conv(8, 8, 3, 1, 2, 3), conv(8, 8, 1, 1, 2, 4)

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from tools.codegen_report import (AGGREGATE_FIELDS, DTYPES, QUICK_SHAPES, ROW_FIELDS, SHAPES, aggregates,
-                                          check_report)
+from tools.codegen_report import (AGGREGATE_FIELDS, DTYPES, LAYOUTS, QUICK_LAYOUTS, QUICK_SHAPES, ROW_FIELDS,
+                                  SHAPES, aggregates, check_report, check_targets)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _REPORT = os.path.join(_ROOT, "benchmarks", "results", "codegen-sm90.json")
@@ -97,27 +97,52 @@ def test_model_best_leaves_out_configs_that_spill():
     assert alone[0]["predicted_us_model_best"] == 30.0
 
 
-def test_committed_report_covers_every_shape_dtype_and_kernel():
+def _aggregate(layout="channels_last/channels_last", op="conv forward", predicted_us=10.0, copy_fraction=0.8):
+    return {"kind": "aggregate", "layout": layout, "shape": "C=128 H=16 g_s=8", "dtype": "bf16", "op": op,
+            "predicted_us": predicted_us, "copy_fraction": copy_fraction}
+
+
+def test_check_targets_holds_every_layout_to_its_bound():
+    reference = [_aggregate(), _aggregate(op="conv forward+backward", predicted_us=30.0)]
+    assert check_targets(reference + [_aggregate("channels_last/OIHW", predicted_us=10.5)]) == []
+    slower = check_targets(reference + [_aggregate("channels_last/OIHW", predicted_us=10.6)])
+    assert len(slower) == 1 and "1.06x" in slower[0] and "channels_last/OIHW" in slower[0]
+    nchw = [_aggregate("NCHW/OIHW", copy_fraction=0.5), _aggregate("NCHW/channels_last", copy_fraction=0.49),
+            _aggregate("NCHW/OIHW", op="conv forward+backward", copy_fraction=0.39),
+            _aggregate("NCHW/OIHW", op="smoothing step forward+backward over its 18-pass floor", copy_fraction=0.4)]
+    misses = check_targets(reference + nchw)
+    assert len(misses) == 2 and "NCHW/channels_last" in misses[0] and "0.49" in misses[0], misses
+    assert "conv forward+backward: 0.39" in misses[1]
+
+
+def test_committed_report_covers_every_layout_shape_dtype_and_kernel():
     report = _committed()
     rows = [r for r in report["rows"] if r["kind"] == "kernel"]
     aggs = [r for r in report["rows"] if r["kind"] == "aggregate"]
     assert all(set(ROW_FIELDS) <= set(r) for r in rows)
     assert all(set(AGGREGATE_FIELDS) <= set(r) for r in aggs)
+    assert {r["layout"] for r in rows} == set(LAYOUTS)
     want = {"conv2d_gather_kernel", "conv2d_grad_weight_kernel", "bn_relu_residual_kernel",
             "bn_relu_grad_sums_kernel", "bn_backward_kernel"}
     for c, h, gs in SHAPES:
         for dtype in DTYPES:
-            here = [r for r in rows if (r["C"], r["H"], r["group_size"], r["dtype"]) == (c, h, gs, dtype)]
+            here = [r for r in rows if (r["C"], r["H"], r["group_size"], r["dtype"], r["layout"]) == (
+                c, h, gs, dtype, LAYOUTS[0])]
             launched = [r for r in here if r["launched_default"]]
             assert want <= {r["kernel"] for r in launched}, (c, h, gs, dtype)
+            for layout in LAYOUTS[1:]:
+                assert {"relayout_kernel"} | want <= {r["kernel"] for r in rows if r["launched_default"] and (
+                    r["C"], r["H"], r["group_size"], r["dtype"], r["layout"]) == (c, h, gs, dtype, layout)}
             variants = {r["variant"] for r in launched if r["kernel"] == "conv2d_gather_kernel"}
             # fp32 trains through the adjoint weight (conv_launch.adjoint_weight_wanted), 16-bit through the weight
             plain = {"forward", "grad input"} if dtype != "fp32" else {"forward, writes the adjoint weight",
                                                                        "grad input, adjoint weight"}
             assert plain <= variants and len(variants) >= 8, variants
             assert any(not r["launched_default"] for r in here), "autotune-list configs missing"
-            ops = {a["op"] for a in aggs if (a["C"], a["H"], a["group_size"], a["dtype"]) == (c, h, gs, dtype)}
-            assert {"conv forward", "conv forward+backward"} <= ops and any("18-pass" in op for op in ops)
+            for layout in LAYOUTS:
+                ops = {a["op"] for a in aggs if (a["C"], a["H"], a["group_size"], a["dtype"], a["layout"]) == (
+                    c, h, gs, dtype, layout)}
+                assert {"conv forward", "conv forward+backward"} <= ops and any("18-pass" in op for op in ops)
     for r in rows:
         assert r["predicted_us"] == pytest.approx(max(r["t_bytes_us"], r["t_issue_us"], r["t_mma_us"]))
         assert 0 < r["copy_fraction"] <= 1 + 1e-9
@@ -127,10 +152,17 @@ def test_committed_report_covers_every_shape_dtype_and_kernel():
 
 def test_committed_report_states_its_violations():
     """The violations recorded in the report are exactly what check_report finds in its rows, and there are
-    none: no launched config spills, and for g_s >= 8 every MMA kernel's main-loop operand loads are at least
-    64-bit and async, fp32 and bf16."""
+    none: in every layout no launched config spills, and for g_s >= 8 every MMA kernel's main-loop operand loads
+    are at least 64-bit and async, fp32 and bf16."""
     report = _committed()
     assert report["violations"] == check_report(report["rows"]) == []
+
+
+def test_committed_report_states_its_layout_target_misses():
+    """The layout targets' misses recorded are exactly what check_targets finds in its aggregate rows."""
+    report = _committed()
+    aggs = [r for r in report["rows"] if r["kind"] == "aggregate"]
+    assert report["target_misses"] == check_targets(aggs)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
@@ -154,7 +186,7 @@ def test_report_regenerates_like_the_committed_one(tmp_path):
     def launched(report):
         return {(r["kernel"], r["variant"], r["config"]): r for r in report["rows"]
                 if r["kind"] == "kernel" and r["launched_default"] and r["dtype"] == "fp32"
-                and (r["C"], r["H"], r["group_size"]) == (c, h, gs)}
+                and (r["C"], r["H"], r["group_size"]) == (c, h, gs) and r["layout"] in QUICK_LAYOUTS}
 
     new, old = launched(fresh), launched(committed)
     assert new.keys() == old.keys()

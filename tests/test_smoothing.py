@@ -138,7 +138,7 @@ def test_half_step_keeps_t_for_the_backward_pass(case, train, launches):
     launch_sites.clear()
     try:
         _check_step(step, u, f, grad, torch.float16, train)
-        assert len(launches) == 4 + 7, launches
+        assert len(_step_kernels(launches)) == 4 + 7, launches
         recompute = {site[0].constexprs["X_BN_RELU"] for site in conv_launch._GRAD_WEIGHT_SITES.values()}
         assert recompute == {False}, recompute
         prologue = {site.constexprs["PROLOGUE_BN_RELU"] for site in launch_sites.SITES.values()
@@ -172,7 +172,7 @@ def test_fp32_step_writes_adjoint_weights_for_its_backward(case, train, launches
     launch_sites.clear()
     try:
         _check_step(step, u, f, grad, torch.float32, train)
-        assert len(launches) == 3 + 7, launches
+        assert len(_step_kernels(launches)) == 3 + 7, launches
         assert _adjoint_flags() == {(False, True, True), (True, True, False)}
     finally:
         launch_sites.clear()
@@ -385,9 +385,14 @@ def test_running_statistics_over_several_batches_and_cumulative_momentum():
         assert rel_err(got, expect) <= 1e-6 or torch.equal(got, expect), name
 
 
+def _step_kernels(launches: list) -> list:
+    """The launches but the copies that re-lay NCHW activations and OIHW weights (``conv_launch.relaid``)."""
+    return [name for name in launches if name != "relayout_kernel"]
+
+
 def test_eval_mode_is_two_launches_and_train_mode_fuses(launches):
-    step = _make_step(16, 4, 3, 1, False, "triton").eval()
-    u, f, grad = _inputs(2, 16, 4, 4, torch.float32, False)
+    step = _make_step(16, 4, 3, 1, False, "triton").eval().to(memory_format=torch.channels_last)
+    u, f, grad = _inputs(2, 16, 4, 4, torch.float32, True)
     with torch.no_grad():
         step(u, f)
     assert len(launches) == 2, launches
@@ -401,6 +406,33 @@ def test_eval_mode_is_two_launches_and_train_mode_fuses(launches):
     # the update u + relu(bn2(s)) (+ num_batches_tracked)
     assert forward_launches == 3, launches
     assert len(launches) - forward_launches == 7, launches[forward_launches:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_strided_channels_are_relaid_once_per_tensor_and_the_outputs_keep_their_layout(dtype, launches):
+    """NCHW activations and OIHW weights (channels KH*KW and H*W apart) are read from channels_last copies, one
+    relayout launch each: eval u, f and both weights; training the same forward, and backward grad_out, u,
+    grad f back to NCHW, and (16-bit: no adjoint weights) both weights again. The step's own launches and the
+    outputs' and gradients' layouts are those of the eager step."""
+    step = _make_step(16, 4, 3, 1, False, "triton").eval().to(dtype=dtype)
+    u, f, grad = _inputs(2, 16, 4, 4, dtype, False)
+    with torch.no_grad():
+        out = step(u, f)
+    assert launches.count("relayout_kernel") == 4 and len(_step_kernels(launches)) == 2, launches
+    assert out.is_contiguous()
+    launches.clear()
+    step.train()
+    u.requires_grad_()
+    f.requires_grad_()
+    out = step(u, f)
+    forward = list(launches)
+    grad_u, grad_f = torch.autograd.grad(out, (u, f), grad)
+    backward = launches[len(forward):]
+    assert forward.count("relayout_kernel") == 4, forward
+    assert backward.count("relayout_kernel") == (3 if dtype == torch.float32 else 5), backward
+    assert len(_step_kernels(forward)) == (3 if dtype == torch.float32 else 4)
+    assert len(_step_kernels(backward)) == 7
+    assert out.is_contiguous() and grad_u.is_contiguous() and grad_f.is_contiguous()
 
 
 def test_fused_step_calls_no_aten_convolution_or_batch_norm():
@@ -535,7 +567,9 @@ def test_fused_fas_transfers_match_float64(c, c_coarse, stride, kernel, transfer
 def test_transfer_modules_and_launch_counts(launches):
     Pi, R = _conv(8, 8, 3, 2, 8, 1), _conv(8, 8, 3, 2, 8, 2)
     A, A_coarse, P = _conv(8, 8, 3, 1, 2, 0), _conv(8, 8, 3, 1, 2, 3), _conv(8, 8, 1, 1, 2, 4)
-    u, f, _ = _inputs(2, 8, 6, 6, torch.float32, False)
+    for conv in (Pi, R, A, A_coarse, P):  # channels_last, as the mgiad models hold them: no relayout launches
+        conv.to(memory_format=torch.channels_last)
+    u, f, _ = _inputs(2, 8, 6, 6, torch.float32, True)
     with torch.no_grad():
         u_coarse, f_coarse = FASRestriction(Pi, R, backend="triton")(u, f, A, A_coarse)
         assert len(launches) == 4  # A + residual, Pi, A_coarse, R + sum

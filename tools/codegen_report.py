@@ -47,6 +47,12 @@ N_BATCH = 128
 SHAPES = [(64, 32, 8), (128, 16, 8), (256, 8, 8), (128, 16, 4), (128, 16, 16)]  # (C, H=W, group size)
 QUICK_SHAPES = [(256, 8, 8)]
 DTYPES = ("fp32", "bf16")
+# (activations, weights): how a user may hold a layer's tensors. The first is how `mgiad train` and every mgiad
+# model hold them; the others are what a dropped-in GroupedConv2d or a converted model meets.
+LAYOUTS = ("channels_last/channels_last", "channels_last/OIHW", "NCHW/OIHW", "NCHW/channels_last")
+QUICK_LAYOUTS = ("channels_last/channels_last",)
+# a converted torchvision model's layouts: as built, and after .to(memory_format=torch.channels_last)
+MODEL_LAYER_LAYOUTS = ("NCHW/OIHW", "channels_last/channels_last")
 
 # the fixed model: do not change, or the figures stop being comparable
 BANDWIDTH = 3.0e12  # bytes/s: H100 SXM copy bandwidth
@@ -58,13 +64,15 @@ MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 64, 32
 SMOOTHING_FLOOR_PASSES = 18  # the smoothing step forward+backward's floor: 18 activation passes
 
 MMA_KERNELS = ("conv2d_gather_kernel", "conv2d_grad_weight_kernel")
-ROW_FIELDS = ("kind", "shape", "C", "H", "W", "group_size", "N", "dtype", "kernel", "variant", "ops", "launches",
-              "config", "launched_default", "grid", "ctas", "num_warps", "num_stages", "regs", "spill_bytes",
+RELAYOUT_KERNELS = ("relayout_kernel",)  # copies a tensor into the layout the MMA kernels load fast
+ROW_FIELDS = ("kind", "layout", "shape", "C", "H", "W", "group_size", "N", "dtype", "kernel", "variant", "ops",
+              "launches", "config", "launched_default", "grid", "ctas", "num_warps", "num_stages", "regs",
+              "spill_bytes",
               "stack_bytes", "spill_instructions", "shared_bytes", "ctas_per_sm", "warps_per_sm", "occupancy",
               "occupancy_limit", "mma", "loop_instructions", "loop_trips_per_cta", "loop_loads", "load_bits",
               "loads_async", "sass_instructions", "issued_warp_instructions", "mma_flops", "min_bytes",
               "t_bytes_us", "t_issue_us", "t_mma_us", "predicted_us", "bound", "copy_fraction")
-AGGREGATE_FIELDS = ("kind", "shape", "C", "H", "W", "group_size", "N", "dtype", "op", "launches", "min_bytes",
+AGGREGATE_FIELDS = ("kind", "layout", "shape", "C", "H", "W", "group_size", "N", "dtype", "op", "launches", "min_bytes",
                     "floor_bytes", "predicted_us", "copy_fraction", "predicted_us_model_best",
                     "copy_fraction_model_best")
 
@@ -311,7 +319,7 @@ def variant_name(name: str, k: dict) -> str:
     return name.replace("_kernel", "") + (" " + ",".join(flags) if flags else "")
 
 
-_CONFIG_KEYS = ("BLOCK_P", "BLOCK_DST", "BLOCK_RED", "BLOCK_OUT", "BLOCK_IN", "BLOCK_C")
+_CONFIG_KEYS = ("BLOCK_P", "BLOCK_DST", "BLOCK_RED", "BLOCK_OUT", "BLOCK_IN", "BLOCK_C", "BLOCK_HW")
 
 
 def config_label(k: dict, warps: int, stages: int, maxnreg: int | None = None) -> str:
@@ -396,23 +404,60 @@ def _full_config_lists():
             os.environ["MGIAD_KERNELS_AUTOTUNE"] = saved
 
 
-def _shape_ops(c: int, h: int, gs: int, dtype):
-    """[(op name, thunk)] for one shape: every launcher the report covers, on empty CPU tensors."""
+def _memory_formats(layout: str):
+    """(activations' memory format, weights' memory format) of a LAYOUTS entry."""
+    import torch
+
+    formats = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format,
+               "OIHW": torch.contiguous_format}
+    act, weight = layout.split("/")
+    return formats[act], formats[weight]
+
+
+def _conv_ops(c: int, h: int, gs: int, k: int, dtype, layout: str) -> tuple[list, dict]:
+    """([(op name, thunk)] of a k x k convolution's forward, grad input and grad weight, as the autograd Function
+    calls them (grad_y re-laid once for both gradients, the gradients in their tensors' layouts, outputs by
+    F.conv2d's rule); its tensors by name), on empty CPU tensors."""
     import torch
 
     from mgiad_kernels.conv import launch as conv_launch
     from mgiad_kernels.conv.geometry import ConvGeometry
+
+    act_format, weight_format = _memory_formats(layout)
+    t = {name: torch.empty((N_BATCH, c, h, h), dtype=dtype).to(memory_format=act_format) for name in "xuf"}
+    t.update({name: torch.empty((c, gs, k, k), dtype=dtype).to(memory_format=weight_format) for name in ("w_a", "w_b")})
+    out_format = conv_launch.conv_output_memory_format(t["x"], t["w_a"])
+    t["gy"] = torch.empty((N_BATCH, c, h, h), dtype=dtype).to(memory_format=out_format)
+    pad = k // 2
+    geo = t["geo"] = ConvGeometry.of(t["x"].shape, t["w_a"].shape, (1, 1), (pad, pad, pad, pad), (1, 1), c // gs)
+    x, w_a, gy, state = t["x"], t["w_a"], t["gy"], {}
+
+    def backward_gy():
+        if "gy" not in state:
+            state["gy"] = conv_launch.with_contiguous_channels(gy)
+        return state["gy"]
+
+    # as in training: where wanted (fp32), the forward writes the adjoint weight that grad input reads
+    adjoint = conv_launch.empty_adjoint_weight(w_a, geo) if conv_launch.adjoint_weight_wanted(dtype) else None
+    return [
+        ("conv forward", lambda: conv_launch.conv2d_forward(x, w_a, None, None, 1.0, geo, adjoint)),
+        ("conv grad input", lambda: conv_launch.conv2d_grad_input(backward_gy(), x.shape, w_a, geo, act_format,
+                                                                   adjoint_weight=adjoint)),
+        ("conv grad weight", lambda: conv_launch.conv2d_grad_weight(backward_gy(), x, geo, False,
+                                                                    memory_format=weight_format)),
+    ], t
+
+
+def _shape_ops(c: int, h: int, gs: int, dtype, layout: str = LAYOUTS[0]):
+    """[(op name, thunk)] for one shape and layout: every launcher the report covers (a 3x3 convolution's and
+    the smoothing step's), on empty CPU tensors."""
+    import torch
+
+    from mgiad_kernels.conv import launch as conv_launch
     from mgiad_kernels.smoothing import launch as smoothing_launch
 
-    cl = torch.channels_last
-
-    def act():
-        return torch.empty((N_BATCH, c, h, h), dtype=dtype).to(memory_format=cl)
-
-    # weights channels_last as well, as `mgiad train` holds the model: their in-channels are then contiguous
-    w_a, w_b = (torch.empty((c, gs, 3, 3), dtype=dtype).to(memory_format=cl) for _ in range(2))
-    x, gy, u, f = act(), act(), act(), act()
-    geo = ConvGeometry.of(x.shape, w_a.shape, (1, 1), (1, 1, 1, 1), (1, 1), c // gs)
+    conv_ops, t = _conv_ops(c, h, gs, 3, dtype, layout)
+    u, f, w_a, w_b, gy, geo = t["u"], t["f"], t["w_a"], t["w_b"], t["gy"], t["geo"]
     vec = lambda: torch.ones(c, dtype=torch.float32)  # noqa: E731
     bn1_affine, bn2_affine, eps = (vec(), vec()), (vec(), vec()), (1e-5, 1e-5)
     state = {}
@@ -424,31 +469,46 @@ def _shape_ops(c: int, h: int, gs: int, dtype):
                                                                bn2_affine, eps, None, updates, adjoint_weights=True)
 
     def smoothing_backward():
-        _, r, s, stats, t, adjoint_a, adjoint_b = state["fwd"]
-        smoothing_launch.smoothing_step_backward(gy, u, w_a, geo, w_b, geo, r, s, t, stats, bn1_affine, bn2_affine,
-                                                 eps, True, (False, False), (True, True),
+        _, r, s, stats, t_kept, adjoint_a, adjoint_b = state["fwd"]
+        smoothing_launch.smoothing_step_backward(gy, u, w_a, geo, w_b, geo, r, s, t_kept, stats, bn1_affine,
+                                                 bn2_affine, eps, True, (False, False), (True, True),
                                                  adjoint_weights=(adjoint_a, adjoint_b))
 
     def smoothing_eval():
         bn = conv_launch.BatchNormArgs(vec(), vec(), vec(), vec(), 1e-5)
         smoothing_launch.smoothing_step_inference(u, f, w_a, None, geo, w_b, None, geo, bn, bn)
 
-    # as in training: where wanted (fp32), the forward writes the adjoint weight that grad input reads
-    adjoint = conv_launch.empty_adjoint_weight(w_a, geo) if conv_launch.adjoint_weight_wanted(dtype) else None
-    return [
-        ("conv forward", lambda: conv_launch.conv2d_forward(x, w_a, None, None, 1.0, geo, adjoint)),
-        ("conv grad input", lambda: conv_launch.conv2d_grad_input(gy, x.shape, w_a, geo, cl, adjoint_weight=adjoint)),
-        ("conv grad weight", lambda: conv_launch.conv2d_grad_weight(gy, x, geo, False, memory_format=cl)),
+    return conv_ops + [
         ("smoothing step forward (training)", smoothing_forward),
         ("smoothing step backward", smoothing_backward),
         ("smoothing step eval", smoothing_eval),
     ]
 
 
-def _row(call: Call, shape, dtype: str, launched: bool, analysis_cache: dict) -> dict:
+def model_layer_shapes() -> list:
+    """(C, H, g_s, kernel size, 'model layer') of the grouped layers the kernel benchmark times
+    (tools.kernel_bench.cases.MODEL_LAYERS: ResNeXt-50 32x4d, RegNetX-400MF, MobileNetV2, ConvNeXt-T)."""
+    from tools.kernel_bench.cases import MODEL_LAYERS
+
+    return [(c, h, gs, k, f"{model} {layer}") for model, layer, c, h, gs, k in MODEL_LAYERS]
+
+
+def _ops(shape, dtype, layout: str) -> list:
+    """The ops of a report shape (C, H, g_s) or a model layer (C, H, g_s, k, name): its convolution's only."""
+    if len(shape) == 3:
+        return _shape_ops(*shape, dtype, layout)
+    return _conv_ops(*shape[:4], dtype, layout)[0]
+
+
+def _shape_label(shape) -> str:
+    c, h, gs = shape[:3]
+    return f"C={c} H={h} g_s={gs}" + (f" {shape[3]}x{shape[3]} ({shape[4]})" if len(shape) > 3 else "")
+
+
+def _row(call: Call, shape, dtype: str, layout: str, launched: bool, analysis_cache: dict) -> dict:
     from tools.standin_driver import cubin_resources
 
-    c, h, gs = shape
+    c, h, gs = shape[:3]
     kernel = call.kernel
     cubin = kernel.asm["cubin"]
     if cubin not in analysis_cache:
@@ -461,7 +521,8 @@ def _row(call: Call, shape, dtype: str, launched: bool, analysis_cache: dict) ->
     issued, flops, trips = issued_instructions(analysis, call.name, call.args, call.args, call.grid, warps)
     mb = min_bytes(call.name, call.args)
     row = {
-        "kind": "kernel", "shape": f"C={c} H={h} g_s={gs}", "C": c, "H": h, "W": h, "group_size": gs, "N": N_BATCH,
+        "kind": "kernel", "layout": layout, "shape": _shape_label(shape), "C": c, "H": h, "W": h,
+        "group_size": gs, "N": N_BATCH, "model_layer": len(shape) > 3,
         "dtype": dtype, "kernel": call.name, "variant": variant_name(call.name, call.args), "ops": [call.op],
         "launches": 1, "config": config_label(call.args, warps, stages, getattr(kernel.metadata, "maxnreg", None)),
         "launched_default": launched,
@@ -488,7 +549,8 @@ def _merge(rows: list) -> list:
     """One row per (shape, dtype, kernel, variant, config, launched_default): repeated launches counted."""
     merged: dict = {}
     for row in rows:
-        key = (row["shape"], row["dtype"], row["kernel"], row["variant"], row["config"], row["launched_default"])
+        key = (row["layout"], row["shape"], row["dtype"], row["kernel"], row["variant"], row["config"],
+               row["launched_default"])
         if key in merged:
             m = merged[key]
             m["launches"] += row["launches"]
@@ -498,16 +560,14 @@ def _merge(rows: list) -> list:
     return list(merged.values())
 
 
-def collect(shapes=SHAPES, dtypes=DTYPES, sweep: str = "base", log: Callable = print) -> tuple[list, list]:
-    """(kernel rows, aggregate rows). ``sweep``: which gather/grad-weight variants also compile every config
-    of the autotune lists: 'all' launched variants, 'base' (forward, grad input, grad weight: the plain conv
-    and smoothing B's fused prologue), or 'none'."""
-    import torch
-
+def collect(shapes=SHAPES, dtypes=DTYPES, sweep: str = "base", log: Callable = print,
+            layouts=LAYOUTS, model_layers: bool = False) -> tuple[list, list]:
+    """(kernel rows, aggregate rows) for every layout x dtype x shape. ``sweep``: which gather/grad-weight
+    variants also compile every config of the autotune lists: 'all' launched variants, 'base' (forward, grad
+    input, grad weight: the plain conv and smoothing B's fused prologue), or 'none'. ``model_layers``: also the
+    convolutions of ``model_layer_shapes`` in MODEL_LAYER_LAYOUTS (launched configs only)."""
     from mgiad_kernels.conv import launch as conv_launch
-    from tools.standin_driver import standin_cuda_driver
 
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     full_configs = _full_config_lists() if sweep != "none" else {}
     saved_programs = conv_launch.parallel_programs_wanted
     conv_launch.parallel_programs_wanted = lambda device: 4 * SMS  # an H100's grids
@@ -516,45 +576,58 @@ def collect(shapes=SHAPES, dtypes=DTYPES, sweep: str = "base", log: Callable = p
     kernel_rows, per_launch = [], []
     analysis_cache: dict = {}
     try:
-        for dtype in dtypes:
-            for shape in shapes:
-                start_t = time.perf_counter()
-                with standin_cuda_driver(arch=90):
-                    ops = _shape_ops(*shape, torch_dtype[dtype])
-                    launched = []
-                    for op, thunk in ops:
-                        first = len(calls)
-                        thunk()
-                        for call in calls[first:]:
-                            call.op = op
-                        launched += [cl for cl in calls[first:] if not cl.bench]
-                    rows = [_row(cl, shape, dtype, True, analysis_cache) for cl in launched]
-                    per_launch += [(r, cl) for r, cl in zip(rows, launched)]
-                    swept = 0
-                    done = set()
-                    for i, cl in enumerate(launched):
-                        if cl.name not in full_configs:
-                            continue
-                        variant = variant_name(cl.name, cl.args)
-                        if variant in done or not _sweeps(sweep, variant):
-                            continue
-                        done.add(variant)
-                        for cfg in full_configs[cl.name]:
-                            call = _compile_config(cl, cfg)
-                            if call is None:
-                                continue
-                            row = _row(call, shape, dtype, False, analysis_cache)
-                            if row["config"] != rows[i]["config"]:
-                                rows.append(row)
-                                swept += 1
-                kernel_rows += _merge(rows)
-                log(f"[{dtype} C={shape[0]} H={shape[1]} g_s={shape[2]}] {len(launched)} launches, "
-                    f"{swept} swept configs, {time.perf_counter() - start_t:.0f} s")
-                calls.clear()
+        work = [(layout, dtype, shape, sweep) for layout in layouts for dtype in dtypes for shape in shapes]
+        if model_layers:
+            work += [(layout, dtype, shape, "none") for layout in MODEL_LAYER_LAYOUTS if layout in layouts
+                     for dtype in dtypes for shape in model_layer_shapes()]
+        for layout, dtype, shape, shape_sweep in work:
+            start_t = time.perf_counter()
+            rows, launched, swept = _collect_one(shape, dtype, layout, shape_sweep, full_configs, calls,
+                                                 analysis_cache)
+            per_launch += list(zip(rows, launched))
+            kernel_rows += _merge(rows)
+            log(f"[{layout} {dtype} {_shape_label(shape)}] {len(launched)} launches, {swept} swept configs, "
+                f"{time.perf_counter() - start_t:.0f} s")
+            calls.clear()
     finally:
         uninstall()
         conv_launch.parallel_programs_wanted = saved_programs
     return kernel_rows, aggregates(per_launch, kernel_rows)
+
+
+def _collect_one(shape, dtype: str, layout: str, sweep: str, full_configs: dict, calls: list,
+                 analysis_cache: dict) -> tuple[list, list, int]:
+    """(rows: one per launch, then the swept configs'; the launches; how many configs were swept) of one
+    layout, dtype and shape, its ops run under the stand-in driver."""
+    import torch
+
+    from tools.standin_driver import standin_cuda_driver
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    with standin_cuda_driver(arch=90):
+        launched = []
+        for op, thunk in _ops(shape, torch_dtype, layout):
+            first = len(calls)
+            thunk()
+            for call in calls[first:]:
+                call.op = op
+            launched += [cl for cl in calls[first:] if not cl.bench]
+        rows = [_row(cl, shape, dtype, layout, True, analysis_cache) for cl in launched]
+        swept, done = 0, set()
+        for i, cl in enumerate(launched):
+            variant = variant_name(cl.name, cl.args)
+            if cl.name not in full_configs or variant in done or not _sweeps(sweep, variant):
+                continue
+            done.add(variant)
+            for cfg in full_configs[cl.name]:
+                call = _compile_config(cl, cfg)
+                if call is None:
+                    continue
+                row = _row(call, shape, dtype, layout, False, analysis_cache)
+                if row["config"] != rows[i]["config"]:
+                    rows.append(row)
+                    swept += 1
+    return rows, launched, swept
 
 
 def _sweeps(sweep: str, variant: str) -> bool:
@@ -618,26 +691,29 @@ def aggregates(per_launch: list, kernel_rows: list) -> list:
     for row in kernel_rows:
         if row["spill_bytes"] or row["spill_instructions"]:
             continue
-        key = (row["shape"], row["dtype"], row["kernel"], row["variant"])
+        key = (row.get("layout"), row["shape"], row["dtype"], row["kernel"], row["variant"])
         best[key] = min(best.get(key, math.inf), row["predicted_us"])
     out = []
     groups: dict = {}
     for row, call in per_launch:
-        groups.setdefault((row["shape"], row["dtype"]), []).append((row, call))
-    for (shape, dtype), launches in groups.items():
+        groups.setdefault((row.get("layout"), row["shape"], row["dtype"]), []).append((row, call))
+    for (layout, shape, dtype), launches in groups.items():
         r0 = launches[0][0]
         for name, ops, floor_passes in _AGGREGATES:
             chosen = [r for r, cl in launches if cl.op in ops]
             if not chosen:
                 continue
             t = sum(r["predicted_us"] for r in chosen)
-            t_best = sum(min(r["predicted_us"], best.get((r["shape"], r["dtype"], r["kernel"], r["variant"]),
-                                                          math.inf)) for r in chosen)
+            t_best = sum(min(r["predicted_us"], best.get((layout, r["shape"], r["dtype"], r["kernel"],
+                                                          r["variant"]), math.inf)) for r in chosen)
             mb = sum(r["min_bytes"] for r in chosen)
             esize = 4 if dtype == "fp32" else 2
-            floor = floor_passes * N_BATCH * r0["C"] * r0["H"] * r0["W"] * esize if floor_passes else mb
-            out.append({"kind": "aggregate", "shape": shape, "C": r0["C"], "H": r0["H"], "W": r0["W"],
-                        "group_size": r0["group_size"], "N": N_BATCH, "dtype": dtype, "op": name,
+            # the op's own floor: the copies that re-lay its tensors (RELAYOUT_KERNELS) are time, not floor
+            own = sum(r["min_bytes"] for r in chosen if r["kernel"] not in RELAYOUT_KERNELS)
+            floor = floor_passes * N_BATCH * r0["C"] * r0["H"] * r0["W"] * esize if floor_passes else own
+            out.append({"kind": "aggregate", "layout": layout, "shape": shape, "model_layer": r0.get("model_layer"),
+                        "C": r0["C"], "H": r0["H"],
+                        "W": r0["W"], "group_size": r0["group_size"], "N": N_BATCH, "dtype": dtype, "op": name,
                         "launches": len(chosen), "min_bytes": mb, "floor_bytes": floor, "predicted_us": t,
                         "copy_fraction": floor / BANDWIDTH * 1e6 / t, "predicted_us_model_best": t_best,
                         "copy_fraction_model_best": floor / BANDWIDTH * 1e6 / t_best})
@@ -653,7 +729,8 @@ def check_report(rows: list) -> list:
     for r in rows:
         if r.get("kind", "kernel") != "kernel" or not r.get("launched_default"):
             continue
-        where = f"{r['dtype']} {r['shape']} {r['kernel']} [{r['variant']}] {r['config']}"
+        where = (f"{r.get('layout', LAYOUTS[0])} {r['dtype']} {r['shape']} {r['kernel']} [{r['variant']}] "
+                 f"{r['config']}")
         if r["spill_bytes"] > 0 or r.get("spill_instructions", 0) > 0:
             out.append(f"{where}: spills ({r['spill_bytes']} bytes of stack/local memory per thread, "
                        f"{r.get('spill_instructions', 0)} STL/LDL instructions)")
@@ -665,17 +742,61 @@ def check_report(rows: list) -> list:
     return out
 
 
+# The figures every layout must reach (the channels_last/channels_last ones are the reference): by the model,
+# an op with OIHW weights within 5% of its all-channels_last time; with NCHW activations conv forward at >= 0.5
+# and forward+backward at >= 0.4 of copy bandwidth, the training smoothing step at >= 0.4 of its 18-pass floor.
+OIHW_SLOWDOWN_MAX = 1.05
+NCHW_FRACTION_MIN = {"conv forward": 0.5, "conv forward+backward": 0.4,
+                     "smoothing step forward+backward over its 18-pass floor": 0.4}
+
+
+def check_targets(aggs: list) -> list:
+    """Misses of the layout targets (OIHW_SLOWDOWN_MAX, NCHW_FRACTION_MIN) among the aggregate rows, at the
+    default configs, each naming the figure and its bound."""
+    reference = {(a["shape"], a["dtype"], a["op"]): a for a in aggs if a.get("layout", LAYOUTS[0]) == LAYOUTS[0]}
+    out = []
+    for a in aggs:
+        if a.get("model_layer"):  # predictions only
+            continue
+        layout = a.get("layout", LAYOUTS[0])
+        act, weight = layout.split("/")
+        where = f"{layout} {a['dtype']} {a['shape']} {a['op']}"
+        ref = reference.get((a["shape"], a["dtype"], a["op"]))
+        if act == "channels_last" and weight == "OIHW" and ref is not None:
+            ratio = a["predicted_us"] / ref["predicted_us"]
+            if ratio > OIHW_SLOWDOWN_MAX:
+                out.append(f"{where}: {a['predicted_us']:.1f} us, {ratio:.2f}x the channels_last weights' "
+                           f"{ref['predicted_us']:.1f} us (want <= {OIHW_SLOWDOWN_MAX:.2f}x)")
+        want = NCHW_FRACTION_MIN.get(a["op"])
+        if act == "NCHW" and want is not None and a["copy_fraction"] < want:
+            out.append(f"{where}: {a['copy_fraction']:.2f} of copy bandwidth (want >= {want})")
+    return out
+
+
+def lowest_fractions(aggs: list) -> list:
+    """(layout, dtype, op, lowest copy fraction over the shapes, at which shape), default configs."""
+    lowest: dict = {}
+    for a in aggs:
+        if a.get("model_layer"):
+            continue
+        key = (a.get("layout", LAYOUTS[0]), a["dtype"], a["op"])
+        if key not in lowest or a["copy_fraction"] < lowest[key][0]:
+            lowest[key] = (a["copy_fraction"], a["shape"])
+    return [(*key, frac, shape) for key, (frac, shape) in lowest.items()]
+
+
 # ---- output --------------------------------------------------------------------------------------------------
 
 def _fmt_loads(loads: dict) -> str:
     return ", ".join(f"{n}x {op}" for op, n in sorted(loads.items())) or "-"
 
 
-def markdown(meta: dict, rows: list, aggs: list, violations: list) -> str:
+def markdown(meta: dict, rows: list, aggs: list, violations: list, misses: list) -> str:
     lines = [f"# Codegen report, sm_90 (H100 model), {meta['date']}", "",
              f"Triton {meta['triton']}, torch {meta['torch']}; compiled for sm_90 by the stand-in CUDA driver "
-             "through the real launchers (N=128, channels_last activations and weights as `mgiad train` holds "
-             "them, 3x3 grouped convs, stride 1, pad 1); "
+             "through the real launchers (N=128, 3x3 grouped convs, stride 1, pad 1) in every layout a user holds "
+             "(activations / weights: " + ", ".join(meta.get("layouts", LAYOUTS)) + "; channels_last/channels_last "
+             "is how `mgiad train` and the mgiad models hold them); "
              f"`{meta['command']}` in {meta['seconds']:.0f} s. Default config policy: {meta['config_policy']}.",
              "", "## Model (fixed)", "",
              "time = max(minimum bytes / 3.0 TB/s, SASS warp-instructions issued / (132 SMs x 4 per clock x "
@@ -691,15 +812,19 @@ def markdown(meta: dict, rows: list, aggs: list, violations: list) -> str:
              "No launched config spills; for g_s >= 8 the main-loop operand loads of the gather and grad-weight "
              f"kernels are >= 64-bit and async. **{len(violations)} violations:**", ""]
     lines += [f"- {v}" for v in violations] or ["- none"]
+    lines += _targets_markdown(aggs, misses)
     lines += ["", "## Per op (default configs; model-best: each gather/grad-weight launch at its best swept "
               "config that does not spill)", "",
-              "| dtype | shape | op | launches | min MB | floor MB | predicted us | copy fraction | "
-              "model-best us | model-best fraction |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for a in aggs:
-        lines.append(f"| {a['dtype']} | {a['shape']} | {a['op']} | {a['launches']} | {a['min_bytes'] / 1e6:.1f} | "
+              "| layout | dtype | shape | op | launches | min MB | floor MB | predicted us | copy fraction | "
+              "model-best us | model-best fraction |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in (a for a in aggs if not a.get("model_layer")):
+        lines.append(f"| {a.get('layout', LAYOUTS[0])} | {a['dtype']} | {a['shape']} | {a['op']} | {a['launches']} | "
+                     f"{a['min_bytes'] / 1e6:.1f} | "
                      f"{a['floor_bytes'] / 1e6:.1f} | {a['predicted_us']:.1f} | {a['copy_fraction']:.2f} | "
                      f"{a['predicted_us_model_best']:.1f} | {a['copy_fraction_model_best']:.2f} |")
-    header = ("| dtype | shape | kernel / variant | config | default | launches | regs | spill B | shared KB | "
+    lines += _model_layers_markdown(aggs)
+    header = ("| layout | dtype | shape | kernel / variant | config | default | launches | regs | spill B | "
+              "shared KB | "
               "CTAs/SM (warps) | limit | MMA | loop instr | trips/CTA | loads in loop | bits | async | "
               "issued Minstr | predicted us | bound | copy fraction |")
     for title, launched in (("Launched kernels (default configs)", True),
@@ -708,10 +833,11 @@ def markdown(meta: dict, rows: list, aggs: list, violations: list) -> str:
         sel = [r for r in rows if r["launched_default"] == launched]
         if not sel:
             continue
-        lines += ["", f"## {title}", "", header, "|" + "---|" * 21]
+        lines += ["", f"## {title}", "", header, "|" + "---|" * 22]
         for r in sel:
             lines.append(
-                f"| {r['dtype']} | {r['shape']} | {r['kernel'].replace('_kernel', '')}: {r['variant']} | "
+                f"| {r.get('layout', LAYOUTS[0])} | {r['dtype']} | {r['shape']} | "
+                f"{r['kernel'].replace('_kernel', '')}: {r['variant']} | "
                 f"{r['config']} | {'yes' if r['launched_default'] else 'no'} | {r['launches']} | {r['regs']} | "
                 f"{r['spill_bytes']} | {r['shared_bytes'] / 1024:.1f} | {r['ctas_per_sm']} ({r['warps_per_sm']}) | "
                 f"{r['occupancy_limit']} | {r['mma'] or '-'} | {r['loop_instructions'] or '-'} | "
@@ -720,6 +846,38 @@ def markdown(meta: dict, rows: list, aggs: list, violations: list) -> str:
                 f"{r['issued_warp_instructions'] / 1e6:.2f} | {r['predicted_us']:.1f} | {r['bound']} | "
                 f"{r['copy_fraction']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _model_layers_markdown(aggs: list) -> list:
+    """The model layers' section: each layer's conv forward and forward+backward, in a converted model's two
+    layouts (predictions: not held to the layout targets)."""
+    rows = [a for a in aggs if a.get("model_layer")]
+    if not rows:
+        return []
+    lines = ["", "## Model layers (default configs)", "",
+             "The grouped convolutions the kernel benchmark times (`python -m tools.kernel_bench --ops "
+             "model_layers`), at N=128, as a model converted by `use_kernels` holds them (NCHW/OIHW) and after "
+             "`.to(memory_format=torch.channels_last)`.", "",
+             "| layout | dtype | layer | op | launches | floor MB | predicted us | copy fraction |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {a['layout']} | {a['dtype']} | {a['shape']} | {a['op']} | {a['launches']} | "
+              f"{a['floor_bytes'] / 1e6:.1f} | {a['predicted_us']:.1f} | {a['copy_fraction']:.2f} |" for a in rows]
+    return lines
+
+
+def _targets_markdown(aggs: list, misses: list) -> list:
+    """The layout targets' section: the bounds, the misses, the lowest figure of each layout, dtype and op."""
+    lines = ["", "## Layout targets", "",
+             f"By the model, at every shape and the default configs: with OIHW weights (channels_last activations) "
+             f"each op within {OIHW_SLOWDOWN_MAX:.2f}x of its channels_last/channels_last time; with NCHW "
+             "activations (either weight layout) " + ", ".join(f"{op} >= {v}" for op, v in NCHW_FRACTION_MIN.items())
+             + f" of copy bandwidth. **{len(misses)} misses:**", ""]
+    lines += [f"- {m}" for m in misses] or ["- none"]
+    lines += ["", "Lowest copy fraction over the shapes (default configs):", "",
+              "| layout | dtype | op | lowest fraction | at |", "|---|---|---|---|---|"]
+    lines += [f"| {layout} | {dtype} | {op} | {frac:.2f} | {shape} |"
+              for layout, dtype, op, frac, shape in lowest_fractions(aggs)]
+    return lines
 
 
 COUNTING = ("Issued warp-instructions = sum over CTAs of warps x (static SASS count, an instruction in a loop "
@@ -732,11 +890,14 @@ COUNTING = ("Issued warp-instructions = sum over CTAs of warps x (static SASS co
             "gather step, 2*BLOCK_OUT*KW_BLOCK*BLOCK_IN*BLOCK_P per grad-weight step). Minimum bytes: each tensor "
             "once "
             "(gather: src + dst + weight (+ other); grad weight: x + grad_y + weight; BatchNorm elementwise: "
-            "their activations); the smoothing step's floor is 18 activation passes. Split partials are reduced "
+            "their activations; relayout: its source and copy); an op's floor is its own minimum bytes, the copies "
+            "that re-lay an NCHW activation or an OIHW weight for the MMA kernels left out (their time counts); the "
+            "smoothing step's floor is 18 activation passes. Split partials are reduced "
             "in the kernels that write them (no separate launch).")
 
 
-def run_report(shapes, dtypes, sweep: str, out_dir: str, command: str, log: Callable = print) -> list:
+def run_report(shapes, dtypes, sweep: str, out_dir: str, command: str, log: Callable = print,
+               layouts=LAYOUTS, model_layers: bool = False) -> list:
     """Collect, write ``codegen-sm90.{json,md}`` under ``out_dir``; returns the violations."""
     import torch
     import triton
@@ -744,12 +905,12 @@ def run_report(shapes, dtypes, sweep: str, out_dir: str, command: str, log: Call
     from mgiad_kernels.runtime.triton_support import autotune_enabled
 
     start = time.perf_counter()
-    rows, aggs = collect(shapes, dtypes, sweep, log)
-    violations = check_report(rows)
+    rows, aggs = collect(shapes, dtypes, sweep, log, layouts, model_layers)
+    violations, misses = check_report(rows), check_targets(aggs)
     meta = {"date": REPORT_DATE, "generated": datetime.datetime.now().isoformat(timespec="seconds"),
             "triton": triton.__version__, "torch": torch.__version__, "arch": 90, "command": command,
             "seconds": time.perf_counter() - start, "sweep": sweep, "shapes": [list(s) for s in shapes],
-            "dtypes": list(dtypes), "N": N_BATCH,
+            "dtypes": list(dtypes), "layouts": list(layouts), "model_layers": model_layers, "N": N_BATCH,
             "config_policy": ("autotuning (the stand-in's fake timings pick the first config: the launched "
                               "config on a GPU may differ)" if autotune_enabled() else
                               "no autotuning (MGIAD_KERNELS_AUTOTUNE unset or 0): the launchers' configs"),
@@ -758,9 +919,11 @@ def run_report(shapes, dtypes, sweep: str, out_dir: str, command: str, log: Call
             "counting": COUNTING, "row_fields": list(ROW_FIELDS), "aggregate_fields": list(AGGREGATE_FIELDS)}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "codegen-sm90.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows + aggs, "violations": violations}, f, indent=1)
+        json.dump({"meta": meta, "rows": rows + aggs, "violations": violations, "target_misses": misses}, f,
+                  indent=1)
     with open(os.path.join(out_dir, "codegen-sm90.md"), "w") as f:
-        f.write(markdown(meta, rows, aggs, violations))
-    log(f"codegen report: {len(rows)} kernel rows, {len(aggs)} aggregate rows, {len(violations)} violations; "
+        f.write(markdown(meta, rows, aggs, violations, misses))
+    log(f"codegen report: {len(rows)} kernel rows, {len(aggs)} aggregate rows, {len(violations)} violations, "
+        f"{len(misses)} layout-target misses; "
         f"wrote {out_dir}/codegen-sm90.json and .md in {meta['seconds']:.0f} s")
     return violations

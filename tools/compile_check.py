@@ -39,7 +39,8 @@ def _gather_variants():
     conv1x1 = dict(KH=1, KW=1, STRIDE_H=1, STRIDE_W=1, PAD_H=0, PAD_W=0, DIL_H=1, DIL_W=1)
     plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=other["none"], EPILOGUE_BN_RELU=False,
                  STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8, RED_RANGE_ALIGN=8, DST_ALIGN=8,
-                 W_ALIGN=8, FULL_CHANNEL_BLOCKS=True, SINGLE_RED_BLOCK=True, WIDE_PIXEL_INDEX=False)
+                 W_ALIGN=8, FULL_CHANNEL_BLOCKS=True, SINGLE_RED_BLOCK=True, WIDE_PIXEL_INDEX=False, DST_PIXEL_RUN=1,
+                 OTHER_PIXEL_RUN=1)
 
     def variant(geometry, transposed, **flags):
         needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]
@@ -52,11 +53,14 @@ def _gather_variants():
         ("conv3x3 forward, channel tiles not whole (masked)", variant(conv3x3, False, FULL_CHANNEL_BLOCKS=False)),
         ("conv3x3 forward, reduced channels in several blocks (large groups)",
          variant(conv3x3, False, SINGLE_RED_BLOCK=False)),
+        ("conv3x3 forward, NCHW output stored along the pixels", variant(conv3x3, False, DST_PIXEL_RUN=16)),
         ("conv3x3 grad input", variant(conv3x3, True)),
         ("conv3x3 forward writing the adjoint weight", variant(conv3x3, False, WRITE_ADJOINT_WEIGHT=True)),
         ("conv3x3 grad input through the adjoint weight", variant(conv3x3, True, WEIGHT_OUT_IS_DST=True)),
         ("stride-2 pool grad input", variant(pool, True)),
         ("1x1 + residual (FAS)", variant(conv1x1, False, OTHER_MODE=other["add"])),
+        ("smoothing A reading an NCHW f", variant(conv3x3, False, OTHER_MODE=other["add"], STATS=stats["moments"],
+                                                  OTHER_PIXEL_RUN=16)),
         ("smoothing A: f - A u, bn1 moments, running update",
          variant(conv3x3, False, OTHER_MODE=other["add"], STATS=stats["moments"], RUNNING_UPDATE=running["momentum"])),
         ("smoothing B: bn1/relu prologue, bn2 moments, cumulative running update, writing the adjoint weight",
@@ -162,6 +166,11 @@ def jobs(dtypes, quick: bool = False):
             ("bn_backward batch stats, a run's two carried f gradients added", batchnorm.bn_backward_kernel,
              dict(block, RELU_MASK=False, BATCH_STATS=True, CARRIES=2), dtype, 4, 3, None),
         ]
+        for channels, pixels in ((128, 256), (8, 9)):  # an activation, a 3x3 weight
+            block_c, block_hw, warps = tiles.relayout_tile(channels, pixels)
+            out += [(f"relayout {channels}x{pixels}, pixels dense {dense}", conv.relayout_kernel,
+                     dict(BLOCK_C=block_c, BLOCK_HW=block_hw, SRC_PIXELS_DENSE=dense[0], DST_PIXELS_DENSE=dense[1]),
+                     dtype, warps, 3, None) for dense in ((True, True), (False, True), (True, False))]
     return out
 
 
@@ -180,6 +189,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", choices=("base", "all", "none"), default=None,
                         help="report: also compile every autotune-list config for the plain conv, grad weight and "
                              "fused-prologue variants (base, the default), every launched variant (all), or none")
+    parser.add_argument("--layouts", default=None,
+                        help="report: activation/weight layouts, comma-separated (default: all of "
+                             "channels_last/channels_last,channels_last/OIHW,NCHW/OIHW,NCHW/channels_last; "
+                             "--report-quick: the first)")
+    parser.add_argument("--no-model-layers", action="store_true",
+                        help="report: leave out the model layers (ResNeXt-50, RegNetX-400MF, MobileNetV2, ConvNeXt-T "
+                             "grouped convolutions; --report-quick leaves them out)")
     parser.add_argument("--out", default=None, help="report directory (default benchmarks/results)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -221,11 +237,19 @@ def _report(parser, args, dtypes, argv) -> int:
     else:
         shapes = codegen_report.QUICK_SHAPES if args.report_quick else codegen_report.SHAPES
     sweep = args.sweep or ("none" if args.report_quick else "base")
+    if args.layouts:
+        layouts = tuple(args.layouts.split(","))
+        unknown = [layout for layout in layouts if layout not in codegen_report.LAYOUTS]
+        if unknown:
+            parser.error(f"--layouts must be a subset of {','.join(codegen_report.LAYOUTS)}, got {unknown}")
+    else:
+        layouts = codegen_report.QUICK_LAYOUTS if args.report_quick else codegen_report.LAYOUTS
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out_dir = args.out or os.path.join(root, "benchmarks", "results")
     command = "python -m tools.compile_check " + " ".join(sys.argv[1:] if argv is None else argv)
     violations = codegen_report.run_report(shapes, dtypes, sweep, out_dir, command,
-                                          log=lambda msg: print(msg, flush=True))
+                                          log=lambda msg: print(msg, flush=True), layouts=layouts,
+                                          model_layers=not (args.no_model_layers or args.report_quick or args.shapes))
     for v in violations:
         print(f"VIOLATION {v}")
     return 0  # the report states the violations; tests/test_codegen_report.py checks them

@@ -24,7 +24,8 @@ import torch.autograd.forward_ad as fwAD
 
 from . import ops
 from .geometry import ConvGeometry
-from .launch import adjoint_weight_wanted, strides_like_channels_last
+from ..runtime.device_calls import on_input_device
+from .launch import adjoint_weight_wanted, strides_like_channels_last, with_contiguous_channels
 
 
 class ConvParams(NamedTuple):
@@ -96,6 +97,9 @@ def conv_weight_grad(gy, x, w_shape, w_channels_last: bool, with_bias: bool, alp
     return gw, (gb if with_bias else None)
 
 
+_with_contiguous_channels = on_input_device(with_contiguous_channels)  # launched on the tensor's device
+
+
 def _bias_term(gb, shape):
     """A per-channel gradient broadcast over (N, C, H, W)."""
     return gb.view(1, -1, 1, 1).expand(shape)
@@ -126,10 +130,13 @@ class _Conv(torch.autograd.Function):
         x, w, w_adjoint = ctx.saved_tensors
         need_x, need_w, need_b, need_other = ctx.needs_input_grad[:4]
         gx = gw = gb = None
+        g = gy
+        if need_x and (need_w or need_b) and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            g = _with_contiguous_channels(gy)  # read by both gradients (NCHW): re-laid once, not by each
         if need_x:
-            gx = conv_transpose(gy, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p, w_adjoint)
+            gx = conv_transpose(g, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p, w_adjoint)
         if need_w or need_b:
-            gw, gb = conv_weight_grad(gy, x, w.shape, strides_like_channels_last(w), ctx.has_bias and need_b,
+            gw, gb = conv_weight_grad(g, x, w.shape, strides_like_channels_last(w), ctx.has_bias and need_b,
                                       ctx.alpha, ctx.p)
         return gx, gw if need_w else None, gb, gy if need_other else None, None, None
 

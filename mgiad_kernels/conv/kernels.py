@@ -29,7 +29,8 @@ _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "
                "TRANSPOSED", "WEIGHT_OUT_IS_DST", "WRITE_ADJOINT_WEIGHT", "HAS_BIAS", "PROLOGUE_BN_RELU", "OTHER_MODE",
                "EPILOGUE_BN_RELU", "STATS",
                "RUNNING_UPDATE", "RED_ALIGN", "RED_RANGE_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS",
-               "SINGLE_RED_BLOCK", "WIDE_PIXEL_INDEX", "INPUT_PRECISION"]
+               "SINGLE_RED_BLOCK", "WIDE_PIXEL_INDEX", "DST_PIXEL_RUN", "OTHER_PIXEL_RUN",
+               "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
                     "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "FULL_CHANNEL_BLOCKS", "FULL_BOXES",
                     "WIDE_PIXEL_INDEX", "INPUT_PRECISION", "TILE_N", "TILE_H", "TILE_W"]
@@ -268,6 +269,9 @@ def conv2d_gather_kernel(
     FULL_CHANNEL_BLOCKS: tl.constexpr,  # every channel tile is whole and its reduced channels whole BLOCK_REDs
     SINGLE_RED_BLOCK: tl.constexpr,  # every channel tile's reduced channels fit one BLOCK_RED
     WIDE_PIXEL_INDEX: tl.constexpr,  # N*H_dst*W_dst >= 2^31: the tile's pixel indices in 64 bits
+    DST_PIXEL_RUN: tl.constexpr,  # > 1: dst's pixels are unit-strided and dense (NCHW), and this power of two
+    #                               (at most 16) divides H_dst * W_dst and BLOCK_P: the store vectorizes along them
+    OTHER_PIXEL_RUN: tl.constexpr,  # the same for other's pixels and its load
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
 ):
@@ -392,9 +396,27 @@ def conv2d_gather_kernel(
                                       KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W, TRANSPOSED, PROLOGUE_BN_RELU,
                                       BLOCK_P, BLOCK_DST)
 
+    # Where dst (other) has its pixels unit-strided and dense (NCHW), the tile's pixels lie in aligned runs of
+    # DST_PIXEL_RUN (OTHER_PIXEL_RUN) within one image (the launcher checked that the run divides H_dst * W_dst
+    # and BLOCK_P; both runs are 1 or the same power of two): said to the compiler, the store (load) goes in
+    # vectors along the pixels.
+    n64, oh64, ow64 = n.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64)
+    if DST_PIXEL_RUN * OTHER_PIXEL_RUN > 1:
+        run: tl.constexpr = DST_PIXEL_RUN * OTHER_PIXEL_RUN // min(DST_PIXEL_RUN, OTHER_PIXEL_RUN)
+        rem = tl.max_contiguous(tl.multiple_of(rem, run), run)
+        n_run = tl.max_constancy(n64, run)
+        p_mask = tl.max_constancy(p_mask, run)
+    if DST_PIXEL_RUN > 1:
+        dst_pixel = n_run * dst_stride_n + rem.to(tl.int64)
+    else:
+        dst_pixel = n64 * dst_stride_n + oh64 * dst_stride_h + ow64 * dst_stride_w
+    if OTHER_PIXEL_RUN > 1:
+        other_pixel = n_run * other_stride_n + rem.to(tl.int64)
+    else:
+        other_pixel = n64 * other_stride_n + oh64 * other_stride_h + ow64 * other_stride_w
     _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
               reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
-              n.to(tl.int64), oh.to(tl.int64), ow.to(tl.int64), p_mask, offs_c, c_mask, pid_p, pid_c,
+              dst_pixel, other_pixel, p_mask, offs_c, c_mask, pid_p, pid_c,
               dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
               momentum, unbias, STATS_ROWS, HAS_BIAS, OTHER_MODE, EPILOGUE_BN_RELU, EPILOGUE_NEEDS_BN, STATS,
@@ -440,7 +462,7 @@ def _write_adjoint_weight(weight_ptr, adjoint_weight_ptr, pid_c, C_DST,
 @triton.jit
 def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr, stats_ptr,
               reduced_ptr, counter_ptr, running_mean_ptr, running_var_ptr, batches_ptr,
-              n, oh, ow, p_mask, offs_c, c_mask, pid_p, pid_c,
+              dst_pixel, other_pixel, p_mask, offs_c, c_mask, pid_p, pid_c,
               dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,
               other_stride_n, other_stride_c, other_stride_h, other_stride_w, bias_stride, C_DST, alpha, bn_eps,
               momentum, unbias, STATS_ROWS, HAS_BIAS: tl.constexpr, OTHER_MODE: tl.constexpr,
@@ -457,8 +479,7 @@ def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gam
         acc += tl.load(bias_ptr + offs_c * bias_stride, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     out_mask = p_mask[:, None] & c_mask[None, :]
     if OTHER_MODE != OTHER_NONE:
-        other_offs = (n * other_stride_n + oh * other_stride_h + ow * other_stride_w)[:, None] \
-            + offs_c[None, :].to(tl.int64) * other_stride_c
+        other_offs = other_pixel[:, None] + offs_c[None, :].to(tl.int64) * other_stride_c
         other = tl.load(other_ptr + other_offs, mask=out_mask, other=0.0).to(tl.float32)
     acc = acc * alpha
     if OTHER_MODE == OTHER_ADD:
@@ -473,8 +494,7 @@ def _epilogue(acc, dst_ptr, bias_ptr, other_ptr, bn_mean_ptr, bn_var_ptr, bn_gam
     if OTHER_MODE == OTHER_RELU_GRAD:
         acc = relu_grad(acc, other * scale_c[None, :] + shift_c[None, :])
     out = acc.to(dst_ptr.dtype.element_ty)
-    dst_offs = (n * dst_stride_n + oh * dst_stride_h + ow * dst_stride_w)[:, None] \
-        + offs_c[None, :].to(tl.int64) * dst_stride_c
+    dst_offs = dst_pixel[:, None] + offs_c[None, :].to(tl.int64) * dst_stride_c
     tl.store(dst_ptr + dst_offs, out, mask=out_mask)
 
     if STATS != STATS_NONE:  # statistics of the values as stored, so they match an unfused pass
@@ -795,3 +815,40 @@ def conv2d_grad_weight_kernel(
                                            other=0.0).to(tl.float32)
                     tl.store(grad_b_ptr + offs_co * gb_stride, total_b.to(grad_b_ptr.dtype.element_ty), mask=co_mask)
 
+
+
+@triton.jit
+def relayout_kernel(
+    src_ptr,  # (N, C, H, W), any strides
+    dst_ptr,  # (N, C, H, W) out, any strides
+    src_stride_n, src_stride_c, src_stride_h, src_stride_w,  # strides of src, elements
+    dst_stride_n, dst_stride_c, dst_stride_h, dst_stride_w,  # strides of dst, elements
+    C, H, W,  # channels and spatial sizes
+    HW_BLOCKS,  # cdiv(H * W, BLOCK_HW): the pixel tiles of one image
+    SRC_PIXELS_DENSE: tl.constexpr,  # src pixel (h, w) of an image at (h * W + w) * src_stride_w
+    DST_PIXELS_DENSE: tl.constexpr,  # the same for dst
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,  # tile: channels x pixels of one image
+):
+    """dst[n, c, h, w] = src[n, c, h, w]: a tensor in another memory format (an NCHW activation or an OIHW
+    weight in channels_last, whose channels the convolution kernels load in vectors). One image's
+    BLOCK_C x BLOCK_HW tile per program, read along src's contiguous dimension and written along dst's (the
+    compiler transposes the tile in shared memory)."""
+    pid = tl.program_id(0)
+    n = pid // HW_BLOCKS
+    offs_hw = (pid - n * HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (offs_c < C)[:, None] & (offs_hw < H * W)[None, :]
+    h = offs_hw // W
+    w = offs_hw - h * W
+    if SRC_PIXELS_DENSE:
+        src_pixel = offs_hw.to(tl.int64) * src_stride_w
+    else:
+        src_pixel = h.to(tl.int64) * src_stride_h + w.to(tl.int64) * src_stride_w
+    if DST_PIXELS_DENSE:
+        dst_pixel = offs_hw.to(tl.int64) * dst_stride_w
+    else:
+        dst_pixel = h.to(tl.int64) * dst_stride_h + w.to(tl.int64) * dst_stride_w
+    n64 = n.to(tl.int64)
+    c64 = offs_c.to(tl.int64)
+    values = tl.load(src_ptr + n64 * src_stride_n + (c64[:, None] * src_stride_c + src_pixel[None, :]), mask=mask)
+    tl.store(dst_ptr + n64 * dst_stride_n + (c64[:, None] * dst_stride_c + dst_pixel[None, :]), values, mask=mask)

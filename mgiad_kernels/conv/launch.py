@@ -63,6 +63,55 @@ def conv_output_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.me
     return torch.contiguous_format
 
 
+def channels_strided(t: torch.Tensor) -> bool:
+    """Whether t's dim 1 (an activation's channels, a weight's in-channels) holds more than one element and is
+    not contiguous: NCHW activations (channels H*W apart) and OIHW weights (KH*KW apart) but 1x1 ones."""
+    return t.shape[1] > 1 and t.stride(1) != 1
+
+
+def with_contiguous_channels(t: torch.Tensor) -> torch.Tensor:
+    """t, or where ``channels_strided`` a channels_last copy of it (``relaid``). The convolution kernels load
+    a tile's channels in 8- or 16-byte asynchronous copies only where they are contiguous; strided, each
+    element is a load of its own and its address a register (sm_90 codegen report, NCHW: 292-752 B spilled per
+    thread in fp32, up to 5.4 KB in bf16). The copy is one read and one write of t."""
+    return relaid(t, torch.channels_last) if channels_strided(t) else t
+
+
+def relaid(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A copy of the (N, C, H, W) tensor t in ``memory_format``, by relayout_kernel (one launch)."""
+    out = torch.empty_like(t, memory_format=memory_format)
+    if not out.numel():
+        return out
+    key = ("relayout", t.shape, t.stride(), out.stride(), t.dtype, t.get_device())
+    site = launch_sites.SITES.get(key)
+    if site is None:
+        n_batch, channels, h, w = t.shape
+        block_c, block_hw, warps = tiles.relayout_tile(channels, h * w)
+        hw_blocks = _cdiv(h * w, block_hw)
+        site = launch_sites.add_site(
+            key, _kernels().relayout_kernel, (n_batch * hw_blocks, _cdiv(channels, block_c)),
+            (*t.stride(), *out.stride(), channels, h, w, hw_blocks),
+            {"SRC_PIXELS_DENSE": _pixels_dense(t), "DST_PIXELS_DENSE": _pixels_dense(out),
+             "BLOCK_C": block_c, "BLOCK_HW": block_hw}, {"num_warps": warps},
+            promises=_relayout_promises, description=f"relayout {tuple(t.shape)} {t.stride()} -> {out.stride()}")
+    site.launch((t, out), scratch(t.device))
+    return out
+
+
+def _pixels_dense(t: torch.Tensor) -> bool:
+    """Pixel (h, w) of each (N, C, H, W) image at (h * W + w) * stride_w."""
+    return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+
+def _relayout_promises(c: dict, pointers: tuple) -> list[str]:
+    """A relayout site's ``promises`` (LaunchSite): its pixel flags, from a launch's src and dst."""
+    broken = []
+    for flag, t in (("SRC_PIXELS_DENSE", pointers[0]), ("DST_PIXELS_DENSE", pointers[1])):
+        broken += launch_sites.promise(not c[flag] or _pixels_dense(t), f"{flag}: pixels of {tuple(t.shape)} "
+                                       f"{t.stride()} are (h * W + w) * stride_w apart")
+    return broken
+
+
 @dataclass(frozen=True)
 class BatchNormArgs:
     """A BatchNorm as the kernels read it: per-channel statistics and affine parameters, and eps.
@@ -199,11 +248,16 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         EPILOGUE_NEEDS_BN=epilogue_bn is not None, STATS=stats_modes[stats_mode],
         RUNNING_UPDATE=running_modes[running_mode], RED_ALIGN=channel_alignment(red_per_group),
         DST_ALIGN=channel_alignment(dst_per_group), W_ALIGN=weight_alignment(ws),
-        WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT, INPUT_PRECISION=_input_precision(src.dtype))
+        WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT, DST_PIXEL_RUN=tiles.pixel_run(dst.shape, dst.stride()),
+        OTHER_PIXEL_RUN=1 if other is None else tiles.pixel_run(other.shape, other.stride()),
+        INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
+    # a BatchNorm across the tile: a prologue, the bn_grad sums, or an epilogue's with a store or load along NCHW
+    # pixels (at the 16-bit 256-pixel tile's register cap those spilled 8-16 B, sm_90 codegen report)
+    pixel_major = constexprs["DST_PIXEL_RUN"] > 1 or constexprs["OTHER_PIXEL_RUN"] > 1
     config = None if autotune_enabled() else tiles.default_gather_config(
         dst_per_group, red_per_group, src.element_size(), tiles.gather_pixels_bucket(pixels),
-        tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad")
+        tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad" or (epilogue_bn is not None and pixel_major))
     constexprs.update(_gather_tile_flags(c_dst, dst_per_group, red_per_group, config))
     description = (f"{'grad input' if transposed else 'forward'} src {tuple(src.shape)} {src.stride()} weight "
                    f"{tuple(weight.shape)} {ws} dst {tuple(dst.shape)} {dst.stride()} {geo.groups} groups {src.dtype}")
@@ -218,6 +272,7 @@ def _gather_promises(weight_out_is_dst: bool) -> Callable:
 
     def promises(c: dict, pointers: tuple) -> list[str]:
         src, weight, dst = pointers[0], pointers[1], pointers[4]
+        other = pointers[5] if len(pointers) > 5 else None
         n_batch, c_dst, h_dst, w_dst = dst.shape
         c_red, per_group = src.shape[1], weight.shape[1]
         groups = (c_red if weight_out_is_dst else c_dst) // per_group
@@ -241,9 +296,23 @@ def _gather_promises(weight_out_is_dst: bool) -> Callable:
                          f"SINGLE_RED_BLOCK: every channel tile of {tile_shapes} reduces over one block "
                          f"({c_dst} dst channels, groups of {dst_pg} and {red_pg})"),
                 *promise(c["WIDE_PIXEL_INDEX"] or pixels < _PIXEL_INDEX_LIMIT,
-                         f"WIDE_PIXEL_INDEX=False: the dst pixels ({pixels}) are below 2^31")]
+                         f"WIDE_PIXEL_INDEX=False: the dst pixels ({pixels}) are below 2^31"),
+                *promise(tiles.pixel_run(dst.shape, dst.stride()) % c["DST_PIXEL_RUN"] == 0,
+                         f"DST_PIXEL_RUN={c['DST_PIXEL_RUN']}: dst {tuple(dst.shape)} {dst.stride()} has its pixels "
+                         f"unit-strided and dense, in runs of it"),
+                *_other_pixel_run_promise(c["OTHER_PIXEL_RUN"], other)]
 
     return promises
+
+
+def _other_pixel_run_promise(run: int, other) -> list[str]:
+    """The gather's OTHER_PIXEL_RUN promise (launch_sites.promise) for the tensor ``other`` (None: not passed)."""
+    if run == 1:
+        return []
+    shown = "not given" if other is None else f"{tuple(other.shape)} {other.stride()}"
+    return launch_sites.promise(other is not None and tiles.pixel_run(other.shape, other.stride()) % run == 0,
+                                f"OTHER_PIXEL_RUN={run}: other ({shown}) has its pixels unit-strided and dense, "
+                                "in runs of it")
 
 
 def _tile_shapes(constexprs: dict, first: str, second: str, kernel) -> list[tuple[int, int]]:
@@ -349,12 +418,14 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return call(x, weight, bias, other, adjoint_weight)
     y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
                     memory_format=conv_output_memory_format(x, weight))
+    relay = (channels_strided(x), channels_strided(weight))  # loaded from channels_last copies
     gather = None
     if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
-        gather = _gather(x, weight, bias, y, geo, transposed=False, other=other,
-                         other_mode="none" if other is None else "add", alpha=alpha, adjoint_weight=adjoint_weight)
+        gather = _gather(with_contiguous_channels(x), with_contiguous_channels(weight), bias, y, geo,
+                         transposed=False, other=other, other_mode="none" if other is None else "add", alpha=alpha,
+                         adjoint_weight=adjoint_weight)
     like_input = y.shape == x.shape and y.stride() == x.stride()  # so x is dense as y is
-    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input))
+    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input, relay))
     return y
 
 
@@ -363,14 +434,27 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 _FORWARD_POINTERS = ("x", "weight", "adjoint_weight", "bias", "y", "other") + ("unused",) * 10
 
 
-def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool) -> Callable:
+def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, relay: tuple) -> Callable:
     """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
     with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
     the key's call becomes one generated function, allocation and launch (launch_sites.warm_function).
 
     ``like_input``: y has x's shape and strides (a same-size conv, as the smoothing steps' are), x dense; the
     warm call then allocates it as ``torch.empty_like(x)``, which gives a dense input's strides and is cheaper
-    than ``new_empty_strided``'s shape and strides parsed at each call."""
+    than ``new_empty_strided``'s shape and strides parsed at each call. ``relay``: whether x and the weight are
+    read from channels_last copies (``with_contiguous_channels``); such a call stays a Python function."""
+    if any(relay):
+        def relaid_call(x, weight, bias, other, adjoint_weight):
+            y = x.new_empty_strided(shape, strides)
+            if gather is not None:
+                x, weight = (relaid(t, torch.channels_last) if copy else t for t, copy in zip((x, weight), relay))
+                gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
+                               unused if bias is None else bias, y, unused if other is None else other,
+                               *(unused,) * 10), unused)
+            return y
+
+        relaid_call.launch_site = gather
+        return relaid_call
 
     def call(x, weight, bias, other, adjoint_weight):
         y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
@@ -418,7 +502,8 @@ def conv2d_grad_input(grad_y: torch.Tensor, x_shape: Sequence[int], weight: torc
     grad_x = torch.empty(tuple(x_shape), device=grad_y.device, dtype=grad_y.dtype, memory_format=memory_format)
     if grad_x.numel():
         weight, is_adjoint = _adjoint_or_weight(weight, adjoint_weight)
-        _gather(grad_y, weight, None, grad_x, geo, transposed=True, alpha=alpha, weight_is_adjoint=is_adjoint)
+        _gather(with_contiguous_channels(grad_y), with_contiguous_channels(weight), None, grad_x, geo,
+                transposed=True, alpha=alpha, weight_is_adjoint=is_adjoint)
     return grad_x
 
 
@@ -446,6 +531,7 @@ def conv2d_grad_weight(grad_y: torch.Tensor, x: torch.Tensor, geo: ConvGeometry,
     """
     w_shape = (geo.out_channels, geo.in_per_group, geo.kernel_h, geo.kernel_w)
     carries = _weight_carries(carries, w_shape, with_bias, x) if carries else ()
+    x, grad_y = with_contiguous_channels(x), with_contiguous_channels(grad_y)
     pixels = x.shape[0] * geo.out_hw[0] * geo.out_hw[1]
     if not pixels:  # an empty sum: the carried gradients alone
         grad_w = torch.zeros(w_shape, device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)

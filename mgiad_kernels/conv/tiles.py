@@ -240,6 +240,27 @@ def single_reduced_block(c_dst: int, dst_per_group: int, red_per_group: int, til
                for block_dst, block_red in tiles for groups in _groups_per_tile(c_dst, dst_per_group, block_dst))
 
 
+def relayout_tile(channels: int, pixels: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_HW, warps) of relayout_kernel for images of ``channels`` x ``pixels``: 32 x 64 over 4 warps
+    for activations (bytes-bound by the codegen report's model), narrower for a weight's few in-channels and
+    taps (a 3x3 weight of 8 in-channels: 8 x 16 over one warp), whose copy is one program per out-channel and
+    otherwise issues mostly masked lanes."""
+    block_c = min(32, _next_power_of_2(max(channels, 1)))
+    block_hw = min(64, max(16, _next_power_of_2(max(pixels, 1))))
+    return block_c, block_hw, max(1, min(4, block_c * block_hw // 512))
+
+
+def pixel_run(shape: Sequence[int], strides: Sequence[int]) -> int:
+    """The gather's DST_PIXEL_RUN for a dst of ``shape`` and ``strides``: where its pixels are unit-strided and
+    dense (NCHW), the largest power of two, at most 16, dividing H * W (it divides every BLOCK_P too, all
+    multiples of GATHER_MIN_BLOCK_P); else 1. The tile's pixels then lie in aligned runs of it within one image,
+    and its store goes in vectors along them."""
+    n_batch, channels, h, w = shape
+    if strides[3] != 1 or (h > 1 and strides[2] != w) or (channels > 1 and strides[1] == 1):
+        return 1
+    return min(16, GATHER_MIN_BLOCK_P, (h * w) & -(h * w)) if h * w else 1
+
+
 def weight_alignment(strides: Sequence[int]) -> int:
     """The largest power of two, at most 16, dividing a weight's out-channel and tap strides (0 divides by
     anything): 16 / element size of it make a vector load along the in-channels aligned where their stride is 1

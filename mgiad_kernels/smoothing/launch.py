@@ -105,8 +105,7 @@ def materializes_t(dtype: torch.dtype) -> bool:
 def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Tensor, bias_a: torch.Tensor | None,
                            geo_a: ConvGeometry, weight_b: torch.Tensor, bias_b: torch.Tensor | None,
                            geo_b: ConvGeometry, bn1_affine: tuple, bn2_affine: tuple, eps: tuple[float, float],
-                           running: tuple | None,
-                           running_updates: tuple[RunningStatsUpdate, RunningStatsUpdate] | None = None,
+                           running: tuple | None, running_updates: tuple[RunningStatsUpdate, ...] | None = None,
                            adjoint_weights: bool = False) -> tuple[torch.Tensor, ...]:
     """One smoothing step that keeps r = f - A u, s = B(t) and, in 16-bit, t = relu(bn1(r)) for the
     backward pass.
@@ -123,13 +122,14 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
     if running is not None and running_updates is not None:
         raise AssertionError("running statistics are updated in training (batch statistics) only")
     fmt = conv_launch.conv_output_memory_format(u, weight_a)
+    u, weight_a, weight_b, inner = _with_contiguous_channels(u, weight_a, weight_b)
     n_batch, channels, h, w = u.shape
     pixels = n_batch * h * w
-    r, s, out = (_empty_activation(u, fmt) for _ in range(3))
-    t = _empty_activation(u, fmt) if materializes_t(u.dtype) else u.new_empty(0)
+    r, s, out = _empty_activation(u, inner), _empty_activation(u, inner), _empty_activation(u, fmt)
+    t = _empty_activation(u, inner) if materializes_t(u.dtype) else u.new_empty(0)
     if adjoint_weights and conv_launch.adjoint_weight_wanted(u.dtype):
-        adjoint_a = conv_launch.empty_adjoint_weight(weight_a, geo_a)
-        adjoint_b = conv_launch.empty_adjoint_weight(weight_b, geo_b)
+        adjoint_a, adjoint_b = conv_launch.empty_adjoint_weight(weight_a, geo_a), conv_launch.empty_adjoint_weight(
+            weight_b, geo_b)
     else:
         adjoint_a, adjoint_b = u.new_empty(0), u.new_empty(0)  # distinct: custom-op outputs may not alias
     written_a, written_b = (adjoint if adjoint.numel() else None for adjoint in (adjoint_a, adjoint_b))
@@ -164,6 +164,15 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
     return out, r, s, stats, t, adjoint_a, adjoint_b
 
 
+def _with_contiguous_channels(u: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor) -> tuple:
+    """(u, weight_a, weight_b, the intermediates' memory format): each tensor or its channels_last copy where
+    its channels are strided (``conv_launch.with_contiguous_channels``: NCHW activations, OIHW weights), as the
+    convolutions read them; the step's intermediates follow the tensors as read, its outputs the tensors as
+    given. f is read as is, by A's epilogue (along its pixels where it is NCHW)."""
+    u, weight_a, weight_b = (conv_launch.with_contiguous_channels(t) for t in (u, weight_a, weight_b))
+    return u, weight_a, weight_b, conv_launch.conv_output_memory_format(u, weight_a)
+
+
 def _residual_update(s: torch.Tensor, u: torch.Tensor, out: torch.Tensor, bn2: BatchNormArgs,
                      num_batches: tuple | None) -> None:
     """out = u + relu(bn2(s)), counting the batch in both BatchNorms' num_batches_tracked where given."""
@@ -184,7 +193,8 @@ def smoothing_step_inference(u: torch.Tensor, f: torch.Tensor, weight_a: torch.T
     t = relu(bn1(f - A u)) in A's epilogue; u + relu(bn2(B t)) in B's.
     """
     fmt = conv_launch.conv_output_memory_format(u, weight_a)
-    t, out = _empty_activation(u, fmt), _empty_activation(u, fmt)
+    u, weight_a, weight_b, inner = _with_contiguous_channels(u, weight_a, weight_b)
+    t, out = _empty_activation(u, inner), _empty_activation(u, fmt)
     conv_launch._gather(u, weight_a, bias_a, t, geo_a, False, other=f, other_mode="add", alpha=-1.0, epilogue_bn=bn1,
             epilogue_bn_relu=True)
     conv_launch._gather(t, weight_b, bias_b, out, geo_b, False, other=u, other_mode="add_after_bn", epilogue_bn=bn2)
@@ -217,14 +227,17 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
         if carry_f.shape != u.shape or carry_f.dtype != u.dtype or carry_f.device != u.device:
             raise AssertionError(f"carried f gradient {tuple(carry_f.shape)} {carry_f.dtype}, expected u's "
                                  f"{tuple(u.shape)} {u.dtype}")
-    fmt = conv_launch.conv_output_memory_format(u, weight_a)
+    fmt = conv_launch.conv_output_memory_format(u, weight_a)  # the gradients of u and f
+    grad_out = conv_launch.with_contiguous_channels(grad_out)  # the intermediates as the forward's: channels_last
+    inner = torch.channels_last if any(map(conv_launch.channels_strided, (u, weight_a))) else fmt  # where re-laid
     bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
     grad_s, sums2 = _bn_relu_backward(grad_out, s, BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1]),
-                                      _empty_activation(u, fmt), batch_stats)
-    grad_x1 = _empty_activation(u, fmt)  # gradient of bn1(r), through the relu
+                                      _empty_activation(u, inner), batch_stats)
+    grad_x1 = _empty_activation(u, inner)  # gradient of bn1(r), through the relu
     sums1 = torch.empty((2, u.shape[1]), device=u.device, dtype=torch.float32)
     (weight_at, adjoint_a), (weight_bt, adjoint_b) = (conv_launch._adjoint_or_weight(w, adjoint)
                                                       for w, adjoint in zip((weight_a, weight_b), adjoint_weights))
+    weight_at, weight_bt = (conv_launch.with_contiguous_channels(w) for w in (weight_at, weight_bt))
     conv_launch._gather(grad_s, weight_bt, None, grad_x1, geo_b, True, other=r, other_mode="relu_grad",
                         epilogue_bn=bn1, stats=conv_launch.gather_stats_buffer(u.shape, u.device),
                         stats_mode="bn_grad", reduced=sums1, weight_is_adjoint=adjoint_b)
@@ -234,15 +247,17 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
         grad_weight_b, grad_bias_b = conv_launch.conv2d_grad_weight(
             grad_s, b_input, geo_b, has_bias[1], x_bn=b_input_bn,
             memory_format=conv_launch.weight_memory_format(weight_b), carries=[c[3:5] for c in carries])
-    grad_r = _empty_activation(u, fmt)
-    grad_f = _empty_activation(u, fmt) if carry_fs else grad_r  # grad r + f's gradients from other uses
+    grad_r = _empty_activation(u, inner)
+    grad_f = _empty_activation(u, inner) if carry_fs else grad_r  # grad r + f's gradients from other uses
     _bn_backward(grad_x1, r, grad_r, bn1, sums1, batch_stats, carry_fs, grad_f)
+    if inner != fmt:
+        grad_f = conv_launch.relaid(grad_f, fmt)
     grad_u = _empty_activation(u, fmt)  # grad_out - A^T grad_r
     conv_launch._gather(grad_r, weight_at, None, grad_u, geo_a, True, other=grad_out, other_mode="add", alpha=-1.0,
                         weight_is_adjoint=adjoint_a)
     grad_weight_a = grad_bias_a = None
     if needs_weight_grads[0]:
-        grad_weight_a, grad_bias_a = conv_launch.conv2d_grad_weight(
+        grad_weight_a, grad_bias_a = conv_launch.conv2d_grad_weight(  # u re-laid there if NCHW
             grad_r, u, geo_a, has_bias[0], alpha=-1.0, memory_format=conv_launch.weight_memory_format(weight_a),
             carries=[c[1:3] for c in carries])
     return grad_u, grad_f, grad_weight_a, grad_bias_a, grad_weight_b, grad_bias_b, sums1, sums2
