@@ -9,7 +9,8 @@ import pytest
 import torch
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_STAGES = ("env", "launch", "determinism", "graphs", "cuda_tests", "host_bench", "kernel_bench", "model_bench")
+_STAGES = ("env", "launch", "determinism", "graphs", "cuda_tests", "host_bench", "kernel_bench", "model_bench",
+           "model_layers_bench", "resnext50_bench")
 
 
 def _script(*args, env=None, timeout=600):
@@ -48,6 +49,7 @@ def test_the_dry_run_runs_every_stage_and_writes_its_json(tmp_path):
     host = _stage(tmp_path, "host_bench")["result"]["documents"]
     assert len(host) == 1 and next(iter(host.values()))["launches"]["triton"] > 0, host
     assert _stage(tmp_path, "kernel_bench")["result"]["documents"]
+    assert _stage(tmp_path, "model_layers_bench")["result"]["documents"]
 
 
 def test_with_no_time_left_every_stage_is_skipped_and_the_script_fails(tmp_path):

@@ -152,14 +152,27 @@ def kernel_bench(out: str, dry_run: bool) -> dict:
     return _tool(out, "kernel_bench", command("KERNEL_BENCH") + extra)
 
 
-def model_bench(out: str, dry_run: bool) -> dict:
-    """The MGiaD training-step benchmark, bf16. A dry run checks its command line only (``--help``, and that it
-    names the op): off-GPU it times the torch provider alone, about 2 s a step on a CPU."""
-    argv = command("MODEL_BENCH") + ["--ops", "train_step_mgiad"]
+def model_layers_bench(out: str, dry_run: bool) -> dict:
+    """The kernel benchmark's model layers (the grouped convolutions of ResNeXt-50, RegNetX-400MF, MobileNetV2,
+    ConvNeXt-T), bf16, Triton and cuDNN in NCHW and channels_last; a dry run, their tiny fp32 shapes on a CPU."""
+    extra = ["--quick", "--ops", "model_layers", "--dtypes", "float32"] if dry_run else [
+        "--ops", "model_layers", "--dtypes", "bfloat16"]
+    return _tool(out, "model_layers_bench", command("KERNEL_BENCH") + extra)
+
+
+def model_bench(out: str, dry_run: bool, op: str = "train_step_mgiad", stage: str = "model_bench") -> dict:
+    """A whole-model training-step benchmark, bf16 (MGiaD's by default). A dry run checks its command line only
+    (``--help``, and that it names the op): off-GPU it times the torch provider alone, seconds a step."""
+    argv = command("MODEL_BENCH") + ["--ops", op]
     if not dry_run:
-        return _tool(out, "model_bench", argv + ["--dtypes", "bfloat16"])
+        return _tool(out, stage, argv + ["--dtypes", "bfloat16"])
     done = subprocess.run(argv + ["--help"], cwd=_ROOT, capture_output=True, text=True)
     print(done.stdout + done.stderr, flush=True)
-    failures = [] if done.returncode == 0 and "train_step_mgiad" in done.stdout else [
-        f"--help exited {done.returncode} or did not name train_step_mgiad"]
+    failures = [] if done.returncode == 0 and op in done.stdout else [
+        f"--help exited {done.returncode} or did not name {op}"]
     return {"exit_code": done.returncode, "documents": {}, "checked": "the command line", "failures": failures}
+
+
+def resnext50_bench(out: str, dry_run: bool) -> dict:
+    """The training step of torchvision's ResNeXt-50 32x4d converted by use_kernels, against cuDNN."""
+    return model_bench(out, dry_run, "train_step_resnext50", "resnext50_bench")

@@ -44,7 +44,8 @@ def _stages() -> dict:
     return {"env": commands.environment, "launch": launch_check.launch_stage,
             "determinism": launch_check.determinism_stage, "graphs": commands.graph_tests,
             "cuda_tests": commands.cuda_tests, "host_bench": commands.host_bench,
-            "kernel_bench": commands.kernel_bench, "model_bench": commands.model_bench}
+            "kernel_bench": commands.kernel_bench, "model_bench": commands.model_bench,
+            "model_layers_bench": commands.model_layers_bench, "resnext50_bench": commands.resnext50_bench}
 
 
 def main(argv=None) -> int:
