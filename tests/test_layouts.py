@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from launch_counter import counting_launches
-from support import DEVICE, assert_close_rel
+from support import DEVICE, assert_close_rel, nonfinite_on_purpose
 
 from mgiad_kernels import grouped_conv2d
 from mgiad_kernels.conv import launch as conv_launch
@@ -117,3 +117,83 @@ def test_pixel_runs_are_promised_for_nchw_pixels_only():
     assert tiles.pixel_run((2, 8, 8, 8), (512, 1, 64, 8)) == 1  # channels_last
     assert tiles.pixel_run((2, 8, 8, 8), (1024, 128, 16, 1)) == 1  # rows with gaps
     assert tiles.pixel_run((2, 8, 8, 8), (1024, 128, 16, 2)) == 1  # pixels not unit-strided
+
+
+_VECTOR_CASES = {  # name: (x shape, weight shape, conv args); every W a multiple of the pixel vector (4)
+    "3x3, groups 4": ((2, 16, 6, 8), (16, 4, 3, 3), dict(padding=1, groups=4)),
+    "3x3, depthwise, stride 2 down the columns": ((2, 8, 7, 8), (8, 1, 3, 3), dict(padding=1, stride=(2, 1),
+                                                                                   groups=8)),
+    "5x5, dilated rows, padding only left-right": ((1, 8, 9, 12), (8, 4, 5, 5), dict(padding=(0, 2),
+                                                                                    dilation=(2, 1), groups=2)),
+    "1x1, groups 2": ((2, 8, 3, 4), (6, 4, 1, 1), dict(groups=2)),
+    "3x3, 64 channels per group: several reduced blocks": ((1, 64, 4, 4), (16, 64, 3, 3), dict(padding=1)),
+    "3x1 taps, wider output": ((2, 8, 4, 8), (8, 2, 3, 1), dict(padding=(1, 0), groups=4)),
+}
+
+
+@pytest.mark.parametrize("name", list(_VECTOR_CASES))
+@pytest.mark.parametrize("w_cl", [False, True], ids=["oihw", "channels_last-weight"])
+@nonfinite_on_purpose
+def test_an_nchw_forward_reads_pixel_vectors_against_the_weights_band(name, w_cl, fresh_sites):
+    """Where the rows of an NCHW x hold whole pixel vectors (W a multiple of tiles.PIXEL_VECTOR, stride and
+    dilation 1 along them), the forward reads x as it is, in aligned vectors, against the weight's band made in a
+    launch of its own (which also writes fp32's adjoint weight): no copy of x or of the weight. Values, NaN/Inf
+    pattern, output layout and every gradient are F.conv2d's."""
+    x_shape, w_shape, args = _VECTOR_CASES[name]
+    torch.manual_seed(0)
+    x, w, b = torch.randn(x_shape, device=DEVICE), torch.randn(w_shape, device=DEVICE), torch.randn(w_shape[0])
+    x[0, 0, 1, 1], x[-1, -1, 0, -1] = float("nan"), float("inf")  # a pixel each: their taps' outputs alone
+    if w_cl:
+        w = w.to(memory_format=_CL)
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    with counting_launches() as launched:
+        y = grouped_conv2d(x, w, b, backend="triton", **args)
+    assert launched == ["banded_weight_kernel", "conv2d_gather_kernel"], launched
+    (_, site), = _gather_sites()
+    assert site.constexprs["PIXEL_VECTOR"] == tiles.PIXEL_VECTOR
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(xd, wd, bd, **args)
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert_close_rel(y[finite], ref[finite], torch.float32, "y")
+    assert y.stride() == F.conv2d(x.detach(), w.detach(), b.detach(), **args).stride()
+    gy = torch.randn_like(ref).masked_fill(~finite, 0)
+    grads = torch.autograd.grad(y, (x, w, b), gy.float())
+    want = torch.autograd.grad(ref, (xd, wd, bd), gy)
+    for got, expect, what in zip(grads, want, ("grad x", "grad w", "grad b")):
+        assert torch.equal(got.isnan(), expect.isnan()), what
+        keep = expect.isfinite()
+        assert_close_rel(got[keep], expect[keep], torch.float32, what)
+
+
+def test_a_residual_forward_in_pixel_vectors_adds_other_along_its_pixels(fresh_sites):
+    """other - conv (the FAS residual) with every tensor NCHW: pixel vectors in, NCHW other and dst along their
+    pixels."""
+    from mgiad_kernels.conv.functional import residual_conv2d
+
+    torch.manual_seed(0)
+    x, w, other = torch.randn(2, 8, 4, 8), torch.randn(8, 2, 3, 3), torch.randn(2, 8, 4, 8)
+    y = residual_conv2d(x, w, other, padding=1, groups=4, subtract=True, backend="triton")
+    (_, site), = _gather_sites()
+    assert (site.constexprs["PIXEL_VECTOR"], site.constexprs["OTHER_PIXEL_RUN"], site.constexprs["DST_PIXEL_RUN"]) \
+        == (tiles.PIXEL_VECTOR, 16, 16)
+    ref = other.double() - F.conv2d(x.double(), w.double(), padding=1, groups=4)
+    assert_close_rel(y, ref, torch.float32, "other - conv")
+
+
+def test_pixel_vectors_need_whole_aligned_vectors_in_unit_steps():
+    vector = tiles.PIXEL_VECTOR
+    nchw = lambda *shape: (shape, torch.empty(shape).stride())  # noqa: E731
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 4, 1, 1) == vector
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 2, 1, 1) == vector  # 16-bit: 8 bytes
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 6), (2, 8, 5, 6), 4, 1, 1) == 1  # rows of 6
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 3, 4), 4, 2, 1) == 1  # strided along the rows
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 6), 4, 1, 2) == 1  # dilated along the rows
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 6), 4, 1, 1) == 1  # output rows of 6
+    cl = torch.empty(2, 8, 5, 8).to(memory_format=_CL)
+    assert tiles.pixel_vector(cl.shape, cl.stride(), cl.shape, 4, 1, 1) == 1  # channels contiguous already
+    gaps = torch.empty(2, 8, 5, 12)[..., :8]
+    assert tiles.pixel_vector(gaps.shape, gaps.stride(), gaps.shape, 4, 1, 1) == 1  # rows with gaps
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 8, 1, 1) == 1  # fp64: no Triton kernel
+    assert tiles.vector_offsets(3, 1, 4) == (-1, 3) and tiles.vector_offsets(1, 0, 4) == (0, 1)
+    assert tiles.vector_offsets(7, 3, 4) == (-1, 3)

@@ -64,7 +64,8 @@ MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 64, 32
 SMOOTHING_FLOOR_PASSES = 18  # the smoothing step forward+backward's floor: 18 activation passes
 
 MMA_KERNELS = ("conv2d_gather_kernel", "conv2d_grad_weight_kernel")
-RELAYOUT_KERNELS = ("relayout_kernel",)  # copies a tensor into the layout the MMA kernels load fast
+# what makes the tensors the MMA kernels load fast: a channels_last copy, the weight's band for NCHW pixel vectors
+RELAYOUT_KERNELS = ("relayout_kernel", "banded_weight_kernel")
 ROW_FIELDS = ("kind", "layout", "shape", "C", "H", "W", "group_size", "N", "dtype", "kernel", "variant", "ops",
               "launches", "config", "launched_default", "grid", "ctas", "num_warps", "num_stages", "regs",
               "spill_bytes",
@@ -890,8 +891,9 @@ COUNTING = ("Issued warp-instructions = sum over CTAs of warps x (static SASS co
             "gather step, 2*BLOCK_OUT*KW_BLOCK*BLOCK_IN*BLOCK_P per grad-weight step). Minimum bytes: each tensor "
             "once "
             "(gather: src + dst + weight (+ other); grad weight: x + grad_y + weight; BatchNorm elementwise: "
-            "their activations; relayout: its source and copy); an op's floor is its own minimum bytes, the copies "
-            "that re-lay an NCHW activation or an OIHW weight for the MMA kernels left out (their time counts); the "
+            "their activations; relayout, band: their source and copy); an op's floor is its own minimum bytes, the "
+            "copies that re-lay an NCHW activation or an OIHW weight and the weight's band left out (their time "
+            "counts); the "
             "smoothing step's floor is 18 activation passes. Split partials are reduced "
             "in the kernels that write them (no separate launch).")
 

@@ -40,7 +40,7 @@ def _gather_variants():
     plain = dict(HAS_BIAS=False, PROLOGUE_BN_RELU=False, OTHER_MODE=other["none"], EPILOGUE_BN_RELU=False,
                  STATS=stats["none"], RUNNING_UPDATE=running["none"], RED_ALIGN=8, RED_RANGE_ALIGN=8, DST_ALIGN=8,
                  W_ALIGN=8, FULL_CHANNEL_BLOCKS=True, SINGLE_RED_BLOCK=True, WIDE_PIXEL_INDEX=False, DST_PIXEL_RUN=1,
-                 OTHER_PIXEL_RUN=1)
+                 OTHER_PIXEL_RUN=1, PIXEL_VECTOR=1, VECTOR_D_MIN=0, VECTOR_D=1)
 
     def variant(geometry, transposed, **flags):
         needs_bn = (flags.get("EPILOGUE_BN_RELU", False) or flags.get("STATS") == stats["bn_grad"]
@@ -54,6 +54,11 @@ def _gather_variants():
         ("conv3x3 forward, reduced channels in several blocks (large groups)",
          variant(conv3x3, False, SINGLE_RED_BLOCK=False)),
         ("conv3x3 forward, NCHW output stored along the pixels", variant(conv3x3, False, DST_PIXEL_RUN=16)),
+        ("conv3x3 forward of an NCHW src in pixel vectors, NCHW output",
+         variant(conv3x3, False, DST_PIXEL_RUN=16, PIXEL_VECTOR=4, VECTOR_D_MIN=-1, VECTOR_D=3)),
+        ("conv3x3 forward of an NCHW src in pixel vectors + bias + residual, several reduced blocks",
+         variant(conv3x3, False, DST_PIXEL_RUN=16, PIXEL_VECTOR=4, VECTOR_D_MIN=-1, VECTOR_D=3, HAS_BIAS=True,
+                 OTHER_MODE=other["add"], OTHER_PIXEL_RUN=16, SINGLE_RED_BLOCK=False, FULL_CHANNEL_BLOCKS=False)),
         ("conv3x3 grad input", variant(conv3x3, True)),
         ("conv3x3 forward writing the adjoint weight", variant(conv3x3, False, WRITE_ADJOINT_WEIGHT=True)),
         ("conv3x3 grad input through the adjoint weight", variant(conv3x3, True, WEIGHT_OUT_IS_DST=True)),
@@ -166,6 +171,9 @@ def jobs(dtypes, quick: bool = False):
             ("bn_backward batch stats, a run's two carried f gradients added", batchnorm.bn_backward_kernel,
              dict(block, RELU_MASK=False, BATCH_STATS=True, CARRIES=2), dtype, 4, 3, None),
         ]
+        out += [(f"banded weight{', adjoint weight' if adjoint else ''}", conv.banded_weight_kernel,
+                 dict(PAD_W=1, V=tiles.PIXEL_VECTOR, D_MIN=-1, D=3, WRITE_ADJOINT_WEIGHT=adjoint, BLOCK=1024), dtype,
+                 4, 3, None) for adjoint in (False, True)]
         for channels, pixels in ((128, 256), (8, 9)):  # an activation, a 3x3 weight
             block_c, block_hw, warps = tiles.relayout_tile(channels, pixels)
             out += [(f"relayout {channels}x{pixels}, pixels dense {dense}", conv.relayout_kernel,

@@ -30,7 +30,7 @@ _GATHER_KEY = ["C_DST", "C_RED", "DST_PER_GROUP", "RED_PER_GROUP", "KH", "KW", "
                "EPILOGUE_BN_RELU", "STATS",
                "RUNNING_UPDATE", "RED_ALIGN", "RED_RANGE_ALIGN", "DST_ALIGN", "W_ALIGN", "FULL_CHANNEL_BLOCKS",
                "SINGLE_RED_BLOCK", "WIDE_PIXEL_INDEX", "DST_PIXEL_RUN", "OTHER_PIXEL_RUN",
-               "INPUT_PRECISION"]
+               "PIXEL_VECTOR", "VECTOR_D_MIN", "VECTOR_D", "INPUT_PRECISION"]
 _GRAD_WEIGHT_KEY = ["C_OUT", "C_IN", "OUT_PER_GROUP", "IN_PER_GROUP", "KH", "KW", "KW_BLOCK", "STRIDE_H", "STRIDE_W",
                     "HAS_BIAS", "X_BN_RELU", "CARRIES", "OUT_ALIGN", "IN_ALIGN", "FULL_CHANNEL_BLOCKS", "FULL_BOXES",
                     "WIDE_PIXEL_INDEX", "INPUT_PRECISION", "TILE_N", "TILE_H", "TILE_W"]
@@ -209,6 +209,156 @@ def _block_taps(acc, taps, rows, ih0, iw0, weight_ptr, r_mask, src_channel, w_bl
     return acc
 
 
+@triton.jit
+def _vector_block(r0, red_end, red_group_magic, k_red, k_lane, group_c, c_mask, band_row, band_len, src_stride_c,
+                  RED_PER_GROUP, V: tl.constexpr, RED_ALIGN: tl.constexpr, FULL_CHANNEL_BLOCKS: tl.constexpr):
+    """What a block of reduced channels from r0 fixes for every (kh, d) step of _pixel_vector_conv: the k axis's
+    mask and src channel offsets, the band tile's offsets at kh = d = 0 and its mask."""
+    r = r0 + k_red
+    if FULL_CHANNEL_BLOCKS:  # the launcher checked that every block is whole
+        r_mask = tl.full([r.shape[0]], 1, tl.int1)
+    else:
+        r_mask = r < red_end
+    group_r = ((r.to(tl.int64) * red_group_magic) >> 31).to(tl.int32)  # r // RED_PER_GROUP
+    in_group = tl.max_contiguous(tl.multiple_of((r - group_r * RED_PER_GROUP) * V + k_lane, RED_ALIGN * V),
+                                 RED_ALIGN * V)
+    channels = r.to(tl.int64) * (src_stride_c // V * V) + k_lane
+    band = band_row[None, :] * band_len + in_group[:, None]
+    b_mask = (group_r[:, None] == group_c[None, :]) & r_mask[:, None] & c_mask[None, :]
+    return r_mask, channels, band, b_mask
+
+
+@triton.jit
+def _pixel_vector_conv(src_ptr, band_ptr, pid_p, c0, red_start, red_end, red_group_magic,
+                       src_stride_n, src_stride_c, src_stride_h, N, H_src, W_src, H_dst, W_dst, C_DST,
+                       DST_PER_GROUP, RED_PER_GROUP, KH: tl.constexpr, STRIDE_H: tl.constexpr, PAD_H: tl.constexpr,
+                       DIL_H: tl.constexpr, V: tl.constexpr, D_MIN: tl.constexpr, D: tl.constexpr,
+                       RED_ALIGN: tl.constexpr, FULL_CHANNEL_BLOCKS: tl.constexpr, SINGLE_RED_BLOCK: tl.constexpr,
+                       WIDE_PIXEL_INDEX: tl.constexpr,
+                       INPUT_PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr,
+                       BLOCK_RED: tl.constexpr):
+    """The tile's convolution from an NCHW src read in aligned vectors of V pixels of a row (stride and dilation
+    1 along the rows), [BLOCK_P, BLOCK_DST] fp32.
+
+    Output pixels ow = V*j + l read src columns V*(j + d) + m; tap kw joins lane m of src vector j + d to lane l
+    of output vector j where kw = V*d + m - l + PAD_W. Folding the lanes into the dot, (reduced channel, m)
+    against (dst channel, l), with the weight's band E[c, kh, d, l, i, m] = w[c, i, kh, kw] (0 where kw is
+    no tap), every load is a whole aligned vector: no tap shifts one off its alignment. The band does V*D/KW
+    times the MMA work of the taps, whose products it holds as zeros.
+    """
+    BLOCK_M: tl.constexpr = BLOCK_P // V  # vectors of the tile
+    if WIDE_PIXEL_INDEX:
+        first = (pid_p.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)) * V
+        m_mask = first < N.to(tl.int64) * (H_dst * W_dst)
+    else:
+        first = (pid_p * BLOCK_M + tl.arange(0, BLOCK_M)) * V
+        m_mask = first < N * (H_dst * W_dst)
+    n = first // (H_dst * W_dst)
+    rem = (first - n * (H_dst * W_dst)).to(tl.int32)
+    oh = rem // W_dst
+    ow = rem - oh * W_dst  # a multiple of V: W_dst is
+    ih0 = tl.where(m_mask, oh * STRIDE_H - PAD_H, -(2 ** 30))
+    # src's strides rounded to V (exact: the launcher checked that V divides them), so the compiler sees every
+    # vector's alignment
+    # each vector's first src pixel at (kh, d) = (0, 0); a step adds a scalar
+    vector_row = tl.multiple_of(n.to(tl.int64) * (src_stride_n // V * V) + ow.to(tl.int64) + D_MIN * V
+                                + ih0.to(tl.int64) * (src_stride_h // V * V), V)
+    k = tl.arange(0, BLOCK_RED * V)  # (reduced channel, lane m)
+    k_lane = k % V
+    k_red = k // V
+    j = tl.arange(0, BLOCK_DST * V)  # (dst channel, lane l)
+    c = c0 + j // V
+    group_c = c // DST_PER_GROUP
+    if FULL_CHANNEL_BLOCKS:
+        c_mask = tl.full([BLOCK_DST * V], 1, tl.int1)
+    else:
+        c_mask = c < C_DST
+    band_row = c.to(tl.int64) * KH * D * V + (j % V)  # E's row (c, kh, d, l) at kh = d = 0
+    band_len = RED_PER_GROUP * V // (RED_ALIGN * V) * (RED_ALIGN * V)  # E's row length, I*V, said aligned
+    band_step = V * band_len  # from (kh, d) to (kh, d + 1)
+    r_mask, channels, band, b_mask = _vector_block(red_start, red_end, red_group_magic, k_red, k_lane, group_c,
+                                                   c_mask, band_row, band_len, src_stride_c, RED_PER_GROUP, V,
+                                                   RED_ALIGN, FULL_CHANNEL_BLOCKS)
+    acc = tl.zeros([BLOCK_M, BLOCK_DST * V], dtype=tl.float32)
+    kh = 0
+    d = 0
+    r0 = red_start
+    # (kh, d) inside the reduced-channel blocks, one flat loop (a run-time trip count: the pipeliner's loop)
+    for step in range(0, KH * D * tl.cdiv(red_end - red_start, BLOCK_RED)):
+        if not SINGLE_RED_BLOCK:
+            r_mask, channels, band, b_mask = _vector_block(r0, red_end, red_group_magic, k_red, k_lane, group_c,
+                                                           c_mask, band_row, band_len, src_stride_c,
+                                                           RED_PER_GROUP, V, RED_ALIGN, FULL_CHANNEL_BLOCKS)
+        ih = ih0 + kh * DIL_H
+        col = ow + (d + D_MIN) * V
+        valid = (ih.to(tl.uint32) < H_src.to(tl.uint32)) & (col.to(tl.uint32) < W_src.to(tl.uint32))
+        rows = vector_row + (kh * DIL_H * (src_stride_h // V * V) + d * V).to(tl.int64)
+        a = tl.load(src_ptr + (rows[:, None] + channels[None, :]), mask=valid[:, None] & r_mask[None, :], other=0.0)
+        b = tl.load(band_ptr + (band + (kh * D + d) * band_step), mask=b_mask, other=0.0)
+        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=INPUT_PRECISION)
+        d += 1
+        next_kh = d == D
+        d = tl.where(next_kh, 0, d)
+        kh = tl.where(next_kh, kh + 1, kh)
+        if not SINGLE_RED_BLOCK:
+            next_block = kh == KH
+            kh = tl.where(next_block, 0, kh)
+            r0 = tl.where(next_block, r0 + BLOCK_RED, r0)
+    # (vector, dst channel, lane l) -> (pixel V*vector + l, dst channel)
+    return tl.reshape(tl.permute(tl.reshape(acc, [BLOCK_M, BLOCK_DST, V]), [0, 2, 1]), [BLOCK_P, BLOCK_DST])
+
+
+@triton.jit
+def banded_weight_kernel(
+    weight_ptr,  # (C_out, I, KH, KW), any strides
+    band_ptr,  # (C_out, KH, D, V, I, V) out, contiguous: E[c, kh, d, l, i, m] = weight[c, i, kh, V*(d+D_MIN)+m-l+P]
+    adjoint_weight_ptr,  # (C_in, C_out // groups, KH, KW) out (WRITE_ADJOINT_WEIGHT)
+    w_stride_out, w_stride_in, w_stride_kh, w_stride_kw,  # strides of weight, elements
+    adj_stride_out, adj_stride_in, adj_stride_kh, adj_stride_kw,  # strides of adjoint_weight, elements
+    C_OUT, I, KH, KW, OUT_PER_GROUP,  # the weight's sizes, out-channels per group
+    BAND_PROGRAMS,  # programs writing the band; the others write the adjoint weight
+    PAD_W: tl.constexpr,  # the convolution's left padding
+    V: tl.constexpr, D_MIN: tl.constexpr, D: tl.constexpr,  # pixel vector, the band's vector offsets
+    WRITE_ADJOINT_WEIGHT: tl.constexpr,  # also write the weight of grad input's convolution
+    BLOCK: tl.constexpr,  # elements per program
+):
+    """The band of the weight the gather's pixel vectors multiply (see _pixel_vector_conv), and where asked the
+    adjoint's weight, adjoint[g*I + i, o, kh, kw] = weight[g*O + o, i, kh, kw]: one small launch per forward."""
+    pid = tl.program_id(0)
+    if pid < BAND_PROGRAMS:
+        e = pid * BLOCK + tl.arange(0, BLOCK)
+        mask = e < C_OUT * KH * D * V * I * V
+        m = e % V
+        t = e // V
+        i = t % I
+        t = t // I
+        lane = t % V
+        t = t // V
+        d = t % D
+        t = t // D
+        kh = t % KH
+        c = t // KH
+        kw = (d + D_MIN) * V + m - lane + PAD_W
+        tap = mask & (kw >= 0) & (kw < KW)
+        w = tl.load(weight_ptr + (c.to(tl.int64) * w_stride_out + i * w_stride_in + kh * w_stride_kh
+                                  + kw * w_stride_kw), mask=tap, other=0.0)
+        tl.store(band_ptr + e, w, mask=mask)
+    elif WRITE_ADJOINT_WEIGHT:
+        e = (pid - BAND_PROGRAMS) * BLOCK + tl.arange(0, BLOCK)
+        mask = e < C_OUT * I * KH * KW
+        kw = e % KW
+        t = e // KW
+        kh = t % KH
+        t = t // KH
+        i = t % I
+        c = t // I
+        g = c // OUT_PER_GROUP
+        w = tl.load(weight_ptr + (c.to(tl.int64) * w_stride_out + i * w_stride_in + kh * w_stride_kh
+                                  + kw * w_stride_kw), mask=mask)
+        tl.store(adjoint_weight_ptr + ((g * I + i).to(tl.int64) * adj_stride_out + (c - g * OUT_PER_GROUP)
+                                       * adj_stride_in + kh * adj_stride_kh + kw * adj_stride_kw), w, mask=mask)
+
+
 # Sizes whose divisibility by 16 changes no load or store (alignment follows the strides, which stay
 # specialized): not specializing them keeps a training step at one compiled variant per key and layout.
 _SIZES_NOT_SPECIALIZED = ["N", "H_src", "W_src", "H_dst", "W_dst", "C_DST", "C_RED", "STATS_ROWS"]
@@ -272,6 +422,10 @@ def conv2d_gather_kernel(
     DST_PIXEL_RUN: tl.constexpr,  # > 1: dst's pixels are unit-strided and dense (NCHW), and this power of two
     #                               (at most 16) divides H_dst * W_dst and BLOCK_P: the store vectorizes along them
     OTHER_PIXEL_RUN: tl.constexpr,  # the same for other's pixels and its load
+    PIXEL_VECTOR: tl.constexpr,  # > 1: src is NCHW, read in vectors of this many pixels of a row (8 bytes)
+    #                              against weight_ptr's band of the weight (banded_weight_kernel); the weight
+    #                              itself at adjoint_weight_ptr (the exact recompute reads it)
+    VECTOR_D_MIN: tl.constexpr, VECTOR_D: tl.constexpr,  # the band's vector offsets: VECTOR_D from VECTOR_D_MIN
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32", for fp32 dots
     BLOCK_P: tl.constexpr, BLOCK_DST: tl.constexpr, BLOCK_RED: tl.constexpr,  # tile sizes
 ):
@@ -324,13 +478,21 @@ def conv2d_gather_kernel(
     w_stride_kh = w_stride_kh // W_ALIGN * W_ALIGN
     w_stride_kw = w_stride_kw // W_ALIGN * W_ALIGN
 
-    ih0, iw0, rows = _pixel_rows(src_ptr, n, oh, ow, p_mask, src_stride_n, src_stride_h, src_stride_w,
-                                 STRIDE_H, STRIDE_W, PAD_H, PAD_W, TRANSPOSED)
+    if PIXEL_VECTOR == 1:
+        ih0, iw0, rows = _pixel_rows(src_ptr, n, oh, ow, p_mask, src_stride_n, src_stride_h, src_stride_w,
+                                     STRIDE_H, STRIDE_W, PAD_H, PAD_W, TRANSPOSED)
     acc = tl.zeros([BLOCK_P, BLOCK_DST], dtype=tl.float32)
     # The group of a reduced channel is a multiply-shift by ceil(2^31 / RED_PER_GROUP), exact while
     # C_RED * RED_PER_GROUP < 2^31 (the launcher checks): no division in the loops.
     red_group_magic = (tl.full([], 2 ** 31 - 1, tl.int64) + RED_PER_GROUP) // RED_PER_GROUP
-    if PROLOGUE_BN_RELU:
+    if PIXEL_VECTOR > 1:
+        acc = _pixel_vector_conv(src_ptr, weight_ptr, pid_p, c0, red_start, red_end, red_group_magic,
+                                 src_stride_n, src_stride_c, src_stride_h, N, H_src, W_src, H_dst, W_dst, C_DST,
+                                 DST_PER_GROUP, RED_PER_GROUP, KH, STRIDE_H, PAD_H, DIL_H, PIXEL_VECTOR,
+                                 VECTOR_D_MIN, VECTOR_D, RED_ALIGN, FULL_CHANNEL_BLOCKS, SINGLE_RED_BLOCK,
+                                 WIDE_PIXEL_INDEX,
+                                 INPUT_PRECISION, BLOCK_P, BLOCK_DST, BLOCK_RED)
+    elif PROLOGUE_BN_RELU:
         # Reduced-channel blocks outside, taps inside: the block's BatchNorm scale and shift, groups and weight
         # offsets are computed once per block, not once per tap (with small groups a tile has one block).
         for r0 in range(red_start, red_end, BLOCK_RED):
@@ -386,9 +548,17 @@ def conv2d_gather_kernel(
     # A tile spanning several groups multiplied every group's inputs by the others' zero weights, and the
     # prologue multiplied padding by zero: exact unless a NaN or Inf went in, which leaves its mark on the
     # accumulator; then redo it.
-    if (red_end - red_start > RED_PER_GROUP) | PROLOGUE_BN_RELU:
+    # The pixel vectors' band multiplied pixels no tap reads by zero weights too; the weight itself is then at
+    # adjoint_weight_ptr.
+    if (red_end - red_start > RED_PER_GROUP) | PROLOGUE_BN_RELU | (PIXEL_VECTOR > 1):
         if tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1)) > 0:  # over the whole tile, in any order
-            acc = _exact_grouped_tile(rows, ih0, iw0, weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr, bn_beta_ptr,
+            exact_weight_ptr = weight_ptr
+            if PIXEL_VECTOR > 1:
+                exact_weight_ptr = adjoint_weight_ptr
+                ih0, iw0, rows = _pixel_rows(src_ptr, n, oh, ow, p_mask, src_stride_n, src_stride_h, src_stride_w,
+                                             STRIDE_H, STRIDE_W, PAD_H, PAD_W, TRANSPOSED)
+            acc = _exact_grouped_tile(rows, ih0, iw0, exact_weight_ptr, bn_mean_ptr, bn_var_ptr, bn_gamma_ptr,
+                                      bn_beta_ptr,
                                       bn_eps, offs_c, group_c, local_c, c_mask, red_start, red_end,
                                       src_stride_c, src_stride_h, src_stride_w,
                                       w_stride_dst, w_stride_dst_local, w_stride_red, w_stride_red_local,

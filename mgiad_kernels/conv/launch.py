@@ -98,6 +98,37 @@ def relaid(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     return out
 
 
+_BAND_BLOCK = 1024  # elements per program of banded_weight_kernel
+
+
+def banded_weight(weight: torch.Tensor, geo: ConvGeometry, vector: int,
+                  adjoint_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The band of ``weight`` a forward gather reading an NCHW src in pixel vectors of ``vector`` multiplies
+    (banded_weight_kernel: (C_out, KH, D, V, I, V), V*D/KW times the weight's size), in one launch that also
+    writes ``adjoint_weight`` where given (empty_adjoint_weight)."""
+    c_out, in_per_group, kh, kw = weight.shape
+    first, count = tiles.vector_offsets(kw, geo.padding[1], vector)
+    band = weight.new_empty((c_out, kh, count, vector, in_per_group, vector))
+    if not band.numel():
+        return band
+    key = ("band", weight.shape, weight.stride(), vector, geo.padding[1], geo.groups, weight.dtype,
+           weight.get_device(), None if adjoint_weight is None else adjoint_weight.stride())
+    site = launch_sites.SITES.get(key)
+    if site is None:
+        band_programs = _cdiv(band.numel(), _BAND_BLOCK)
+        adjoint_programs = 0 if adjoint_weight is None else _cdiv(weight.numel(), _BAND_BLOCK)
+        site = launch_sites.add_site(
+            key, _kernels().banded_weight_kernel, (band_programs + adjoint_programs,),
+            (*weight.stride(), *(adjoint_weight.stride() if adjoint_weight is not None else (0, 0, 0, 0)),
+             c_out, in_per_group, kh, kw, c_out // geo.groups, band_programs),
+            {"PAD_W": geo.padding[1], "V": vector, "D_MIN": first, "D": count,
+             "WRITE_ADJOINT_WEIGHT": adjoint_weight is not None, "BLOCK": _BAND_BLOCK}, {"num_warps": 4},
+            description=f"band of {tuple(weight.shape)} {weight.stride()}, pixel vectors of {vector}")
+    unused = scratch(weight.device)
+    site.launch((weight, band, unused if adjoint_weight is None else adjoint_weight), unused)
+    return band
+
+
 def _pixels_dense(t: torch.Tensor) -> bool:
     """Pixel (h, w) of each (N, C, H, W) image at (h * W + w) * stride_w."""
     return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
@@ -169,8 +200,8 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
             epilogue_bn: BatchNormArgs | None = None, epilogue_bn_relu: bool = False,
             stats: torch.Tensor | None = None, stats_mode: str = "none",
             reduced: torch.Tensor | None = None, running_update: RunningStatsUpdate | None = None,
-            weight_is_adjoint: bool = False, adjoint_weight: torch.Tensor | None = None
-            ) -> launch_sites.LaunchSite:
+            weight_is_adjoint: bool = False, adjoint_weight: torch.Tensor | None = None,
+            band: torch.Tensor | None = None) -> launch_sites.LaunchSite:
     """Run conv2d_gather_kernel: the forward conv, or its adjoint for grad input, with optional fusions.
 
     ``prologue_bn``: src is read as relu(prologue_bn(src)). ``other_mode``: 'add' (other + alpha * y),
@@ -180,7 +211,9 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
     sum y * bn_hat(other)), merged in the kernel through the scratch ``stats`` (gather_stats_buffer).
     ``running_update`` (with 'moments'): the merge also updates those running statistics.
     ``weight_is_adjoint`` (transposed): ``weight`` is the adjoint's own, (C_in, C_out // groups, KH, KW),
-    as the forward wrote it into ``adjoint_weight`` (see adjoint_weight_wanted). Returns the launch's site.
+    as the forward wrote it into ``adjoint_weight`` (see adjoint_weight_wanted). ``band`` (a forward of an
+    NCHW src: ``banded_weight``): src is read in pixel vectors against this band of ``weight``. Returns the
+    launch's site.
     """
     bn = prologue_bn if prologue_bn is not None else epilogue_bn
     key = ("gather", src.shape, src.stride(), dst.shape, dst.stride(), weight.shape, weight.stride(), src.dtype,
@@ -190,13 +223,16 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
            None if other is None else (other.stride(), other.dtype), other_mode, alpha,
            prologue_bn is not None, epilogue_bn_relu, stats_mode, None if bn is None else bn.signature(),
            None if stats is None else stats.shape[1],
-           None if running_update is None else running_update.signature(), _tf32_allowed())
+           None if running_update is None else running_update.signature(), _tf32_allowed(),
+           None if band is None else band.shape)
     site = launch_sites.SITES.get(key)
     if site is None:
         site = _gather_site(key, src, weight, bias, dst, geo, transposed, prologue_bn, other, other_mode, alpha,
                             epilogue_bn, epilogue_bn_relu, stats, stats_mode, running_update, weight_is_adjoint,
-                            adjoint_weight)
+                            adjoint_weight, band)
     unused = scratch(dst.device)
+    if band is not None:  # the band where the weight goes, the weight (read by the exact recompute) after it
+        weight, adjoint_weight = band, weight
     site.launch((src, weight, unused if adjoint_weight is None else adjoint_weight,
                  unused if bias is None else bias, dst, unused if other is None else other,
                  *((unused,) * 4 if bn is None else bn.pointers()),
@@ -208,11 +244,14 @@ def _gather(src, weight, bias, dst, geo: ConvGeometry, transposed: bool, *, prol
 
 def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: bool, prologue_bn, other, other_mode: str,
                  alpha: float, epilogue_bn, epilogue_bn_relu: bool, stats, stats_mode: str, running_update,
-                 weight_is_adjoint: bool, adjoint_weight):
+                 weight_is_adjoint: bool, adjoint_weight, band):
     """The launch site of one _gather key: its grid, runtime scalars, constexprs and tile."""
     kernels = _kernels()
     _check_gather_fusions(prologue_bn, epilogue_bn, epilogue_bn_relu, other_mode, stats_mode, running_update,
                           transposed, weight_is_adjoint, adjoint_weight)
+    if band is not None and (transposed or prologue_bn is not None or adjoint_weight is not None):
+        raise AssertionError("pixel vectors read a forward's src with no prologue; the band's builder writes the "
+                             "adjoint weight")
     bn = prologue_bn or epilogue_bn
     n_batch, c_dst, h_dst, w_dst = dst.shape
     _, c_red, h_src, w_src = src.shape
@@ -250,28 +289,45 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
         DST_ALIGN=channel_alignment(dst_per_group), W_ALIGN=weight_alignment(ws),
         WIDE_PIXEL_INDEX=pixels >= _PIXEL_INDEX_LIMIT, DST_PIXEL_RUN=tiles.pixel_run(dst.shape, dst.stride()),
         OTHER_PIXEL_RUN=1 if other is None else tiles.pixel_run(other.shape, other.stride()),
+        **_vector_constexprs(band, geo),
         INPUT_PRECISION=_input_precision(src.dtype))
     grid = lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(c_dst, meta["BLOCK_DST"]))  # noqa: E731
     # a BatchNorm across the tile: a prologue, the bn_grad sums, or an epilogue's with a store or load along NCHW
     # pixels (at the 16-bit 256-pixel tile's register cap those spilled 8-16 B, sm_90 codegen report)
     pixel_major = constexprs["DST_PIXEL_RUN"] > 1 or constexprs["OTHER_PIXEL_RUN"] > 1
-    config = None if autotune_enabled() else tiles.default_gather_config(
-        dst_per_group, red_per_group, src.element_size(), tiles.gather_pixels_bucket(pixels),
-        tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad" or (epilogue_bn is not None and pixel_major))
+    if autotune_enabled():
+        config = None
+    elif band is not None:
+        config = tiles.default_vector_gather_config(src.element_size())
+    else:
+        config = tiles.default_gather_config(
+            dst_per_group, red_per_group, src.element_size(), tiles.gather_pixels_bucket(pixels),
+            tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad" or (epilogue_bn is not None and
+                                                                                 pixel_major))
     constexprs.update(_gather_tile_flags(c_dst, dst_per_group, red_per_group, config))
     description = (f"{'grad input' if transposed else 'forward'} src {tuple(src.shape)} {src.stride()} weight "
                    f"{tuple(weight.shape)} {ws} dst {tuple(dst.shape)} {dst.stride()} {geo.groups} groups {src.dtype}")
     return launch_sites.SITES.put(key, _tiled_site(kernels.conv2d_gather_kernel, grid, rest, constexprs, config,
-                                                   _gather_promises(weight_out_is_dst), description))
+                                                   _gather_promises(weight_out_is_dst, band is not None),
+                                                   description))
 
 
-def _gather_promises(weight_out_is_dst: bool) -> Callable:
+def _vector_constexprs(band, geo: ConvGeometry) -> dict:
+    """PIXEL_VECTOR, VECTOR_D_MIN, VECTOR_D of a gather reading ``band`` (None: no pixel vectors)."""
+    if band is None:
+        return {"PIXEL_VECTOR": 1, "VECTOR_D_MIN": 0, "VECTOR_D": 1}
+    vector = band.shape[3]
+    first, count = tiles.vector_offsets(geo.kernel_w, geo.padding[1], vector)
+    return {"PIXEL_VECTOR": vector, "VECTOR_D_MIN": first, "VECTOR_D": count}
+
+
+def _gather_promises(weight_out_is_dst: bool, vectors: bool = False) -> Callable:
     """A gather site's ``promises`` (LaunchSite): its alignment and whole-tile constexprs, recomputed by tiles.py's
     helpers from a launch's src, weight and dst (the group sizes from the weight's dim 1: reduced channels per
     group where ``weight_out_is_dst``, else dst ones) for the site's tile, or every tile of the autotune list."""
 
     def promises(c: dict, pointers: tuple) -> list[str]:
-        src, weight, dst = pointers[0], pointers[1], pointers[4]
+        src, weight, dst = pointers[0], pointers[2 if vectors else 1], pointers[4]
         other = pointers[5] if len(pointers) > 5 else None
         n_batch, c_dst, h_dst, w_dst = dst.shape
         c_red, per_group = src.shape[1], weight.shape[1]
@@ -300,7 +356,11 @@ def _gather_promises(weight_out_is_dst: bool) -> Callable:
                 *promise(tiles.pixel_run(dst.shape, dst.stride()) % c["DST_PIXEL_RUN"] == 0,
                          f"DST_PIXEL_RUN={c['DST_PIXEL_RUN']}: dst {tuple(dst.shape)} {dst.stride()} has its pixels "
                          f"unit-strided and dense, in runs of it"),
-                *_other_pixel_run_promise(c["OTHER_PIXEL_RUN"], other)]
+                *_other_pixel_run_promise(c["OTHER_PIXEL_RUN"], other),
+                *promise(c["PIXEL_VECTOR"] == 1 or tiles.pixel_vector(
+                    src.shape, src.stride(), dst.shape, src.element_size(), c["STRIDE_W"], c["DIL_W"])
+                    == c["PIXEL_VECTOR"], f"PIXEL_VECTOR={c['PIXEL_VECTOR']}: src {tuple(src.shape)} {src.stride()} "
+                    "is NCHW in dense rows, its widths and strides multiples of it")]
 
     return promises
 
@@ -418,14 +478,21 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return call(x, weight, bias, other, adjoint_weight)
     y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
                     memory_format=conv_output_memory_format(x, weight))
-    relay = (channels_strided(x), channels_strided(weight))  # loaded from channels_last copies
+    # an NCHW x in pixel vectors (against a band of the weight), else x and the weight as channels_last copies
+    vector = tiles.pixel_vector(x.shape, x.stride(), y.shape, x.element_size(), geo.stride[1], geo.dilation[1])
+    relay = (vector, channels_strided(x) and vector == 1, channels_strided(weight) and vector == 1)
     gather = None
     if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
-        gather = _gather(with_contiguous_channels(x), with_contiguous_channels(weight), bias, y, geo,
-                         transposed=False, other=other, other_mode="none" if other is None else "add", alpha=alpha,
-                         adjoint_weight=adjoint_weight)
+        fusions = dict(other=other, other_mode="none" if other is None else "add", alpha=alpha)
+        if vector > 1:
+            gather = _gather(x, weight, bias, y, geo, transposed=False, band=banded_weight(
+                weight, geo, vector, adjoint_weight), **fusions)
+        else:
+            gather = _gather(with_contiguous_channels(x), with_contiguous_channels(weight), bias, y, geo,
+                             transposed=False, adjoint_weight=adjoint_weight, **fusions)
     like_input = y.shape == x.shape and y.stride() == x.stride()  # so x is dense as y is
-    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input, relay))
+    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input, relay,
+                                          geo))
     return y
 
 
@@ -434,20 +501,26 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 _FORWARD_POINTERS = ("x", "weight", "adjoint_weight", "bias", "y", "other") + ("unused",) * 10
 
 
-def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, relay: tuple) -> Callable:
+def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, relay: tuple,
+                  geo: ConvGeometry) -> Callable:
     """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
     with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
     the key's call becomes one generated function, allocation and launch (launch_sites.warm_function).
 
     ``like_input``: y has x's shape and strides (a same-size conv, as the smoothing steps' are), x dense; the
     warm call then allocates it as ``torch.empty_like(x)``, which gives a dense input's strides and is cheaper
-    than ``new_empty_strided``'s shape and strides parsed at each call. ``relay``: whether x and the weight are
-    read from channels_last copies (``with_contiguous_channels``); such a call stays a Python function."""
-    if any(relay):
+    than ``new_empty_strided``'s shape and strides parsed at each call. ``relay``: (the pixel vector x is read in
+    against a band of the weight, or 1; whether x and the weight are read from channels_last copies,
+    ``with_contiguous_channels``); a call that makes a band or a copy stays a Python function."""
+    vector, relay = relay[0], relay[1:]
+    if vector > 1 or any(relay):
         def relaid_call(x, weight, bias, other, adjoint_weight):
             y = x.new_empty_strided(shape, strides)
             if gather is not None:
-                x, weight = (relaid(t, torch.channels_last) if copy else t for t, copy in zip((x, weight), relay))
+                if vector > 1:  # the band where the weight goes, the weight after it (the exact recompute's)
+                    weight, adjoint_weight = banded_weight(weight, geo, vector, adjoint_weight), weight
+                else:
+                    x, weight = (relaid(t, torch.channels_last) if copy else t for t, copy in zip((x, weight), relay))
                 gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
                                unused if bias is None else bias, y, unused if other is None else other,
                                *(unused,) * 10), unused)

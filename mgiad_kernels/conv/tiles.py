@@ -250,6 +250,48 @@ def relayout_tile(channels: int, pixels: int) -> tuple[int, int, int]:
     return block_c, block_hw, max(1, min(4, block_c * block_hw // 512))
 
 
+# The pixels of a vector of the gather's NCHW reads: 16 bytes in fp32, 8 in 16-bit (the codegen criteria's 64-bit
+# floor). Wider vectors do more of the band's MMA work (V*D/KW times the taps'), and 16-bit vectors of 8 left 32
+# vectors per 256-pixel tile, under wgmma's 64 rows (sm_90 codegen report: mma.sync, no faster).
+PIXEL_VECTOR = 4
+
+
+def pixel_vector(src_shape, src_strides, dst_shape, element_size: int, stride_w: int, dilation_w: int) -> int:
+    """The gather's PIXEL_VECTOR for a forward convolution of an NCHW src: PIXEL_VECTOR pixels where src has its
+    channels strided and its pixels unit-strided in dense rows, the convolution steps and dilates its rows by 1,
+    and the vector divides both images' widths and src's strides (every vector lies in one row, aligned); else 1
+    (src is then read from a channels_last copy)."""
+    vector = PIXEL_VECTOR if element_size in (2, 4) else 1
+    _, channels, h, w = src_shape
+    stride_n, stride_c, stride_h, stride_w_src = src_strides
+    fits = (vector > 1 and stride_w == 1 and dilation_w == 1 and channels > 1 and stride_c != 1
+            and stride_w_src == 1 and (h == 1 or stride_h == w) and w % vector == 0 and dst_shape[3] % vector == 0
+            and stride_n % vector == 0 and stride_c % vector == 0 and stride_h % vector == 0)
+    return vector if fits else 1
+
+
+def vector_offsets(kernel_w: int, pad_w: int, vector: int) -> tuple[int, int]:
+    """(first, count) of the src vector offsets d whose lanes a row of ``kernel_w`` taps reaches from an output
+    vector: src column V*(j + d) + m for output column V*j + l, tap kw = V*d + m - l + pad_w."""
+    first = -pad_w // vector
+    return first, (vector - 1 + kernel_w - 1 - pad_w) // vector - first + 1
+
+
+@functools.lru_cache(maxsize=None)
+def default_vector_gather_config(element_size: int) -> "triton.Config":
+    """The gather tile launched with pixel vectors when autotuning is off: 16x16 channel tiles, as the band's dots
+    are PIXEL_VECTOR times as wide and deep (64x64), over 256 pixels in fp32 and 512 in 16-bit.
+
+    From the sm_90 codegen report (N=128, g_s=8, NCHW/OIHW): fp32 256 pixels, 0.65-0.68 of copy bandwidth for
+    the conv forward (band launch included), 2 CTAs per SM; 512 pixels reached 0.76-0.83 on 145 KB of shared
+    memory, one CTA of 4 warps per SM, too few to hide a GPU's latency, which the model does not price. bf16 512
+    pixels 0.55-0.59 at 195 registers, against 0.38-0.41 at 256 (a band tile serves twice the pixels)."""
+    if interpreter_enabled():
+        return _config(_INTERPRETER_GATHER)
+    block_p = 256 if element_size == 4 else 512
+    return _config({"BLOCK_P": block_p, "BLOCK_DST": 16, "BLOCK_RED": 16}, num_warps=4, num_stages=3)
+
+
 def pixel_run(shape: Sequence[int], strides: Sequence[int]) -> int:
     """The gather's DST_PIXEL_RUN for a dst of ``shape`` and ``strides``: where its pixels are unit-strided and
     dense (NCHW), the largest power of two, at most 16, dividing H * W (it divides every BLOCK_P too, all
