@@ -126,7 +126,8 @@ def test_every_merge_releases_its_partials_and_acquires_the_others_at_gpu_scope(
     index = json.loads(done.stdout.strip().splitlines()[-1])
     merging = {entry["kernel"] for entry in index.values() if entry["merges"]}
     assert merging == {"conv2d_gather_kernel", "conv2d_grad_weight_kernel", "bn_relu_grad_sums_kernel"}, index
-    assert sum(entry["merges"] for entry in index.values()) == 22, index  # 4 gather, 5 grad weight, 2 sums; x2
+    # 5 gather (smoothing A also reading an NCHW f), 5 grad weight, 2 sums; x2
+    assert sum(entry["merges"] for entry in index.values()) == 24, index
     for file, entry in index.items():
         problems = merge_order_problems((tmp_path / file).read_text())
         if entry["merges"]:

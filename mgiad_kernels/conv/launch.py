@@ -505,40 +505,31 @@ def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, 
                   geo: ConvGeometry) -> Callable:
     """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
     with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
-    the key's call becomes one generated function, allocation and launch (launch_sites.warm_function).
+    the key's call becomes one generated function: allocation, the inputs' preparation, launch
+    (launch_sites.warm_function).
 
     ``like_input``: y has x's shape and strides (a same-size conv, as the smoothing steps' are), x dense; the
     warm call then allocates it as ``torch.empty_like(x)``, which gives a dense input's strides and is cheaper
     than ``new_empty_strided``'s shape and strides parsed at each call. ``relay``: (the pixel vector x is read in
     against a band of the weight, or 1; whether x and the weight are read from channels_last copies,
-    ``with_contiguous_channels``); a call that makes a band or a copy stays a Python function."""
-    vector, relay = relay[0], relay[1:]
-    if vector > 1 or any(relay):
-        def relaid_call(x, weight, bias, other, adjoint_weight):
-            y = x.new_empty_strided(shape, strides)
-            if gather is not None:
-                if vector > 1:  # the band where the weight goes, the weight after it (the exact recompute's)
-                    weight, adjoint_weight = banded_weight(weight, geo, vector, adjoint_weight), weight
-                else:
-                    x, weight = (relaid(t, torch.channels_last) if copy else t for t, copy in zip((x, weight), relay))
-                gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
-                               unused if bias is None else bias, y, unused if other is None else other,
-                               *(unused,) * 10), unused)
-            return y
-
-        relaid_call.launch_site = gather
-        return relaid_call
+    ``with_contiguous_channels``): the preparation, after the allocation (``_forward_inputs``)."""
+    prepare = _forward_inputs(relay, geo)
 
     def call(x, weight, bias, other, adjoint_weight):
         y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords
         if gather is not None:
+            if prepare is not None:
+                x, weight, adjoint_weight = prepare(x, weight, adjoint_weight)
             gather.launch((x, weight, unused if adjoint_weight is None else adjoint_weight,
                            unused if bias is None else bias, y, unused if other is None else other,
                            unused, unused, unused, unused, unused, unused, unused, unused, unused, unused), unused)
-            allocation = "    y = empty_like(x)\n" if like_input else "    y = x.new_empty_strided(shape, strides)\n"
+            before = "    y = empty_like(x)\n" if like_input else "    y = x.new_empty_strided(shape, strides)\n"
+            if prepare is not None:
+                before += "    x, weight, adjoint_weight = prepare(x, weight, adjoint_weight)\n"
             warm = launch_sites.warm_function(
-                gather, "x, weight, bias, other, adjoint_weight", _FORWARD_POINTERS, allocation, "y",
-                bound=dict(shape=shape, strides=strides, empty_like=torch.empty_like), name="conv2d_forward_call")
+                gather, "x, weight, bias, other, adjoint_weight", _FORWARD_POINTERS, before, "y",
+                bound=dict(shape=shape, strides=strides, empty_like=torch.empty_like, prepare=prepare),
+                name="conv2d_forward_call")
             if warm is not None:
                 warm.launch_site = gather  # held: the warm function refers to it weakly
                 _FORWARD_SITES[key] = warm
@@ -546,6 +537,21 @@ def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, 
 
     call.launch_site = gather
     return call
+
+
+def _forward_inputs(relay: tuple, geo: ConvGeometry) -> Callable | None:
+    """What a forward launch reads in the pointer slots of x, the weight and the adjoint weight, from the inputs
+    (None: the inputs themselves): with pixel vectors (``relay[0]`` > 1) x, the weight's band and the weight (the
+    band's launch writes the adjoint weight); else channels_last copies of x and the weight where ``relay[1:]``
+    says, and the adjoint weight."""
+    vector, copy_x, copy_weight = relay
+    if vector > 1:
+        return lambda x, weight, adjoint_weight: (x, banded_weight(weight, geo, vector, adjoint_weight), weight)
+    if not (copy_x or copy_weight):
+        return None
+    return lambda x, weight, adjoint_weight: (relaid(x, torch.channels_last) if copy_x else x,
+                                             relaid(weight, torch.channels_last) if copy_weight else weight,
+                                             adjoint_weight)
 
 
 def adjoint_weight_wanted(dtype: torch.dtype) -> bool:
