@@ -248,10 +248,7 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
     """The launch site of one _gather key: its grid, runtime scalars, constexprs and tile."""
     kernels = _kernels()
     _check_gather_fusions(prologue_bn, epilogue_bn, epilogue_bn_relu, other_mode, stats_mode, running_update,
-                          transposed, weight_is_adjoint, adjoint_weight)
-    if band is not None and (transposed or prologue_bn is not None or adjoint_weight is not None):
-        raise AssertionError("pixel vectors read a forward's src with no prologue; the band's builder writes the "
-                             "adjoint weight")
+                          transposed, weight_is_adjoint, adjoint_weight, band)
     bn = prologue_bn or epilogue_bn
     n_batch, c_dst, h_dst, w_dst = dst.shape
     _, c_red, h_src, w_src = src.shape
@@ -295,21 +292,26 @@ def _gather_site(key, src, weight, bias, dst, geo: ConvGeometry, transposed: boo
     # a BatchNorm across the tile: a prologue, the bn_grad sums, or an epilogue's with a store or load along NCHW
     # pixels (at the 16-bit 256-pixel tile's register cap those spilled 8-16 B, sm_90 codegen report)
     pixel_major = constexprs["DST_PIXEL_RUN"] > 1 or constexprs["OTHER_PIXEL_RUN"] > 1
-    if autotune_enabled():
-        config = None
-    elif band is not None:
-        config = tiles.default_vector_gather_config(src.element_size())
-    else:
-        config = tiles.default_gather_config(
-            dst_per_group, red_per_group, src.element_size(), tiles.gather_pixels_bucket(pixels),
-            tile_batchnorm=prologue_bn is not None or stats_mode == "bn_grad" or (epilogue_bn is not None and
-                                                                                 pixel_major))
+    config = _gather_config(dst_per_group, red_per_group, src.element_size(), pixels, band is not None,
+                            prologue_bn is not None or stats_mode == "bn_grad" or (epilogue_bn is not None and
+                                                                                   pixel_major))
     constexprs.update(_gather_tile_flags(c_dst, dst_per_group, red_per_group, config))
     description = (f"{'grad input' if transposed else 'forward'} src {tuple(src.shape)} {src.stride()} weight "
                    f"{tuple(weight.shape)} {ws} dst {tuple(dst.shape)} {dst.stride()} {geo.groups} groups {src.dtype}")
     return launch_sites.SITES.put(key, _tiled_site(kernels.conv2d_gather_kernel, grid, rest, constexprs, config,
                                                    _gather_promises(weight_out_is_dst, band is not None),
                                                    description))
+
+
+def _gather_config(dst_per_group: int, red_per_group: int, element_size: int, pixels: int, pixel_vectors: bool,
+                   tile_batchnorm: bool):
+    """A gather site's tile: None where launches autotune (MGIAD_KERNELS_AUTOTUNE=1), else the tile policy's."""
+    if autotune_enabled():
+        return None
+    if pixel_vectors:
+        return tiles.default_vector_gather_config(element_size)
+    return tiles.default_gather_config(dst_per_group, red_per_group, element_size, tiles.gather_pixels_bucket(pixels),
+                                       tile_batchnorm=tile_batchnorm)
 
 
 def _vector_constexprs(band, geo: ConvGeometry) -> dict:
@@ -384,8 +386,11 @@ def _tile_shapes(constexprs: dict, first: str, second: str, kernel) -> list[tupl
 
 
 def _check_gather_fusions(prologue_bn, epilogue_bn, epilogue_bn_relu: bool, other_mode: str, stats_mode: str,
-                          running_update, transposed: bool, weight_is_adjoint: bool, adjoint_weight) -> None:
+                          running_update, transposed: bool, weight_is_adjoint: bool, adjoint_weight, band) -> None:
     """The launcher's own promises about a gather's fusions (not the user's arguments: those are checked before)."""
+    if band is not None and (transposed or prologue_bn is not None or adjoint_weight is not None):
+        raise AssertionError("pixel vectors read a forward's src with no prologue; the band's builder writes the "
+                             "adjoint weight")
     if prologue_bn is not None and epilogue_bn is not None:
         raise AssertionError("a gather launch applies at most one BatchNorm")
     if (epilogue_bn_relu or other_mode in ("add_after_bn", "relu_grad") or stats_mode == "bn_grad") \
