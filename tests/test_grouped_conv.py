@@ -228,7 +228,8 @@ def _gather_sites():
 def test_forward_writes_the_adjoint_weight_grad_input_reads(n, c_in, c_out, h, w, k, stride, padding, groups, bias):
     """fp32 (conv_launch.adjoint_weight_wanted): a forward whose input requires grad writes
     adjoint[g*I + i, o] = weight[g*O + o, i] (bit for bit, every element: the buffer starts as NaN), and
-    grad input reads it in the weight's place, matching float64."""
+    grad input reads it in the weight's place, matching float64. A forward reading NCHW pixel vectors has the
+    launch making the weight's band write it."""
     from mgiad_kernels.runtime import launch_sites
     from mgiad_kernels.conv import launch as conv_launch
     from mgiad_kernels.conv.ops import conv_geometry
@@ -244,8 +245,12 @@ def test_forward_writes_the_adjoint_weight_grad_input_reads(n, c_in, c_out, h, w
 
     launch_sites.clear()
     _check_against_reference(x, weight, b, stride, padding, groups, "triton", torch.float32)
-    flags = {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"]) for c in _gather_sites()}
+    flags = {(c["TRANSPOSED"], c["WEIGHT_OUT_IS_DST"], c["WRITE_ADJOINT_WEIGHT"] or c["PIXEL_VECTOR"] > 1)
+             for c in _gather_sites()}
     assert flags == {(False, True, True), (True, True, False)}, flags
+    vectors = any(c["PIXEL_VECTOR"] > 1 for c in _gather_sites())
+    bands = [site.constexprs["WRITE_ADJOINT_WEIGHT"] for key, site in launch_sites.SITES.items() if key[0] == "band"]
+    assert bands == ([True] if vectors else []), bands
 
 
 @pytest.mark.parametrize("dtype,x_requires_grad", [(torch.float32, False), (torch.float16, True)],
