@@ -121,11 +121,11 @@ def test_tensors_inside_list_arguments_are_checked_too():
         pass
 
     plain = torch.zeros(1)
-    assert device_calls._dispatch_free((plain, [1, 2], [None, plain], torch.nn.Parameter(plain)))
-    assert not device_calls._dispatch_free((plain, [None, plain.as_subclass(Marked)]))
-    assert not device_calls._dispatch_free((plain, [torch.zeros(1, device="meta")]))
+    assert device_calls.dispatch_free((plain, [1, 2], [None, plain], torch.nn.Parameter(plain)))
+    assert not device_calls.dispatch_free((plain, [None, plain.as_subclass(Marked)]))
+    assert not device_calls.dispatch_free((plain, [torch.zeros(1, device="meta")]))
     with _PassThrough():
-        assert not device_calls._dispatch_free((plain,))
+        assert not device_calls.dispatch_free((plain,))
 
 
 class _OnDevice:

@@ -126,7 +126,8 @@ _VECTOR_CASES = {  # name: (x shape, weight shape, conv args); every W a multipl
     "5x5, dilated rows, padding only left-right": ((1, 8, 9, 12), (8, 4, 5, 5), dict(padding=(0, 2),
                                                                                     dilation=(2, 1), groups=2)),
     "1x1, groups 2": ((2, 8, 3, 4), (6, 4, 1, 1), dict(groups=2)),
-    "3x3, 64 channels per group: several reduced blocks": ((1, 64, 4, 4), (16, 64, 3, 3), dict(padding=1)),
+    "3x3, 4 groups of 16 in-channels: several reduced blocks": ((1, 64, 4, 4), (16, 16, 3, 3),
+                                                                 dict(padding=1, groups=4)),
     "3x1 taps, wider output": ((2, 8, 4, 8), (8, 2, 3, 1), dict(padding=(1, 0), groups=4)),
 }
 
@@ -151,6 +152,7 @@ def test_an_nchw_forward_reads_pixel_vectors_against_the_weights_band(name, w_cl
     assert launched == ["banded_weight_kernel", "conv2d_gather_kernel"], launched
     (_, site), = _gather_sites()
     assert site.constexprs["PIXEL_VECTOR"] == tiles.PIXEL_VECTOR
+    assert site.constexprs["SINGLE_RED_BLOCK"] == ("several" not in name)
     xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
     ref = F.conv2d(xd, wd, bd, **args)
     assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
@@ -181,19 +183,48 @@ def test_a_residual_forward_in_pixel_vectors_adds_other_along_its_pixels(fresh_s
     assert_close_rel(y, ref, torch.float32, "other - conv")
 
 
-def test_pixel_vectors_need_whole_aligned_vectors_in_unit_steps():
+def test_pixel_vectors_need_whole_aligned_vectors_in_unit_steps_and_small_groups():
     vector = tiles.PIXEL_VECTOR
     nchw = lambda *shape: (shape, torch.empty(shape).stride())  # noqa: E731
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 4, 1, 1) == vector
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 2, 1, 1) == vector  # 16-bit: 8 bytes
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 6), (2, 8, 5, 6), 4, 1, 1) == 1  # rows of 6
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 3, 4), 4, 2, 1) == 1  # strided along the rows
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 6), 4, 1, 2) == 1  # dilated along the rows
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 6), 4, 1, 1) == 1  # output rows of 6
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 4, 1, 1, 8) == vector
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 2, 1, 1, 8) == vector  # 16-bit: 8 bytes
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 4, 1, 1, tiles.VECTOR_MAX_GROUP) == vector
+    assert tiles.pixel_vector(*nchw(2, 64, 5, 8), (2, 64, 5, 8), 4, 1, 1, 32) == 1  # the band outgrows its gain
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 6), (2, 8, 5, 6), 4, 1, 1, 8) == 1  # rows of 6
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 3, 4), 4, 2, 1, 8) == 1  # strided along the rows
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 6), 4, 1, 2, 8) == 1  # dilated along the rows
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 6), 4, 1, 1, 8) == 1  # output rows of 6
     cl = torch.empty(2, 8, 5, 8).to(memory_format=_CL)
-    assert tiles.pixel_vector(cl.shape, cl.stride(), cl.shape, 4, 1, 1) == 1  # channels contiguous already
+    assert tiles.pixel_vector(cl.shape, cl.stride(), cl.shape, 4, 1, 1, 8) == 1  # channels contiguous already
     gaps = torch.empty(2, 8, 5, 12)[..., :8]
-    assert tiles.pixel_vector(gaps.shape, gaps.stride(), gaps.shape, 4, 1, 1) == 1  # rows with gaps
-    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 8, 1, 1) == 1  # fp64: no Triton kernel
+    assert tiles.pixel_vector(gaps.shape, gaps.stride(), gaps.shape, 4, 1, 1, 8) == 1  # rows with gaps
+    assert tiles.pixel_vector(*nchw(2, 8, 5, 8), (2, 8, 5, 8), 8, 1, 1, 8) == 1  # fp64: no Triton kernel
     assert tiles.vector_offsets(3, 1, 4) == (-1, 3) and tiles.vector_offsets(1, 0, 4) == (0, 1)
     assert tiles.vector_offsets(7, 3, 4) == (-1, 3)
+
+
+@pytest.mark.parametrize("u_cl, w_cl", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["nchw-oihw", "channels_last-oihw", "nchw-channels_last", "channels_last-channels_last"])
+def test_the_fused_steps_fake_outputs_have_the_real_ones_strides(u_cl, w_cl, fresh_sites):
+    """torch.compile (Inductor checks custom ops' output strides) sees the smoothing step's outputs through its
+    fake implementation: out in F.conv2d's memory format, r, s, t in the intermediates' (channels_last where u or
+    the weights are re-laid), the adjoint weights channels_last, in every layout."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    u, f = (torch.randn(2, 8, 4, 4, device=DEVICE) for _ in range(2))
+    weights = [torch.randn(8, 2, 3, 3, device=DEVICE) for _ in range(2)]
+    u = u.to(memory_format=_CL) if u_cl else u
+    weights = [w.to(memory_format=_CL) for w in weights] if w_cl else weights
+    vec = lambda fill: torch.full((8,), fill, device=DEVICE)  # noqa: E731
+    batches = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    for dtype in (torch.float32, torch.float16):  # 16-bit keeps t, fp32 the adjoint weights
+        args = [u.to(dtype), f.to(dtype), weights[0].to(dtype), None, weights[1].to(dtype), None, vec(1.0), vec(0.0),
+                vec(1.0), vec(0.0), vec(0.0), vec(1.0), vec(0.0), vec(1.0), batches.clone(), batches.clone(),
+                [1, 1, 1, 1, 4], [1, 1, 1, 1, 4], 1e-5, 1e-5, True, 0.1, True]
+        real = torch.ops.mgiad_kernels.smoothing_step(*[a.clone() if torch.is_tensor(a) else a for a in args])
+        with FakeTensorMode() as mode:
+            fake = torch.ops.mgiad_kernels.smoothing_step(
+                *[mode.from_tensor(a) if torch.is_tensor(a) else a for a in args])
+        for name, got, want in zip(("out", "r", "s", "stats", "t", "adjoint a", "adjoint b"), fake, real):
+            assert (tuple(got.shape), got.stride()) == (tuple(want.shape), want.stride()), (dtype, name)

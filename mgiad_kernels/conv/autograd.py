@@ -24,7 +24,7 @@ import torch.autograd.forward_ad as fwAD
 
 from . import ops
 from .geometry import ConvGeometry
-from ..runtime.device_calls import on_input_device
+from ..runtime.device_calls import dispatch_free, on_input_device
 from .launch import adjoint_weight_wanted, strides_like_channels_last, with_contiguous_channels
 
 
@@ -131,7 +131,7 @@ class _Conv(torch.autograd.Function):
         need_x, need_w, need_b, need_other = ctx.needs_input_grad[:4]
         gx = gw = gb = None
         g = gy
-        if need_x and (need_w or need_b) and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if need_x and (need_w or need_b) and not torch.is_grad_enabled() and dispatch_free((gy,)):
             g = _with_contiguous_channels(gy)  # read by both gradients (NCHW): re-laid once, not by each
         if need_x:
             gx = conv_transpose(g, w, x.shape, ctx.channels_last, ctx.alpha, ctx.p, w_adjoint)

@@ -422,7 +422,7 @@ def conv2d_gather_kernel(
     DST_PIXEL_RUN: tl.constexpr,  # > 1: dst's pixels are unit-strided and dense (NCHW), and this power of two
     #                               (at most 16) divides H_dst * W_dst and BLOCK_P: the store vectorizes along them
     OTHER_PIXEL_RUN: tl.constexpr,  # the same for other's pixels and its load
-    PIXEL_VECTOR: tl.constexpr,  # > 1: src is NCHW, read in vectors of this many pixels of a row (8 bytes)
+    PIXEL_VECTOR: tl.constexpr,  # > 1: src is NCHW, read in vectors of this many pixels of a row
     #                              against weight_ptr's band of the weight (banded_weight_kernel); the weight
     #                              itself at adjoint_weight_ptr (the exact recompute reads it)
     VECTOR_D_MIN: tl.constexpr, VECTOR_D: tl.constexpr,  # the band's vector offsets: VECTOR_D from VECTOR_D_MIN

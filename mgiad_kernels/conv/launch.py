@@ -72,8 +72,8 @@ def channels_strided(t: torch.Tensor) -> bool:
 def with_contiguous_channels(t: torch.Tensor) -> torch.Tensor:
     """t, or where ``channels_strided`` a channels_last copy of it (``relaid``). The convolution kernels load
     a tile's channels in 8- or 16-byte asynchronous copies only where they are contiguous; strided, each
-    element is a load of its own and its address a register (sm_90 codegen report, NCHW: 292-752 B spilled per
-    thread in fp32, up to 5.4 KB in bf16). The copy is one read and one write of t."""
+    element is a load of its own and its address a register, and the gathers spill. The copy is one read and one
+    write of t."""
     return relaid(t, torch.channels_last) if channels_strided(t) else t
 
 
@@ -104,7 +104,7 @@ _BAND_BLOCK = 1024  # elements per program of banded_weight_kernel
 def banded_weight(weight: torch.Tensor, geo: ConvGeometry, vector: int,
                   adjoint_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The band of ``weight`` a forward gather reading an NCHW src in pixel vectors of ``vector`` multiplies
-    (banded_weight_kernel: (C_out, KH, D, V, I, V), V*D/KW times the weight's size), in one launch that also
+    (banded_weight_kernel: (C_out, KH, D, V, I, V), V*V*D/KW times the weight's size), in one launch that also
     writes ``adjoint_weight`` where given (empty_adjoint_weight)."""
     c_out, in_per_group, kh, kw = weight.shape
     first, count = tiles.vector_offsets(kw, geo.padding[1], vector)
@@ -360,7 +360,7 @@ def _gather_promises(weight_out_is_dst: bool, vectors: bool = False) -> Callable
                          f"unit-strided and dense, in runs of it"),
                 *_other_pixel_run_promise(c["OTHER_PIXEL_RUN"], other),
                 *promise(c["PIXEL_VECTOR"] == 1 or tiles.pixel_vector(
-                    src.shape, src.stride(), dst.shape, src.element_size(), c["STRIDE_W"], c["DIL_W"])
+                    src.shape, src.stride(), dst.shape, src.element_size(), c["STRIDE_W"], c["DIL_W"], weight.shape[1])
                     == c["PIXEL_VECTOR"], f"PIXEL_VECTOR={c['PIXEL_VECTOR']}: src {tuple(src.shape)} {src.stride()} "
                     "is NCHW in dense rows, its widths and strides multiples of it")]
 
@@ -466,11 +466,13 @@ _FORWARD_SITES = launch_sites.SiteCache()  # conv2d_forward's key (the device by
 
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor | None,
                    alpha: float, geo: ConvGeometry, adjoint_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """y = other + alpha * (conv2d(x, weight) + bias) in one launch (``other`` None: no sum).
+    """y = other + alpha * (conv2d(x, weight) + bias) in one launch (``other`` None: no sum), after the weight's
+    band (an NCHW x read in pixel vectors) or channels_last copies of x and the weight (their channels strided
+    otherwise): docs/design.md, "Every layout".
 
     F.conv2d's semantics; the sum is the FAS residual and correction (MGiaD eq. 6-7, Alg. 2).
-    ``adjoint_weight`` (empty_adjoint_weight): the launch also writes the weight of grad input's
-    convolution into it, for conv2d_grad_input. A call is a key lookup, the output's allocation and the launch
+    ``adjoint_weight`` (empty_adjoint_weight): the launch (or the band's) also writes the weight of grad input's
+    convolution into it, for conv2d_grad_input. A call is a key lookup, the output's allocation and the launches
     (warm: one generated function, ``_forward_call``).
     """
     # the geometry (by its site_id) fixes the weight's shape and the output's
@@ -484,7 +486,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     y = torch.empty((x.shape[0], weight.shape[0], *geo.out_hw), device=x.device, dtype=x.dtype,
                     memory_format=conv_output_memory_format(x, weight))
     # an NCHW x in pixel vectors (against a band of the weight), else x and the weight as channels_last copies
-    vector = tiles.pixel_vector(x.shape, x.stride(), y.shape, x.element_size(), geo.stride[1], geo.dilation[1])
+    vector = tiles.pixel_vector(x.shape, x.stride(), y.shape, x.element_size(), geo.stride[1], geo.dilation[1],
+                                geo.in_per_group)
     relay = (vector, channels_strided(x) and vector == 1, channels_strided(weight) and vector == 1)
     gather = None
     if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)

@@ -251,17 +251,24 @@ def relayout_tile(channels: int, pixels: int) -> tuple[int, int, int]:
 
 
 # The pixels of a vector of the gather's NCHW reads: 16 bytes in fp32, 8 in 16-bit (the codegen criteria's 64-bit
-# floor). Wider vectors do more of the band's MMA work (V*D/KW times the taps'), and 16-bit vectors of 8 left 32
-# vectors per 256-pixel tile, under wgmma's 64 rows (sm_90 codegen report: mma.sync, no faster).
+# floor). Wider vectors do more of the band's MMA work (V*D/KW times the taps'); 16-bit vectors of 8 leave 32
+# vectors per 256-pixel tile, under wgmma's 64 rows.
 PIXEL_VECTOR = 4
 
 
-def pixel_vector(src_shape, src_strides, dst_shape, element_size: int, stride_w: int, dilation_w: int) -> int:
+# The most in-channels per group read in pixel vectors: the band does PIXEL_VECTOR*D/KW times the taps' MMA work
+# (4x at 3x3) and holds PIXEL_VECTOR**2*D/KW times the weight (16x), both growing with the group; the codegen
+# report's shapes and model layers hold the layout targets up to 16 (it bounds the band below 2^31 elements too).
+VECTOR_MAX_GROUP = 16
+
+
+def pixel_vector(src_shape, src_strides, dst_shape, element_size: int, stride_w: int, dilation_w: int,
+                 in_per_group: int) -> int:
     """The gather's PIXEL_VECTOR for a forward convolution of an NCHW src: PIXEL_VECTOR pixels where src has its
     channels strided and its pixels unit-strided in dense rows, the convolution steps and dilates its rows by 1,
-    and the vector divides both images' widths and src's strides (every vector lies in one row, aligned); else 1
-    (src is then read from a channels_last copy)."""
-    vector = PIXEL_VECTOR if element_size in (2, 4) else 1
+    the vector divides both images' widths and src's strides (every vector lies in one row, aligned) and the
+    groups are at most VECTOR_MAX_GROUP in-channels; else 1 (src is then read from a channels_last copy)."""
+    vector = PIXEL_VECTOR if element_size in (2, 4) and in_per_group <= VECTOR_MAX_GROUP else 1
     _, channels, h, w = src_shape
     stride_n, stride_c, stride_h, stride_w_src = src_strides
     fits = (vector > 1 and stride_w == 1 and dilation_w == 1 and channels > 1 and stride_c != 1

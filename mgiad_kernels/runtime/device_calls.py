@@ -27,7 +27,7 @@ class DirectCall:
         self.op, self.impl, self.mutated, self.launch = op, impl, mutated, launch
 
     def __call__(self, *args):
-        if not _dispatch_free(args):
+        if not dispatch_free(args):
             return self.op(*args)
         if self.mutated and not torch.is_inference_mode_enabled():
             torch.autograd.graph.increment_version([args[i] for i in self.mutated])
@@ -37,12 +37,12 @@ class DirectCall:
         """``self(*args)``, where the implementation is called directly handing it the caller's checked
         ``geometry`` (``launch(*args, geometry)``), so the sizes are not normalized again; ``geometry`` None,
         or a call through the dispatcher: the op's own, from its arguments."""
-        if geometry is None or self.launch is None or self.mutated or not _dispatch_free(args):
+        if geometry is None or self.launch is None or self.mutated or not dispatch_free(args):
             return self(*args)
         return self.launch(*args, geometry)
 
 
-def _dispatch_free(args) -> bool:
+def dispatch_free(args) -> bool:
     """Eager, no mode, transform or profiler active, and every tensor argument (lists' included) a plain, non-meta
     torch.Tensor or Parameter."""
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()

@@ -164,13 +164,22 @@ def smoothing_step_forward(u: torch.Tensor, f: torch.Tensor, weight_a: torch.Ten
     return out, r, s, stats, t, adjoint_a, adjoint_b
 
 
+def intermediate_memory_format(u: torch.Tensor, weight_a: torch.Tensor) -> torch.memory_format:
+    """The memory format of the step's intermediates r, s, t and of its backward's: that of u and weight_a as
+    the convolutions read them (channels_last where either is re-laid, ``_with_contiguous_channels``). Its
+    outputs and gradients keep F.conv2d's rule on u and weight_a as given."""
+    if conv_launch.channels_strided(u) or conv_launch.channels_strided(weight_a):
+        return torch.channels_last
+    return conv_launch.conv_output_memory_format(u, weight_a)
+
+
 def _with_contiguous_channels(u: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor) -> tuple:
     """(u, weight_a, weight_b, the intermediates' memory format): each tensor or its channels_last copy where
     its channels are strided (``conv_launch.with_contiguous_channels``: NCHW activations, OIHW weights), as the
-    convolutions read them; the step's intermediates follow the tensors as read, its outputs the tensors as
-    given. f is read as is, by A's epilogue (along its pixels where it is NCHW)."""
+    convolutions read them. f is read as is, by A's epilogue (along its pixels where it is NCHW)."""
+    inner = intermediate_memory_format(u, weight_a)
     u, weight_a, weight_b = (conv_launch.with_contiguous_channels(t) for t in (u, weight_a, weight_b))
-    return u, weight_a, weight_b, conv_launch.conv_output_memory_format(u, weight_a)
+    return u, weight_a, weight_b, inner
 
 
 def _residual_update(s: torch.Tensor, u: torch.Tensor, out: torch.Tensor, bn2: BatchNormArgs,
@@ -228,8 +237,8 @@ def smoothing_step_backward(grad_out: torch.Tensor, u: torch.Tensor, weight_a: t
             raise AssertionError(f"carried f gradient {tuple(carry_f.shape)} {carry_f.dtype}, expected u's "
                                  f"{tuple(u.shape)} {u.dtype}")
     fmt = conv_launch.conv_output_memory_format(u, weight_a)  # the gradients of u and f
-    grad_out = conv_launch.with_contiguous_channels(grad_out)  # the intermediates as the forward's: channels_last
-    inner = torch.channels_last if any(map(conv_launch.channels_strided, (u, weight_a))) else fmt  # where re-laid
+    grad_out = conv_launch.with_contiguous_channels(grad_out)
+    inner = intermediate_memory_format(u, weight_a)  # the intermediates', as the forward's
     bn1 = BatchNormArgs(stats[0], stats[1], *bn1_affine, eps[0])
     grad_s, sums2 = _bn_relu_backward(grad_out, s, BatchNormArgs(stats[2], stats[3], *bn2_affine, eps[1]),
                                       _empty_activation(u, inner), batch_stats)

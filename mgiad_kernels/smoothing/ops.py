@@ -26,9 +26,12 @@ def _geometry(u_shape, weight: Tensor, conv: List[int]) -> ConvGeometry:
     return ConvGeometry.of(u_shape, weight.shape, (1, 1), padding, (dil_h, dil_w), groups)
 
 
-def _activation_fake(u: Tensor, weight_a: Tensor) -> Tensor:
-    return torch.empty(u.shape, device=u.device, dtype=u.dtype,
-                       memory_format=conv_launch.conv_output_memory_format(u, weight_a))
+def _activation_fake(u: Tensor, weight_a: Tensor, intermediate: bool = False) -> Tensor:
+    """An activation as the step's launchers allocate it: an output or a gradient (F.conv2d's memory-format rule on
+    u and weight_a), or an ``intermediate`` (launch.intermediate_memory_format)."""
+    memory_format = (launch.intermediate_memory_format(u, weight_a) if intermediate
+                     else conv_launch.conv_output_memory_format(u, weight_a))
+    return torch.empty(u.shape, device=u.device, dtype=u.dtype, memory_format=memory_format)
 
 
 @on_input_device
@@ -75,14 +78,14 @@ def _smoothing_step_fake(u, f, weight_a, bias_a, weight_b, bias_b, bn1_weight, b
                          running_mean1, running_var1, running_mean2, running_var2, num_batches1, num_batches2,
                          conv_a, conv_b, eps1, eps2, batch_stats, momentum, adjoint_weights):
     stats = u.new_empty((4, u.shape[1]), dtype=torch.float32)
-    t = _activation_fake(u, weight_a) if launch.materializes_t(u.dtype) else u.new_empty(0)
+    t = _activation_fake(u, weight_a, intermediate=True) if launch.materializes_t(u.dtype) else u.new_empty(0)
     if adjoint_weights and conv_launch.adjoint_weight_wanted(u.dtype):
         adjoints = [conv_launch.empty_adjoint_weight(w, _geometry(u.shape, w, conv))
                     for w, conv in ((weight_a, conv_a), (weight_b, conv_b))]
     else:
         adjoints = [u.new_empty(0), u.new_empty(0)]
-    return (_activation_fake(u, weight_a), _activation_fake(u, weight_a), _activation_fake(u, weight_a), stats, t,
-            *adjoints)
+    return (_activation_fake(u, weight_a), _activation_fake(u, weight_a, intermediate=True),
+            _activation_fake(u, weight_a, intermediate=True), stats, t, *adjoints)
 
 
 @on_input_device
