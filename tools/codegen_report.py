@@ -425,7 +425,7 @@ def _conv_ops(c: int, h: int, gs: int, k: int, dtype, layout: str) -> tuple[list
     from mgiad_kernels.conv.geometry import ConvGeometry
 
     act_format, weight_format = _memory_formats(layout)
-    t = {name: torch.empty((N_BATCH, c, h, h), dtype=dtype).to(memory_format=act_format) for name in "xuf"}
+    t = {"x": torch.empty((N_BATCH, c, h, h), dtype=dtype).to(memory_format=act_format)}
     t.update({name: torch.empty((c, gs, k, k), dtype=dtype).to(memory_format=weight_format) for name in ("w_a", "w_b")})
     out_format = conv_launch.conv_output_memory_format(t["x"], t["w_a"])
     t["gy"] = torch.empty((N_BATCH, c, h, h), dtype=dtype).to(memory_format=out_format)
@@ -458,7 +458,8 @@ def _shape_ops(c: int, h: int, gs: int, dtype, layout: str = LAYOUTS[0]):
     from mgiad_kernels.smoothing import launch as smoothing_launch
 
     conv_ops, t = _conv_ops(c, h, gs, 3, dtype, layout)
-    u, f, w_a, w_b, gy, geo = t["u"], t["f"], t["w_a"], t["w_b"], t["gy"], t["geo"]
+    w_a, w_b, gy, geo = t["w_a"], t["w_b"], t["gy"], t["geo"]
+    u, f = (torch.empty_like(t["x"]) for _ in range(2))  # x's layout
     vec = lambda: torch.ones(c, dtype=torch.float32)  # noqa: E731
     bn1_affine, bn2_affine, eps = (vec(), vec()), (vec(), vec()), (1e-5, 1e-5)
     state = {}

@@ -91,7 +91,8 @@ def relaid(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
         site = launch_sites.add_site(
             key, _kernels().relayout_kernel, (n_batch * hw_blocks, _cdiv(channels, block_c)),
             (*t.stride(), *out.stride(), channels, h, w, hw_blocks),
-            {"SRC_PIXELS_DENSE": _pixels_dense(t), "DST_PIXELS_DENSE": _pixels_dense(out),
+            {"SRC_PIXELS_DENSE": tiles.rows_dense(t.shape, t.stride()),
+             "DST_PIXELS_DENSE": tiles.rows_dense(out.shape, out.stride()),
              "BLOCK_C": block_c, "BLOCK_HW": block_hw}, {"num_warps": warps},
             promises=_relayout_promises, description=f"relayout {tuple(t.shape)} {t.stride()} -> {out.stride()}")
     site.launch((t, out), scratch(t.device))
@@ -129,16 +130,12 @@ def banded_weight(weight: torch.Tensor, geo: ConvGeometry, vector: int,
     return band
 
 
-def _pixels_dense(t: torch.Tensor) -> bool:
-    """Pixel (h, w) of each (N, C, H, W) image at (h * W + w) * stride_w."""
-    return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
-
-
 def _relayout_promises(c: dict, pointers: tuple) -> list[str]:
     """A relayout site's ``promises`` (LaunchSite): its pixel flags, from a launch's src and dst."""
     broken = []
     for flag, t in (("SRC_PIXELS_DENSE", pointers[0]), ("DST_PIXELS_DENSE", pointers[1])):
-        broken += launch_sites.promise(not c[flag] or _pixels_dense(t), f"{flag}: pixels of {tuple(t.shape)} "
+        broken += launch_sites.promise(not c[flag] or tiles.rows_dense(t.shape, t.stride()),
+                                       f"{flag}: pixels of {tuple(t.shape)} "
                                        f"{t.stride()} are (h * W + w) * stride_w apart")
     return broken
 
@@ -488,19 +485,19 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     # an NCHW x in pixel vectors (against a band of the weight), else x and the weight as channels_last copies
     vector = tiles.pixel_vector(x.shape, x.stride(), y.shape, x.element_size(), geo.stride[1], geo.dilation[1],
                                 geo.in_per_group)
-    relay = (vector, channels_strided(x) and vector == 1, channels_strided(weight) and vector == 1)
+    prepare = _forward_inputs((vector, channels_strided(x) and vector == 1, channels_strided(weight) and vector == 1),
+                              geo)
     gather = None
     if y.numel():  # else N = 0 (grad input is empty too) or C_out = 0 (so is the adjoint's weight)
         fusions = dict(other=other, other_mode="none" if other is None else "add", alpha=alpha)
-        if vector > 1:
-            gather = _gather(x, weight, bias, y, geo, transposed=False, band=banded_weight(
-                weight, geo, vector, adjoint_weight), **fusions)
+        src, read_weight, third = (x, weight, adjoint_weight) if prepare is None else prepare(x, weight,
+                                                                                               adjoint_weight)
+        if vector > 1:  # the band in the weight's slot, the weight in the adjoint weight's
+            gather = _gather(src, third, bias, y, geo, transposed=False, band=read_weight, **fusions)
         else:
-            gather = _gather(with_contiguous_channels(x), with_contiguous_channels(weight), bias, y, geo,
-                             transposed=False, adjoint_weight=adjoint_weight, **fusions)
+            gather = _gather(src, read_weight, bias, y, geo, transposed=False, adjoint_weight=third, **fusions)
     like_input = y.shape == x.shape and y.stride() == x.stride()  # so x is dense as y is
-    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input, relay,
-                                          geo))
+    _FORWARD_SITES.put(key, _forward_call(key, y.shape, y.stride(), gather, scratch(x.device), like_input, prepare))
     return y
 
 
@@ -509,8 +506,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 _FORWARD_POINTERS = ("x", "weight", "adjoint_weight", "bias", "y", "other") + ("unused",) * 10
 
 
-def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, relay: tuple,
-                  geo: ConvGeometry) -> Callable:
+def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool,
+                  prepare: Callable | None) -> Callable:
     """conv2d_forward's call for one site key: call(x, weight, bias, other, adjoint_weight) -> y (allocated
     with ``shape`` and ``strides``, launched on the ``gather`` site). Once that site has made its warm launch,
     the key's call becomes one generated function: allocation, the inputs' preparation, launch
@@ -518,10 +515,8 @@ def _forward_call(key: tuple, shape, strides, gather, unused, like_input: bool, 
 
     ``like_input``: y has x's shape and strides (a same-size conv, as the smoothing steps' are), x dense; the
     warm call then allocates it as ``torch.empty_like(x)``, which gives a dense input's strides and is cheaper
-    than ``new_empty_strided``'s shape and strides parsed at each call. ``relay``: (the pixel vector x is read in
-    against a band of the weight, or 1; whether x and the weight are read from channels_last copies,
-    ``with_contiguous_channels``): the preparation, after the allocation (``_forward_inputs``)."""
-    prepare = _forward_inputs(relay, geo)
+    than ``new_empty_strided``'s shape and strides parsed at each call. ``prepare`` (``_forward_inputs``): what the
+    launch reads in x's, the weight's and the adjoint weight's slots, made after the allocation."""
 
     def call(x, weight, bias, other, adjoint_weight):
         y = x.new_empty_strided(shape, strides)  # x's dtype and device: cheaper than torch.empty_strided's keywords

@@ -262,6 +262,16 @@ PIXEL_VECTOR = 4
 VECTOR_MAX_GROUP = 16
 
 
+def rows_dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Pixel (h, w) of each image of an (N, C, H, W) tensor at (h * W + w) * stride_w: no gap between rows."""
+    return shape[2] == 1 or strides[2] == shape[3] * strides[3]
+
+
+def unit_stride_rows(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """An (N, C, H, W) tensor's pixels unit-strided in dense rows, its channels strided (NCHW within each image)."""
+    return strides[3] == 1 and rows_dense(shape, strides) and (shape[1] == 1 or strides[1] != 1)
+
+
 def pixel_vector(src_shape, src_strides, dst_shape, element_size: int, stride_w: int, dilation_w: int,
                  in_per_group: int) -> int:
     """The gather's PIXEL_VECTOR for a forward convolution of an NCHW src: PIXEL_VECTOR pixels where src has its
@@ -269,10 +279,10 @@ def pixel_vector(src_shape, src_strides, dst_shape, element_size: int, stride_w:
     the vector divides both images' widths and src's strides (every vector lies in one row, aligned) and the
     groups are at most VECTOR_MAX_GROUP in-channels; else 1 (src is then read from a channels_last copy)."""
     vector = PIXEL_VECTOR if element_size in (2, 4) and in_per_group <= VECTOR_MAX_GROUP else 1
-    _, channels, h, w = src_shape
-    stride_n, stride_c, stride_h, stride_w_src = src_strides
-    fits = (vector > 1 and stride_w == 1 and dilation_w == 1 and channels > 1 and stride_c != 1
-            and stride_w_src == 1 and (h == 1 or stride_h == w) and w % vector == 0 and dst_shape[3] % vector == 0
+    _, channels, _, w = src_shape
+    stride_n, stride_c, stride_h, _ = src_strides
+    fits = (vector > 1 and stride_w == 1 and dilation_w == 1 and channels > 1
+            and unit_stride_rows(src_shape, src_strides) and w % vector == 0 and dst_shape[3] % vector == 0
             and stride_n % vector == 0 and stride_c % vector == 0 and stride_h % vector == 0)
     return vector if fits else 1
 
@@ -304,10 +314,10 @@ def pixel_run(shape: Sequence[int], strides: Sequence[int]) -> int:
     dense (NCHW), the largest power of two, at most 16, dividing H * W (it divides every BLOCK_P too, all
     multiples of GATHER_MIN_BLOCK_P); else 1. The tile's pixels then lie in aligned runs of it within one image,
     and its store goes in vectors along them."""
-    n_batch, channels, h, w = shape
-    if strides[3] != 1 or (h > 1 and strides[2] != w) or (channels > 1 and strides[1] == 1):
+    pixels = shape[2] * shape[3]
+    if not unit_stride_rows(shape, strides) or not pixels:
         return 1
-    return min(16, GATHER_MIN_BLOCK_P, (h * w) & -(h * w)) if h * w else 1
+    return min(16, GATHER_MIN_BLOCK_P, pixels & -pixels)
 
 
 def weight_alignment(strides: Sequence[int]) -> int:
